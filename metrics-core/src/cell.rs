@@ -1,0 +1,209 @@
+//! A series' binding to its value slots in this process's file.
+//!
+//! The hot path is two relaxed loads, a compare and the atomic operation on the slot. The
+//! cached pointer is only used in the fork generation it was bound in: after `fork()` the
+//! child's first write takes the slow path, which binds the series in the child's own file.
+//! When the file cannot grow (full filesystem), the series lives in process memory
+//! (`local`) and every write takes the slow path, which retries the binding now and then
+//! and, when it succeeds, moves what was recorded meanwhile into the file: nothing is lost.
+
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::format::{MR_TIME, MR_VALUE};
+use crate::sys;
+use crate::writer::{BindKey, Writer};
+
+/// How often a series without file slots retries to get some.
+pub(crate) const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+const UNBOUND: u64 = u64::MAX;
+
+/// Meaning of a series' slots, for moving in-memory values into the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One u64 added to (integer counter, family statistics).
+    U64,
+    /// One f64 added to (float counter, gauge).
+    F64,
+    /// `mostrecent` gauge: sequence, value, time.
+    MostRecent,
+    /// `n` u64 bucket counts, then the f64 sum.
+    Histogram(usize),
+}
+
+impl Layout {
+    pub(crate) fn slots(self) -> usize {
+        match self {
+            Layout::U64 | Layout::F64 => 1,
+            Layout::MostRecent => 3,
+            Layout::Histogram(n) => n + 1,
+        }
+    }
+
+    /// Adds what `from` (process memory) holds into fresh file slots `to`.
+    fn transfer(self, from: &[AtomicU64], to: &[AtomicU64]) {
+        match self {
+            Layout::U64 => {
+                to[0].fetch_add(from[0].load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            Layout::F64 => add_f64(&to[0], f64::from_bits(from[0].load(Ordering::Relaxed))),
+            Layout::MostRecent => {
+                let t = from[MR_TIME].load(Ordering::Relaxed);
+                if t != 0 {
+                    to[MR_VALUE].store(from[MR_VALUE].load(Ordering::Relaxed), Ordering::Relaxed);
+                    to[MR_TIME].store(t, Ordering::Relaxed);
+                }
+            }
+            Layout::Histogram(n) => {
+                for i in 0..n {
+                    to[i].fetch_add(from[i].load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                add_f64(&to[n], f64::from_bits(from[n].load(Ordering::Relaxed)));
+            }
+        }
+        for s in from {
+            s.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds `v` to the f64 stored (as bits) in `slot`.
+#[inline]
+pub(crate) fn add_f64(slot: &AtomicU64, v: f64) {
+    let mut cur = slot.load(Ordering::Relaxed);
+    loop {
+        let new = (f64::from_bits(cur) + v).to_bits();
+        match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// One series (or family statistics slot) of this process.
+pub(crate) struct Cell {
+    /// Fork generation `ptr` is valid in, or `UNBOUND`.
+    generation: AtomicU64,
+    ptr: AtomicPtr<AtomicU64>,
+    layout: Layout,
+    nslots: usize,
+    family: u32,
+    /// Label values; `None` for a family statistics slot.
+    labels: Option<Box<[Box<str>]>>,
+    pub(crate) writer: Arc<Writer>,
+    local: Box<[AtomicU64]>,
+    bind: Mutex<BindState>,
+}
+
+struct BindState {
+    /// Fork generation whose values `local` holds.
+    local_gen: u64,
+    retry_at: Option<Instant>,
+}
+
+impl Cell {
+    /// Creates the cell and binds it now if the file has room (otherwise on a later write).
+    pub(crate) fn new(
+        writer: Arc<Writer>,
+        family: u32,
+        labels: Option<Box<[Box<str>]>>,
+        layout: Layout,
+    ) -> Arc<Cell> {
+        let nslots = layout.slots();
+        let cell = Arc::new(Cell {
+            generation: AtomicU64::new(UNBOUND),
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            layout,
+            nslots,
+            family,
+            labels,
+            writer,
+            local: (0..nslots).map(|_| AtomicU64::new(0)).collect(),
+            bind: Mutex::new(BindState {
+                local_gen: sys::fork_generation(),
+                retry_at: None,
+            }),
+        });
+        cell.with(|_| ());
+        cell
+    }
+
+    /// The label values of this series.
+    pub(crate) fn labels(&self) -> &[Box<str>] {
+        self.labels.as_deref().unwrap_or(&[])
+    }
+
+    /// Runs `f` on this process's value slots of the series.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
+        if self.generation.load(Ordering::Acquire) == sys::fork_generation() {
+            let p = self.ptr.load(Ordering::Relaxed);
+            // SAFETY: `generation` matches, so `p` was stored (before `generation`, Release/Acquire) by a
+            // successful bind in this very process: it points at `nslots` reserved, aligned
+            // words of the current file's mapping, which the writer keeps mapped as long as
+            // it lives, and `self.writer` keeps it alive. Only atomics touch those words.
+            let slots = unsafe { std::slice::from_raw_parts(p.cast_const(), self.nslots) };
+            return f(slots);
+        }
+        self.slow(f)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn slow<R>(&self, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
+        let _gate = sys::enter_gate();
+        let mut st = self.bind.lock().unwrap_or_else(PoisonError::into_inner);
+        let generation = sys::fork_generation();
+        if self.generation.load(Ordering::Acquire) == generation {
+            let p = self.ptr.load(Ordering::Relaxed);
+            // SAFETY: as in `with`.
+            return f(unsafe { std::slice::from_raw_parts(p.cast_const(), self.nslots) });
+        }
+        if st.local_gen != generation {
+            // Values in process memory were recorded by the parent before fork(): the
+            // parent still holds and will write them; the child starts from zero.
+            for s in self.local.iter() {
+                s.store(0, Ordering::Relaxed);
+            }
+            st.local_gen = generation;
+            st.retry_at = None;
+        }
+        let now = Instant::now();
+        if st.retry_at.is_none_or(|t| now >= t) {
+            let key = match &self.labels {
+                Some(labels) => BindKey::Series {
+                    family: self.family,
+                    labels,
+                },
+                None => BindKey::Stats { family: self.family },
+            };
+            if let Some(p) = self.writer.bind(&key, self.nslots) {
+                // SAFETY: `bind` returns a pointer to `nslots` reserved, aligned words of the
+                // current mapping (see `with`); the mapping outlives `self.writer`.
+                let slots = unsafe { std::slice::from_raw_parts(p, self.nslots) };
+                self.layout.transfer(&self.local, slots);
+                self.ptr.store(p.cast_mut(), Ordering::Relaxed);
+                self.generation.store(generation, Ordering::Release);
+                st.retry_at = None;
+                return f(slots);
+            }
+            st.retry_at = Some(now + RETRY_INTERVAL);
+        }
+        f(&self.local)
+    }
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("family", &self.family)
+            .field("labels", &self.labels)
+            .field(
+                "bound",
+                &(self.generation.load(Ordering::Relaxed) == sys::fork_generation()),
+            )
+            .finish()
+    }
+}

@@ -1,0 +1,304 @@
+//! Metric declarations: [`Opts`] (what the caller asks for) and the validated
+//! description every process of an application must agree on.
+
+use crate::error::Error;
+use crate::format::{FamilyRecord, GaugeMode, MetricType};
+use crate::names;
+
+/// Options for declaring a metric family with [`Store::register`](crate::Store::register).
+///
+/// ```
+/// use shmetrics_core::{GaugeMode, Opts};
+/// let opts = Opts::new("queue_depth", "Jobs waiting, per queue")
+///     .label_names(["queue"])
+///     .mode(GaugeMode::LiveMax)
+///     .series_limit(100);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub(crate) name: String,
+    pub(crate) help: String,
+    pub(crate) label_names: Vec<String>,
+    pub(crate) series_limit: Option<usize>,
+    pub(crate) buckets: Option<Vec<f64>>,
+    pub(crate) mode: Option<GaugeMode>,
+}
+
+impl Opts {
+    /// A family called `name` (for counters, without the `_total` suffix, which the
+    /// exposition adds) described by `help`.
+    pub fn new(name: impl Into<String>, help: impl Into<String>) -> Self {
+        Opts {
+            name: name.into(),
+            help: help.into(),
+            label_names: Vec::new(),
+            series_limit: None,
+            buckets: None,
+            mode: None,
+        }
+    }
+
+    /// The family's label names, in the order values are given to
+    /// [`Family::labels`](crate::Family::labels).
+    pub fn label_names<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.label_names = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Most distinct label sets this process records for the family; further label sets
+    /// are counted in one overflow series whose label values are all `__overflow__`.
+    /// Defaults to the store's limit ([`StoreBuilder::series_limit`](crate::StoreBuilder::series_limit)).
+    pub fn series_limit(mut self, limit: usize) -> Self {
+        self.series_limit = Some(limit);
+        self
+    }
+
+    /// Histogram bucket upper bounds (strictly increasing; `+Inf` is added). Histograms
+    /// only; defaults to [`DEFAULT_BUCKETS`](crate::DEFAULT_BUCKETS).
+    pub fn buckets(mut self, bounds: impl Into<Vec<f64>>) -> Self {
+        self.buckets = Some(bounds.into());
+        self
+    }
+
+    /// How the processes' values combine. Gauges only; defaults to [`GaugeMode::All`]
+    /// (as in Python's `prometheus_client`).
+    pub fn mode(mut self, mode: GaugeMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+}
+
+/// The label value used for every label of the overflow series.
+pub const OVERFLOW_LABEL_VALUE: &str = "__overflow__";
+
+/// Prefix reserved for the store's own metrics.
+pub(crate) const SELF_PREFIX: &str = "shmetrics_";
+
+/// A validated family description.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FamilyDesc {
+    pub name: String,
+    pub help: String,
+    pub ty: MetricType,
+    pub mode: GaugeMode,
+    pub labels: Vec<String>,
+    /// Upper bounds with +Inf last (histograms), empty otherwise.
+    pub buckets: Vec<f64>,
+    pub series_limit: usize,
+}
+
+impl FamilyDesc {
+    /// Validates `opts` for a family of type `ty`.
+    pub(crate) fn new(ty: MetricType, opts: Opts, default_limit: usize) -> Result<Self, Error> {
+        let mut name = opts.name;
+        if matches!(ty, MetricType::Counter | MetricType::CounterF64) {
+            // As Python's client: `requests_total` and `requests` are the same counter.
+            if let Some(stripped) = name.strip_suffix("_total") {
+                name = stripped.to_string();
+            }
+        }
+        names::check_metric_name(&name).map_err(|reason| Error::InvalidMetricName {
+            name: name.clone(),
+            reason,
+        })?;
+        if name.starts_with(SELF_PREFIX) {
+            return Err(Error::InvalidMetricName {
+                name,
+                reason: format!("starts with `{SELF_PREFIX}`, which is reserved for the store's own metrics"),
+            });
+        }
+        let mut labels: Vec<String> = Vec::with_capacity(opts.label_names.len());
+        for l in opts.label_names {
+            names::check_label_name(&l).map_err(|reason| Error::InvalidLabelName {
+                metric: name.clone(),
+                label: l.clone(),
+                reason,
+            })?;
+            if labels.contains(&l) {
+                return Err(Error::InvalidLabelName {
+                    metric: name,
+                    label: l,
+                    reason: "appears twice".into(),
+                });
+            }
+            labels.push(l);
+        }
+        if labels.len() > crate::format::MAX_LABELS {
+            return Err(Error::InvalidOption {
+                name,
+                reason: format!("more than {} label names", crate::format::MAX_LABELS),
+            });
+        }
+        let mode = match (ty, opts.mode) {
+            (MetricType::Gauge, m) => m.unwrap_or_default(),
+            (_, Some(_)) => {
+                return Err(Error::InvalidOption {
+                    name,
+                    reason: "a gauge mode applies to gauges only".into(),
+                });
+            }
+            (_, None) => GaugeMode::All,
+        };
+        let buckets = match (ty, opts.buckets) {
+            (MetricType::Histogram, b) => {
+                let b = b.unwrap_or_else(|| names::DEFAULT_BUCKETS.to_vec());
+                names::normalize_buckets(&b).map_err(|reason| Error::InvalidBuckets {
+                    metric: name.clone(),
+                    reason,
+                })?
+            }
+            (_, Some(_)) => {
+                return Err(Error::InvalidOption {
+                    name,
+                    reason: "buckets apply to histograms only".into(),
+                });
+            }
+            (_, None) => Vec::new(),
+        };
+        let reserved: &[&str] = match ty {
+            MetricType::Histogram => &["le"],
+            MetricType::Gauge if mode.per_process() => &["pid"],
+            _ => &[],
+        };
+        if let Some(l) = labels.iter().find(|l| reserved.contains(&l.as_str())) {
+            return Err(Error::InvalidLabelName {
+                metric: name.clone(),
+                label: l.clone(),
+                reason: match ty {
+                    MetricType::Histogram => "is reserved for histogram buckets".into(),
+                    _ => format!("is added by the store in gauge mode `{mode}`"),
+                },
+            });
+        }
+        let series_limit = opts.series_limit.unwrap_or(default_limit);
+        if series_limit == 0 {
+            return Err(Error::InvalidOption {
+                name,
+                reason: "series limit must be at least 1".into(),
+            });
+        }
+        Ok(FamilyDesc {
+            name,
+            help: opts.help,
+            ty,
+            mode,
+            labels,
+            buckets,
+            series_limit,
+        })
+    }
+
+    pub(crate) fn record(&self, id: u32, stats_offset: u64) -> FamilyRecord {
+        FamilyRecord {
+            id,
+            ty: self.ty,
+            mode: self.mode,
+            name: self.name.clone(),
+            help: self.help.clone(),
+            labels: self.labels.clone(),
+            buckets: self.buckets.clone(),
+            stats_offset,
+        }
+    }
+
+    /// Whether two declarations can be merged (help text and limits may differ).
+    pub(crate) fn same_schema(&self, other: &FamilyDesc) -> bool {
+        self.ty == other.ty
+            && self.mode == other.mode
+            && self.labels == other.labels
+            && self.buckets == other.buckets
+    }
+
+    pub(crate) fn from_record(r: &FamilyRecord) -> Self {
+        FamilyDesc {
+            name: r.name.clone(),
+            help: r.help.clone(),
+            ty: r.ty,
+            mode: r.mode,
+            labels: r.labels.clone(),
+            buckets: r.buckets.clone(),
+            series_limit: 0,
+        }
+    }
+
+    /// Human-readable schema, for conflict messages.
+    pub(crate) fn describe(&self) -> String {
+        let kind = match self.ty {
+            MetricType::Counter => "counter (integer)".to_string(),
+            MetricType::CounterF64 => "counter (float)".to_string(),
+            MetricType::Gauge => format!("gauge (mode {})", self.mode),
+            MetricType::Histogram => {
+                let b: Vec<String> = self
+                    .buckets
+                    .iter()
+                    .map(|b| {
+                        if b.is_infinite() {
+                            "+Inf".into()
+                        } else {
+                            b.to_string()
+                        }
+                    })
+                    .collect();
+                format!("histogram (buckets [{}])", b.join(", "))
+            }
+        };
+        format!("{kind} with labels [{}]", self.labels.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(ty: MetricType, opts: Opts) -> Result<FamilyDesc, Error> {
+        FamilyDesc::new(ty, opts, 10)
+    }
+
+    #[test]
+    fn counter_suffix_is_stripped() {
+        let d = desc(MetricType::Counter, Opts::new("requests_total", "h")).unwrap();
+        assert_eq!(d.name, "requests");
+    }
+
+    #[test]
+    fn reserved_labels_and_options_are_refused() {
+        let e = desc(MetricType::Histogram, Opts::new("h", "h").label_names(["le"])).unwrap_err();
+        assert!(e.to_string().contains("reserved for histogram buckets"), "{e}");
+        let e = desc(
+            MetricType::Gauge,
+            Opts::new("g", "h").label_names(["pid"]).mode(GaugeMode::LiveAll),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("added by the store"), "{e}");
+        assert!(
+            desc(
+                MetricType::Gauge,
+                Opts::new("g", "h").label_names(["pid"]).mode(GaugeMode::Sum)
+            )
+            .is_ok()
+        );
+        assert!(desc(MetricType::Counter, Opts::new("c", "h").buckets(vec![1.0])).is_err());
+        assert!(desc(MetricType::Counter, Opts::new("c", "h").mode(GaugeMode::Max)).is_err());
+        assert!(desc(MetricType::Counter, Opts::new("c", "h").label_names(["a", "a"])).is_err());
+        assert!(desc(MetricType::Counter, Opts::new("shmetrics_x", "h")).is_err());
+        assert!(desc(MetricType::Counter, Opts::new("c", "h").series_limit(0)).is_err());
+    }
+
+    #[test]
+    fn describe_names_the_schema() {
+        let d = desc(
+            MetricType::Histogram,
+            Opts::new("h", "h").label_names(["route"]).buckets(vec![0.5, 1.0]),
+        )
+        .unwrap();
+        assert_eq!(
+            d.describe(),
+            "histogram (buckets [0.5, 1, +Inf]) with labels [route]"
+        );
+    }
+}

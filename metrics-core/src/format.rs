@@ -1,0 +1,578 @@
+//! The file format (version 1), as specified in `FORMAT.md`: constants, record encoding,
+//! and a decoder that treats every length and offset as untrusted.
+//!
+//! The decoder never touches shared memory: the reader first copies words out of the
+//! mapping with atomic loads, then hands the local copy to the functions here.
+
+use std::fmt;
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "shmetrics files are little-endian and the store writes native atomics: big-endian hosts are not supported"
+);
+
+/// Bytes 0..8 of every store file.
+pub(crate) const MAGIC: [u8; 8] = *b"SHMETRIC";
+/// The format version this crate writes and reads.
+pub(crate) const VERSION: u32 = 1;
+/// Size of the header in bytes (16 words).
+pub(crate) const HEADER_BYTES: usize = 128;
+/// Header size in words.
+pub(crate) const HEADER_WORDS: usize = HEADER_BYTES / 8;
+
+// Header word indexes.
+pub(crate) const H_MAGIC: usize = 0;
+/// low 32 bits: version, high 32 bits: header size in bytes.
+pub(crate) const H_VERSION: usize = 1;
+/// Bytes in use: every record lies below this offset. Release-stored by the writer.
+pub(crate) const H_USED: usize = 2;
+/// low 32 bits: pid of the writer, high 32 bits: flags (0).
+pub(crate) const H_PID: usize = 3;
+/// Wall-clock start of the writer, nanoseconds since the Unix epoch.
+pub(crate) const H_START: usize = 4;
+/// Random 64-bit identity of the writer (survives pid reuse and containers).
+pub(crate) const H_WRITER_ID: usize = 5;
+/// Stable worker id, or `NO_WORKER`.
+pub(crate) const H_WORKER: usize = 6;
+/// First of the error counters (see [`ErrorKind`]).
+pub(crate) const H_ERRORS: usize = 7;
+/// Number of error counters in the header.
+pub(crate) const ERROR_KINDS: usize = 3;
+
+/// `H_WORKER` value of a writer without a stable worker id.
+pub(crate) const NO_WORKER: u64 = u64::MAX;
+
+/// Kinds of store error counted in writer headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    /// The file could not grow (filesystem full, size limit): a series or family waits in
+    /// process memory until space comes back.
+    Growth = 0,
+    /// A value was refused: negative or NaN counter increment.
+    InvalidValue = 1,
+    /// A label lookup with the wrong number of values (sent to the overflow series).
+    LabelCount = 2,
+}
+
+impl ErrorKind {
+    pub(crate) const ALL: [ErrorKind; ERROR_KINDS] =
+        [ErrorKind::Growth, ErrorKind::InvalidValue, ErrorKind::LabelCount];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Growth => "growth",
+            ErrorKind::InvalidValue => "invalid_value",
+            ErrorKind::LabelCount => "label_count",
+        }
+    }
+}
+
+// Record kinds.
+pub(crate) const REC_APPLICATION: u32 = 1;
+pub(crate) const REC_FAMILY: u32 = 2;
+pub(crate) const REC_SERIES: u32 = 3;
+pub(crate) const REC_VALUES: u32 = 4;
+/// Record kinds with this bit set may be skipped by readers that do not know them.
+pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
+
+/// Largest record a reader accepts, in bytes.
+pub(crate) const MAX_RECORD_BYTES: usize = 16 << 20;
+/// Longest metric, label or application name.
+pub(crate) const MAX_NAME_BYTES: usize = 1024;
+/// Most label names per family.
+pub(crate) const MAX_LABELS: usize = 64;
+/// Most histogram buckets per family (including +Inf).
+pub(crate) const MAX_BUCKETS: usize = 1024;
+
+/// The metric type of a family, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricType {
+    /// Monotonic integer counter (one u64 slot).
+    Counter,
+    /// Monotonic float counter (one f64 slot).
+    CounterF64,
+    /// Gauge (one f64 slot; three for the `mostrecent` modes).
+    Gauge,
+    /// Histogram with fixed buckets (one u64 per bucket, then the f64 sum).
+    Histogram,
+}
+
+impl MetricType {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            MetricType::Counter => 1,
+            MetricType::CounterF64 => 2,
+            MetricType::Gauge => 3,
+            MetricType::Histogram => 4,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            1 => MetricType::Counter,
+            2 => MetricType::CounterF64,
+            3 => MetricType::Gauge,
+            4 => MetricType::Histogram,
+            _ => return None,
+        })
+    }
+}
+
+/// How the gauges of several processes combine into one value (Python's
+/// `multiprocess_mode`). The `live*` modes ignore processes that have exited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GaugeMode {
+    /// One series per process, with a `pid` label; exited processes stay.
+    #[default]
+    All,
+    /// One series per live process, with a `pid` label.
+    LiveAll,
+    /// The smallest value of any process.
+    Min,
+    /// The smallest value of any live process.
+    LiveMin,
+    /// The largest value of any process.
+    Max,
+    /// The largest value of any live process.
+    LiveMax,
+    /// The sum over all processes.
+    Sum,
+    /// The sum over live processes (e.g. requests in flight).
+    LiveSum,
+    /// The value most recently set by any process.
+    MostRecent,
+    /// The value most recently set by a live process.
+    LiveMostRecent,
+}
+
+impl GaugeMode {
+    /// Every mode, in code order.
+    pub const ALL: [GaugeMode; 10] = [
+        GaugeMode::All,
+        GaugeMode::LiveAll,
+        GaugeMode::Min,
+        GaugeMode::LiveMin,
+        GaugeMode::Max,
+        GaugeMode::LiveMax,
+        GaugeMode::Sum,
+        GaugeMode::LiveSum,
+        GaugeMode::MostRecent,
+        GaugeMode::LiveMostRecent,
+    ];
+
+    pub(crate) fn code(self) -> u8 {
+        GaugeMode::ALL.iter().position(|m| *m == self).unwrap_or(0) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        GaugeMode::ALL.get(usize::from(c)).copied()
+    }
+
+    /// Python's name for the mode (`"livesum"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GaugeMode::All => "all",
+            GaugeMode::LiveAll => "liveall",
+            GaugeMode::Min => "min",
+            GaugeMode::LiveMin => "livemin",
+            GaugeMode::Max => "max",
+            GaugeMode::LiveMax => "livemax",
+            GaugeMode::Sum => "sum",
+            GaugeMode::LiveSum => "livesum",
+            GaugeMode::MostRecent => "mostrecent",
+            GaugeMode::LiveMostRecent => "livemostrecent",
+        }
+    }
+
+    /// Whether processes that have exited are left out.
+    pub fn live_only(self) -> bool {
+        matches!(
+            self,
+            GaugeMode::LiveAll
+                | GaugeMode::LiveMin
+                | GaugeMode::LiveMax
+                | GaugeMode::LiveSum
+                | GaugeMode::LiveMostRecent
+        )
+    }
+
+    /// Whether each process gets its own series with a `pid` label.
+    pub fn per_process(self) -> bool {
+        matches!(self, GaugeMode::All | GaugeMode::LiveAll)
+    }
+
+    pub(crate) fn most_recent(self) -> bool {
+        matches!(self, GaugeMode::MostRecent | GaugeMode::LiveMostRecent)
+    }
+}
+
+impl fmt::Display for GaugeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GaugeMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        GaugeMode::ALL
+            .iter()
+            .copied()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown gauge mode {s:?}; expected one of: all, liveall, min, livemin, max, livemax, sum, livesum, mostrecent, livemostrecent"
+                )
+            })
+    }
+}
+
+/// Number of value slots of one series.
+pub(crate) fn series_slots(ty: MetricType, mode: GaugeMode, buckets: usize) -> usize {
+    match ty {
+        MetricType::Counter | MetricType::CounterF64 => 1,
+        MetricType::Gauge if mode.most_recent() => 3,
+        MetricType::Gauge => 1,
+        MetricType::Histogram => buckets + 1,
+    }
+}
+
+// Slot layout of a `mostrecent` gauge: a sequence word (odd while a write is in
+// progress), the value, and the wall-clock time of the write in Unix nanoseconds.
+pub(crate) const MR_SEQ: usize = 0;
+pub(crate) const MR_VALUE: usize = 1;
+pub(crate) const MR_TIME: usize = 2;
+
+/// A family record, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct FamilyRecord {
+    pub id: u32,
+    pub ty: MetricType,
+    pub mode: GaugeMode,
+    pub name: String,
+    pub help: String,
+    pub labels: Vec<String>,
+    /// Upper bounds, +Inf last (histograms only).
+    pub buckets: Vec<f64>,
+    /// Byte offset of the family's statistics slot (cardinality overflow count).
+    pub stats_offset: u64,
+}
+
+/// A series record, decoded (label values stay as raw words until merged).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SeriesRecord {
+    pub family: u32,
+    pub value_offset: u64,
+    pub labels: Vec<String>,
+}
+
+/// Builds one record as a sequence of little-endian words.
+pub(crate) struct RecordBuf {
+    words: Vec<u64>,
+}
+
+impl RecordBuf {
+    pub(crate) fn new(kind: u32) -> Self {
+        RecordBuf {
+            words: vec![u64::from(kind)],
+        }
+    }
+
+    pub(crate) fn word(&mut self, w: u64) -> &mut Self {
+        self.words.push(w);
+        self
+    }
+
+    pub(crate) fn halves(&mut self, low: u32, high: u32) -> &mut Self {
+        self.word(u64::from(low) | (u64::from(high) << 32))
+    }
+
+    pub(crate) fn string(&mut self, s: &str) -> &mut Self {
+        self.word(s.len() as u64);
+        for chunk in s.as_bytes().chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.words.push(u64::from_le_bytes(b));
+        }
+        self
+    }
+
+    /// Finishes the record: writes its length into word 0 and returns the words.
+    pub(crate) fn finish(mut self) -> Vec<u64> {
+        let bytes = (self.words.len() * 8) as u64;
+        self.words[0] |= bytes << 32;
+        self.words
+    }
+}
+
+/// Word of a family record holding its statistics slot offset.
+pub(crate) const FAMILY_STATS_WORD: usize = 3;
+/// Word of a series record holding its value slots' offset.
+pub(crate) const SERIES_VALUES_WORD: usize = 2;
+
+/// Encodes a family record.
+pub(crate) fn encode_family(f: &FamilyRecord) -> Vec<u64> {
+    let mut r = RecordBuf::new(REC_FAMILY);
+    let flags = u32::from(f.ty.code()) | (u32::from(f.mode.code()) << 8);
+    r.halves(f.id, flags)
+        .halves(f.labels.len() as u32, f.buckets.len() as u32)
+        .word(f.stats_offset)
+        .string(&f.name)
+        .string(&f.help);
+    for l in &f.labels {
+        r.string(l);
+    }
+    for b in &f.buckets {
+        r.word(b.to_bits());
+    }
+    r.finish()
+}
+
+/// Encodes a series record.
+pub(crate) fn encode_series(family: u32, value_offset: u64, labels: &[&str]) -> Vec<u64> {
+    let mut r = RecordBuf::new(REC_SERIES);
+    r.halves(family, labels.len() as u32).word(value_offset);
+    for l in labels {
+        r.string(l);
+    }
+    r.finish()
+}
+
+/// Encodes the application record.
+pub(crate) fn encode_application(name: &str) -> Vec<u64> {
+    let mut r = RecordBuf::new(REC_APPLICATION);
+    r.string(name);
+    r.finish()
+}
+
+/// Encodes a block of `slots` zeroed value slots (the caller leaves the slots as they are:
+/// the file region is zero when reserved).
+pub(crate) fn values_header(slots: usize) -> u64 {
+    u64::from(REC_VALUES) | (((slots as u64 + 1) * 8) << 32)
+}
+
+/// Why a file is not accepted. Kept short: it ends up in a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Corrupt(pub String);
+
+impl fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! corrupt {
+    ($($t:tt)*) => { Corrupt(format!($($t)*)) };
+}
+pub(crate) use corrupt;
+
+/// Reads words from a local copy of a record, each step bounds-checked.
+pub(crate) struct Cursor<'a> {
+    words: &'a [u64],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(words: &'a [u64]) -> Self {
+        Cursor { words, pos: 0 }
+    }
+
+    pub(crate) fn word(&mut self) -> Result<u64, Corrupt> {
+        let w = *self
+            .words
+            .get(self.pos)
+            .ok_or_else(|| corrupt!("record ends early"))?;
+        self.pos += 1;
+        Ok(w)
+    }
+
+    pub(crate) fn halves(&mut self) -> Result<(u32, u32), Corrupt> {
+        let w = self.word()?;
+        Ok((w as u32, (w >> 32) as u32))
+    }
+
+    pub(crate) fn string(&mut self, max: usize) -> Result<String, Corrupt> {
+        let len = self.word()?;
+        if len > max as u64 {
+            return Err(corrupt!("string of {len} bytes exceeds {max}"));
+        }
+        let len = len as usize;
+        let nwords = len.div_ceil(8);
+        let end = self
+            .pos
+            .checked_add(nwords)
+            .filter(|e| *e <= self.words.len())
+            .ok_or_else(|| corrupt!("string runs past its record"))?;
+        let mut bytes = Vec::with_capacity(nwords * 8);
+        for w in &self.words[self.pos..end] {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        if bytes[len..].iter().any(|b| *b != 0) {
+            return Err(corrupt!("non-zero string padding"));
+        }
+        bytes.truncate(len);
+        self.pos = end;
+        String::from_utf8(bytes).map_err(|_| corrupt!("string is not UTF-8"))
+    }
+
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos == self.words.len()
+    }
+}
+
+/// Decodes a family record body (the words after the record header word).
+pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
+    let mut c = Cursor::new(body);
+    let (id, flags) = c.halves()?;
+    let ty =
+        MetricType::from_code(flags as u8).ok_or_else(|| corrupt!("unknown metric type {}", flags as u8))?;
+    let mode = GaugeMode::from_code((flags >> 8) as u8)
+        .ok_or_else(|| corrupt!("unknown gauge mode {}", (flags >> 8) as u8))?;
+    if flags >> 16 != 0 {
+        return Err(corrupt!("reserved family flags set"));
+    }
+    if ty != MetricType::Gauge && mode != GaugeMode::All {
+        return Err(corrupt!("gauge mode on a non-gauge family"));
+    }
+    let (nlabels, nbuckets) = c.halves()?;
+    let (nlabels, nbuckets) = (nlabels as usize, nbuckets as usize);
+    if nlabels > MAX_LABELS {
+        return Err(corrupt!("{nlabels} label names"));
+    }
+    if nbuckets > MAX_BUCKETS {
+        return Err(corrupt!("{nbuckets} buckets"));
+    }
+    let stats_offset = c.word()?;
+    let name = c.string(MAX_NAME_BYTES)?;
+    crate::names::check_metric_name(&name).map_err(|e| corrupt!("family name: {e}"))?;
+    let help = c.string(MAX_RECORD_BYTES)?;
+    let mut labels = Vec::with_capacity(nlabels);
+    for _ in 0..nlabels {
+        let l = c.string(MAX_NAME_BYTES)?;
+        crate::names::check_label_name(&l).map_err(|e| corrupt!("label name: {e}"))?;
+        if labels.contains(&l) {
+            return Err(corrupt!("duplicate label name {l:?}"));
+        }
+        labels.push(l);
+    }
+    let mut buckets = Vec::with_capacity(nbuckets);
+    for _ in 0..nbuckets {
+        buckets.push(f64::from_bits(c.word()?));
+    }
+    match ty {
+        MetricType::Histogram => {
+            crate::names::check_stored_buckets(&buckets).map_err(|e| corrupt!("buckets: {e}"))?;
+            if labels.iter().any(|l| l == "le") {
+                return Err(corrupt!("histogram with an `le` label"));
+            }
+        }
+        _ if nbuckets != 0 => return Err(corrupt!("buckets on a non-histogram family")),
+        _ => {}
+    }
+    if ty == MetricType::Gauge && mode.per_process() && labels.iter().any(|l| l == "pid") {
+        return Err(corrupt!("per-process gauge with a `pid` label"));
+    }
+    if !c.at_end() {
+        return Err(corrupt!("trailing words in family record"));
+    }
+    Ok(FamilyRecord {
+        id,
+        ty,
+        mode,
+        name,
+        help,
+        labels,
+        buckets,
+        stats_offset,
+    })
+}
+
+/// Decodes a series record body.
+pub(crate) fn decode_series(body: &[u64]) -> Result<SeriesRecord, Corrupt> {
+    let mut c = Cursor::new(body);
+    let (family, nlabels) = c.halves()?;
+    if nlabels as usize > MAX_LABELS {
+        return Err(corrupt!("{nlabels} label values"));
+    }
+    let value_offset = c.word()?;
+    let mut labels = Vec::with_capacity(nlabels as usize);
+    for _ in 0..nlabels {
+        labels.push(c.string(MAX_RECORD_BYTES)?);
+    }
+    if !c.at_end() {
+        return Err(corrupt!("trailing words in series record"));
+    }
+    Ok(SeriesRecord {
+        family,
+        value_offset,
+        labels,
+    })
+}
+
+/// Decodes the application record body.
+pub(crate) fn decode_application(body: &[u64]) -> Result<String, Corrupt> {
+    let mut c = Cursor::new(body);
+    let s = c.string(MAX_NAME_BYTES)?;
+    if !c.at_end() {
+        return Err(corrupt!("trailing words in application record"));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_round_trip() {
+        let f = FamilyRecord {
+            id: 3,
+            ty: MetricType::Histogram,
+            mode: GaugeMode::All,
+            name: "latency_seconds".into(),
+            help: "Help with \"quotes\"\nand é".into(),
+            labels: vec!["route".into(), "method".into()],
+            buckets: vec![0.1, 1.0, f64::INFINITY],
+            stats_offset: 4096,
+        };
+        let words = encode_family(&f);
+        assert_eq!(words[0] as u32, REC_FAMILY);
+        assert_eq!((words[0] >> 32) as usize, words.len() * 8);
+        assert_eq!(decode_family(&words[1..]).unwrap(), f);
+    }
+
+    #[test]
+    fn series_round_trip_and_truncation() {
+        let words = encode_series(7, 1024, &["GET", "/a\"b\\c\n", "日本"]);
+        let s = decode_series(&words[1..]).unwrap();
+        assert_eq!(s.family, 7);
+        assert_eq!(s.value_offset, 1024);
+        assert_eq!(s.labels, vec!["GET", "/a\"b\\c\n", "日本"]);
+        for cut in 1..words.len() - 1 {
+            assert!(decode_series(&words[1..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn strings_reject_bad_padding_and_utf8() {
+        let mut words = encode_application("ab");
+        words[2] |= 0xff << 40;
+        assert!(decode_application(&words[1..]).is_err());
+        let mut words = encode_application("ab");
+        words[2] = 0xfffe;
+        assert!(decode_application(&words[1..]).is_err());
+        let mut words = encode_application("ab");
+        words[1] = u64::MAX;
+        assert!(decode_application(&words[1..]).is_err());
+    }
+
+    #[test]
+    fn gauge_modes_parse_and_print() {
+        for m in GaugeMode::ALL {
+            assert_eq!(m.as_str().parse::<GaugeMode>().unwrap(), m);
+            assert_eq!(GaugeMode::from_code(m.code()), Some(m));
+        }
+        assert!("average".parse::<GaugeMode>().unwrap_err().contains("livesum"));
+    }
+}

@@ -1,0 +1,116 @@
+//! # shmetrics-core
+//!
+//! One exact Prometheus `/metrics` endpoint for a service that runs as several worker
+//! processes on one host: the Rust counterpart of Python `prometheus_client`'s
+//! multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`), without its known failures.
+//!
+//! Every process writes its samples into its own memory-mapped file in a directory
+//! (normally on `/dev/shm`, i.e. RAM); the process that answers a scrape merges all files
+//! into one OpenMetrics exposition, built in a fresh `prometheus_client` registry.
+//!
+//! * **Exact and cheap**: a write is one atomic operation on a shared page, no lock, no
+//!   syscall. Counters and histograms of every process are summed, so totals stay exact
+//!   and never go backwards when a worker dies, even by `SIGKILL`.
+//! * **No supervisor hook**: each writer holds an `flock` on its file for its whole life;
+//!   the kernel releases it when the process dies, which is how readers tell live from
+//!   dead. `live*` gauge modes drop dead writers on their own.
+//! * **fork-safe**: metrics declared at module level (statics) before `fork()` write into
+//!   the child's own file in the child, without a `getpid()` per write.
+//! * **Robust**: files are versioned (`FORMAT.md`); the reader bounds-checks everything
+//!   and skips (and counts) a corrupt file instead of failing the scrape; space is
+//!   reserved with `fallocate`, so a full `/dev/shm` is a counted error, never a SIGBUS.
+//! * **Bounded**: every family has a series limit; past it, new label sets share one
+//!   overflow series.
+//!
+//! ## Example
+//!
+//! ```
+//! use shmetrics_core::{GaugeMode, Store, CONTENT_TYPE};
+//! # let dir = tempfile::tempdir().unwrap();
+//! # unsafe { std::env::set_var("PROMETHEUS_MULTIPROC_DIR", dir.path()) };
+//!
+//! // Usually: Store::from_env() (PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus/<api>).
+//! let store = Store::from_env()?;
+//!
+//! let requests = store.counter_family("http_requests", "HTTP requests", &["method", "path", "status"])?;
+//! let latency = store.histogram_family(
+//!     "http_request_duration_seconds",
+//!     "Request latency",
+//!     &["method", "path"],
+//!     &shmetrics_core::DEFAULT_BUCKETS,
+//! )?;
+//! let in_flight = store.gauge("http_requests_in_flight", "Requests being served", GaugeMode::LiveSum)?;
+//!
+//! in_flight.inc();
+//! requests.labels(&["GET", "/users/{id}", "200"]).inc();
+//! latency.labels(&["GET", "/users/{id}"]).observe(0.012);
+//! in_flight.dec();
+//!
+//! // In the /metrics handler, in whichever worker answers:
+//! let body = store.scrape()?; // serve with Content-Type: CONTENT_TYPE
+//! assert!(body.contains(r#"http_requests_total{method="GET",path="/users/{id}",status="200"} 1"#));
+//! # let _ = CONTENT_TYPE;
+//! # Ok::<(), shmetrics_core::Error>(())
+//! ```
+//!
+//! ## Declaring metrics at module level
+//!
+//! The seed's rule (declare metrics once, at module level) works with `LazyLock`
+//! statics; workers forked after the declaration each write their own file:
+//!
+//! ```
+//! use std::sync::LazyLock;
+//! use shmetrics_core::{Counter, Family, Store};
+//! # fn setup() { let d = tempfile::tempdir().unwrap().keep(); unsafe { std::env::set_var("PROMETHEUS_MULTIPROC_DIR", d) }; }
+//! # setup();
+//!
+//! static STORE: LazyLock<Store> =
+//!     LazyLock::new(|| Store::from_env().expect("metrics directory"));
+//! static JOBS: LazyLock<Family<Counter>> = LazyLock::new(|| {
+//!     STORE.counter_family("jobs", "Jobs done", &["queue"]).expect("valid metric")
+//! });
+//!
+//! JOBS.labels(&["mail"]).inc();
+//! assert_eq!(STORE.snapshot()?.counter("jobs", &[("queue", "mail")]), Some(1));
+//! # Ok::<(), shmetrics_core::Error>(())
+//! ```
+//!
+//! `fork()` while another thread of the same process is *declaring* a metric or creating
+//! a new label set is safe: the fork waits until it is done. Increments on other threads
+//! at the moment of the fork are simply not seen by the child, as with any memory.
+//!
+//! ## Gauges
+//!
+//! `set`, `inc` and `dec` work in every [`GaugeMode`]; the mode says how the processes'
+//! values combine (Python's ten modes: `all`, `liveall`, `min`, `livemin`, `max`,
+//! `livemax`, `sum`, `livesum`, `mostrecent`, `livemostrecent`). `all` and `liveall` show
+//! one series per process with a `pid` label; the others never add a label.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod cell;
+mod desc;
+mod error;
+mod family;
+mod format;
+mod metrics;
+mod names;
+mod reader;
+mod region;
+mod snapshot;
+mod store;
+mod sys;
+mod writer;
+
+pub use desc::{OVERFLOW_LABEL_VALUE, Opts};
+pub use error::{Error, Result};
+pub use family::Family;
+pub use format::{GaugeMode, MetricType};
+pub use metrics::{Counter, CounterF64, Gauge, Histogram, Metric};
+pub use names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
+pub use reader::Reader;
+pub use snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
+pub use store::{
+    CONTENT_TYPE, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_DIR, Store, StoreBuilder, encode,
+};

@@ -1,0 +1,121 @@
+//! Counters: monotonic values, summed over every process, dead ones included.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{Metric, sealed::Sealed};
+use crate::cell::{Cell, Layout, add_f64};
+use crate::desc::FamilyDesc;
+use crate::format::{ErrorKind, MetricType};
+
+/// An integer counter (`u64`).
+///
+/// The exposition names it `<name>_total`; the merged value is the sum over every
+/// process that ever wrote it, so it never goes backwards when a worker dies.
+#[derive(Clone)]
+pub struct Counter {
+    cell: Arc<Cell>,
+}
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    /// Adds `v`.
+    #[inline]
+    pub fn inc_by(&self, v: u64) {
+        self.cell.with(|s| s[0].fetch_add(v, Ordering::Relaxed));
+    }
+
+    /// This process's contribution (not the merged value: scrape for that).
+    pub fn get(&self) -> u64 {
+        self.cell.with(|s| s[0].load(Ordering::Relaxed))
+    }
+}
+
+#[allow(private_interfaces)] // sealed: unnameable outside the crate
+impl Sealed for Counter {
+    fn layout(_: &FamilyDesc) -> Layout {
+        Layout::U64
+    }
+    fn from_cell(cell: Arc<Cell>, _: &FamilyDesc) -> Self {
+        Counter { cell }
+    }
+    fn cell(&self) -> &Arc<Cell> {
+        &self.cell
+    }
+}
+
+impl Metric for Counter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counter")
+            .field("labels", &self.cell.labels())
+            .field("value", &self.get())
+            .finish()
+    }
+}
+
+/// A floating-point counter (`f64`), e.g. seconds or bytes that need fractions.
+#[derive(Clone)]
+pub struct CounterF64 {
+    cell: Arc<Cell>,
+}
+
+impl CounterF64 {
+    /// Adds `v`. A negative, NaN or infinite `v` is refused: it is counted in
+    /// `shmetrics_store_errors_total{kind="invalid_value"}` and logged once.
+    #[inline]
+    pub fn inc_by(&self, v: f64) {
+        if !(v >= 0.0 && v.is_finite()) {
+            self.cell.writer.count_error(ErrorKind::InvalidValue, &|| {
+                format!("counter increment {v} refused: counters only go up by finite amounts")
+            });
+            return;
+        }
+        self.cell.with(|s| add_f64(&s[0], v));
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.inc_by(1.0);
+    }
+
+    /// This process's contribution.
+    pub fn get(&self) -> f64 {
+        self.cell.with(|s| f64::from_bits(s[0].load(Ordering::Relaxed)))
+    }
+}
+
+#[allow(private_interfaces)] // sealed: unnameable outside the crate
+impl Sealed for CounterF64 {
+    fn layout(_: &FamilyDesc) -> Layout {
+        Layout::F64
+    }
+    fn from_cell(cell: Arc<Cell>, _: &FamilyDesc) -> Self {
+        CounterF64 { cell }
+    }
+    fn cell(&self) -> &Arc<Cell> {
+        &self.cell
+    }
+}
+
+impl Metric for CounterF64 {
+    const TYPE: MetricType = MetricType::CounterF64;
+}
+
+impl std::fmt::Debug for CounterF64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterF64")
+            .field("labels", &self.cell.labels())
+            .field("value", &self.get())
+            .finish()
+    }
+}

@@ -1,0 +1,37 @@
+//! Handles for the hot path: [`Counter`], [`CounterF64`], [`Gauge`], [`Histogram`].
+//!
+//! A handle is bound to one series (one label set) and writes this process's value with
+//! one atomic operation per slot. Handles are cheap to clone (an `Arc`) and never panic.
+
+pub(crate) mod counter;
+pub(crate) mod gauge;
+pub(crate) mod histogram;
+
+use std::sync::Arc;
+
+use crate::cell::{Cell, Layout};
+use crate::desc::FamilyDesc;
+use crate::format::MetricType;
+
+pub use counter::{Counter, CounterF64};
+pub use gauge::Gauge;
+pub use histogram::Histogram;
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// Construction of handles from cells; not implementable outside this crate.
+    #[allow(private_interfaces)]
+    pub trait Sealed: Sized {
+        fn layout(desc: &FamilyDesc) -> Layout;
+        fn from_cell(cell: Arc<Cell>, desc: &FamilyDesc) -> Self;
+        fn cell(&self) -> &Arc<Cell>;
+    }
+}
+
+/// A metric kind that can be declared in a [`Store`](crate::Store) and grouped in a
+/// [`Family`](crate::Family).
+pub trait Metric: sealed::Sealed + Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// The stored metric type.
+    const TYPE: MetricType;
+}

@@ -1,0 +1,316 @@
+//! The merged view of a directory at one instant, and its encoding.
+//!
+//! [`Snapshot`] implements prometheus-client's [`Collector`]: register it in a fresh
+//! [`Registry`](prometheus_client::registry::Registry) next to your own metrics and encode
+//! the registry as usual (see [`Store::scrape_into`](crate::Store::scrape_into)).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType as PcMetricType;
+
+use crate::format::{GaugeMode, MetricType};
+use crate::names::escape_help;
+
+/// The merged value of one series.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Value {
+    /// Integer counter: sum over all processes.
+    Counter(u64),
+    /// Float counter: sum over all processes.
+    CounterF64(f64),
+    /// Gauge, combined by the family's mode.
+    Gauge(f64),
+    /// Histogram: buckets and sum added over all processes.
+    Histogram(HistogramValue),
+}
+
+/// A merged histogram.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramValue {
+    /// Count per bucket (not cumulative), in the order of the family's bounds, +Inf last.
+    pub buckets: Vec<u64>,
+    /// Sum of all observations.
+    pub sum: f64,
+}
+
+impl HistogramValue {
+    /// Number of observations (the sum of the buckets).
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// One merged series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedSeries {
+    /// Label values, in the order of [`MergedFamily::label_names`].
+    pub labels: Arc<[Box<str>]>,
+    /// The merged value.
+    pub value: Value,
+}
+
+/// One merged family.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct MergedFamily {
+    /// Name (without `_total` for counters).
+    pub name: String,
+    /// Help text (unescaped).
+    pub help: String,
+    /// Type.
+    pub metric_type: MetricType,
+    /// Gauge mode (`All` for other types).
+    pub mode: GaugeMode,
+    /// Label names; per-process gauge modes end with `pid`.
+    pub label_names: Vec<String>,
+    /// Histogram upper bounds with +Inf last; empty for other types.
+    pub buckets: Vec<f64>,
+    /// Series, sorted by label values.
+    pub series: Vec<MergedSeries>,
+}
+
+impl MergedFamily {
+    /// The series whose labels are exactly `labels` (name, value pairs, any order).
+    pub fn get(&self, labels: &[(&str, &str)]) -> Option<&Value> {
+        if labels.len() != self.label_names.len() {
+            return None;
+        }
+        let wanted: Option<Vec<&str>> = self
+            .label_names
+            .iter()
+            .map(|n| labels.iter().find(|(k, _)| k == n).map(|(_, v)| *v))
+            .collect();
+        let wanted = wanted?;
+        self.series
+            .iter()
+            .find(|s| s.labels.iter().map(|b| &**b).eq(wanted.iter().copied()))
+            .map(|s| &s.value)
+    }
+}
+
+/// Counts about one scrape, also exposed as `shmetrics_*` self-metrics.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ScrapeStats {
+    /// Files whose writer holds its lock.
+    pub live_files: u64,
+    /// Well-formed files whose writer has exited.
+    pub dead_files: u64,
+    /// Files skipped because they are not well-formed.
+    pub corrupt_files: u64,
+    /// Files in the directory that do not belong to the store.
+    pub foreign_files: u64,
+    /// Skipped files and why.
+    pub corrupt: Vec<(PathBuf, String)>,
+    /// Foreign files.
+    pub foreign: Vec<PathBuf>,
+    /// Merged series.
+    pub series: usize,
+    /// Bytes of files mapped by the reader.
+    pub mapped_bytes: u64,
+    /// Time spent reading and merging.
+    pub duration: Duration,
+    /// Store errors counted by writers, per kind (`growth`, `invalid_value`, `label_count`).
+    pub store_errors: Vec<(&'static str, u64)>,
+    /// Lookups sent to the overflow series, per family.
+    pub overflow: Vec<(String, u64)>,
+    /// (file, family) pairs skipped because the file declares the family differently.
+    pub conflicts: u64,
+}
+
+/// The merged metrics of a directory.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    families: Vec<MergedFamily>,
+    stats: ScrapeStats,
+    self_metrics: bool,
+}
+
+impl Snapshot {
+    pub(crate) fn new(families: Vec<MergedFamily>, stats: ScrapeStats) -> Self {
+        Snapshot {
+            families,
+            stats,
+            self_metrics: true,
+        }
+    }
+
+    /// Leaves the `shmetrics_*` self-metrics out of the encoding.
+    pub fn without_self_metrics(mut self) -> Self {
+        self.self_metrics = false;
+        self
+    }
+
+    /// Merged families, sorted by name.
+    pub fn families(&self) -> &[MergedFamily] {
+        &self.families
+    }
+
+    /// The family called `name`.
+    pub fn family(&self, name: &str) -> Option<&MergedFamily> {
+        self.families.iter().find(|f| f.name == name)
+    }
+
+    /// The merged value of one series (labels as name, value pairs).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
+        self.family(name)?.get(labels)
+    }
+
+    /// An integer counter's merged value.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        match self.get(name, labels)? {
+            Value::Counter(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A gauge's merged value.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.get(name, labels)? {
+            Value::Gauge(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A histogram's merged value.
+    pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Option<&HistogramValue> {
+        match self.get(name, labels)? {
+            Value::Histogram(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Counts about this scrape.
+    pub fn stats(&self) -> &ScrapeStats {
+        &self.stats
+    }
+}
+
+fn pc_type(t: MetricType) -> PcMetricType {
+    match t {
+        MetricType::Counter | MetricType::CounterF64 => PcMetricType::Counter,
+        MetricType::Gauge => PcMetricType::Gauge,
+        MetricType::Histogram => PcMetricType::Histogram,
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for fam in &self.families {
+            let help = escape_help(&fam.help);
+            let mut metric = encoder.encode_descriptor(&fam.name, &help, None, pc_type(fam.metric_type))?;
+            for s in &fam.series {
+                let labels: Vec<(&str, &str)> = fam
+                    .label_names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(s.labels.iter().map(|v| &**v))
+                    .collect();
+                if labels.is_empty() {
+                    encode_value(&mut metric, &s.value, &fam.buckets)?;
+                } else {
+                    encode_value(&mut metric.encode_family(&labels)?, &s.value, &fam.buckets)?;
+                }
+            }
+        }
+        if self.self_metrics {
+            self.encode_self(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(
+    series: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    value: &Value,
+    bounds: &[f64],
+) -> Result<(), std::fmt::Error> {
+    match value {
+        Value::Counter(v) => series.encode_counter::<NoLabelSet, _, u64>(v, None),
+        Value::CounterF64(v) => series.encode_counter::<NoLabelSet, _, f64>(v, None),
+        Value::Gauge(v) => series.encode_gauge(v),
+        Value::Histogram(h) => {
+            let pairs: Vec<(f64, u64)> = bounds.iter().copied().zip(h.buckets.iter().copied()).collect();
+            series.encode_histogram::<NoLabelSet>(h.sum, h.count(), &pairs, None)
+        }
+    }
+}
+
+impl Snapshot {
+    fn encode_self(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let gauges: [(&str, &str, f64); 7] = [
+            (
+                "shmetrics_scrape_duration_seconds",
+                "Time this scrape spent reading and merging the store's files.",
+                s.duration.as_secs_f64(),
+            ),
+            (
+                "shmetrics_live_files",
+                "Store files whose writing process is alive.",
+                s.live_files as f64,
+            ),
+            (
+                "shmetrics_dead_files",
+                "Store files whose writing process has exited (their counters still count).",
+                s.dead_files as f64,
+            ),
+            (
+                "shmetrics_corrupt_files",
+                "Files skipped because they are truncated, corrupt or of another format.",
+                s.corrupt_files as f64,
+            ),
+            (
+                "shmetrics_foreign_files",
+                "Files in the store directory that do not belong to the store (left in place).",
+                s.foreign_files as f64,
+            ),
+            ("shmetrics_series", "Series in this exposition.", s.series as f64),
+            (
+                "shmetrics_mapped_bytes",
+                "Bytes of store files mapped by the scraping process.",
+                s.mapped_bytes as f64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let mut m = encoder.encode_descriptor(name, help, None, PcMetricType::Gauge)?;
+            m.encode_gauge(&v)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "shmetrics_store_errors",
+            "Operations the store refused, by kind: growth (filesystem full or file limit), \
+             invalid_value (negative or NaN increment), label_count (wrong number of label values).",
+            None,
+            PcMetricType::Counter,
+        )?;
+        for (kind, n) in &s.store_errors {
+            let labels = [("kind", *kind)];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "shmetrics_cardinality_overflow",
+            "Label lookups sent to a family's overflow series because it reached its series limit.",
+            None,
+            PcMetricType::Counter,
+        )?;
+        for (family, n) in &s.overflow {
+            let labels = [("family", family.as_str())];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "shmetrics_family_conflicts",
+            "Families skipped in some file because that file declares them differently.",
+            None,
+            PcMetricType::Gauge,
+        )?;
+        m.encode_gauge(&(s.conflicts as f64))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,508 @@
+//! [`Store`]: one directory, this process's writer in it, and scrapes of the whole.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use prometheus_client::registry::Registry;
+
+use crate::desc::{FamilyDesc, Opts};
+use crate::error::{Error, Result};
+use crate::family::{Family, FamilyCore};
+use crate::format::{GaugeMode, MAX_NAME_BYTES};
+use crate::metrics::{Counter, CounterF64, Gauge, Histogram, Metric};
+use crate::reader::Reader;
+use crate::snapshot::Snapshot;
+use crate::sys;
+use crate::writer::{Config, LOCK_FILE, Writer};
+
+/// The environment variable Python's `prometheus_client` reads for its multiprocess
+/// directory; [`Store::from_env`] reads the same one.
+pub const ENV_DIR: &str = "PROMETHEUS_MULTIPROC_DIR";
+
+/// Content type of the exposition: OpenMetrics text. Prometheus chooses its parser from
+/// this header; serve the body with it (the same body as `text/plain` fails to scrape).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Default series limit per family and process.
+pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
+
+/// Default largest size of one process's file (address space reserved once per store).
+pub const DEFAULT_MAX_FILE_SIZE: usize = 256 << 20;
+
+/// A metrics store: a directory shared by the worker processes of one application.
+///
+/// Each process writes its own file in the directory; any process can scrape the merged
+/// view of all of them. Cloning is cheap (an `Arc`).
+///
+/// ```
+/// use shmetrics_core::{GaugeMode, Store};
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = Store::builder(dir.path()).application("ckms").open()?;
+/// let jobs = store.counter("jobs", "Jobs processed")?;
+/// let in_flight = store.gauge("jobs_in_flight", "Jobs running", GaugeMode::LiveSum)?;
+/// in_flight.inc();
+/// jobs.inc();
+/// in_flight.dec();
+/// let text = store.scrape()?;
+/// assert!(text.contains("jobs_total 1\n"));
+/// # Ok::<(), shmetrics_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    config: Arc<Config>,
+    writer: Arc<Writer>,
+    families: Mutex<HashMap<String, Registered>>,
+    reader: Mutex<Reader>,
+    lock_file: File,
+}
+
+struct Registered {
+    desc: Arc<FamilyDesc>,
+    core: Arc<dyn Any + Send + Sync>,
+}
+
+/// Options for opening a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreBuilder {
+    dir: PathBuf,
+    application: Option<String>,
+    worker_id: Option<u64>,
+    file_mode: u32,
+    series_limit: usize,
+    max_file_size: usize,
+}
+
+impl StoreBuilder {
+    /// A store in `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreBuilder {
+            dir: dir.into(),
+            application: None,
+            worker_id: None,
+            file_mode: 0o600,
+            series_limit: DEFAULT_SERIES_LIMIT,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+        }
+    }
+
+    /// A store in the directory named by `PROMETHEUS_MULTIPROC_DIR`.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var_os(ENV_DIR) {
+            Some(d) if !d.is_empty() => Ok(StoreBuilder::new(d)),
+            _ => Err(Error::EnvNotSet { var: ENV_DIR }),
+        }
+    }
+
+    /// Name of the application that owns the directory (default: the executable's name).
+    pub fn application(mut self, name: impl Into<String>) -> Self {
+        self.application = Some(name.into());
+        self
+    }
+
+    /// A stable worker id (e.g. the supervisor's worker index), recorded in the file.
+    pub fn worker_id(mut self, id: u64) -> Self {
+        self.worker_id = Some(id);
+        self
+    }
+
+    /// Permission bits of the files this process creates (default `0o600`; `0o640` lets a
+    /// scraper in the group read them). Must include owner read and write.
+    pub fn file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = mode;
+        self
+    }
+
+    /// Default series limit of each family in this process (default 10,000).
+    pub fn series_limit(mut self, limit: usize) -> Self {
+        self.series_limit = limit;
+        self
+    }
+
+    /// Largest size of this process's file, in bytes (default 256 MiB). Growth past it
+    /// is refused like a full filesystem.
+    pub fn max_file_size(mut self, bytes: usize) -> Self {
+        self.max_file_size = bytes;
+        self
+    }
+
+    /// Opens the store: creates the directory if missing and checks that it is usable.
+    /// This process's file is created at the first declaration.
+    pub fn open(self) -> Result<Store> {
+        let dir = self.dir;
+        if self.file_mode & !0o666 != 0 || self.file_mode & 0o600 != 0o600 {
+            return Err(Error::InvalidOption {
+                name: "file_mode".into(),
+                reason: format!(
+                    "{:#o} is not a valid file mode: it must include owner read and write (0o600) and no execute or special bits",
+                    self.file_mode
+                ),
+            });
+        }
+        if self.series_limit == 0 {
+            return Err(Error::InvalidOption {
+                name: "series_limit".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let application = match self.application {
+            Some(a) => a,
+            None => default_application(),
+        };
+        if application.is_empty()
+            || application.len() > MAX_NAME_BYTES
+            || application.chars().any(char::is_control)
+        {
+            return Err(Error::InvalidOption {
+                name: "application".into(),
+                reason: format!(
+                    "{application:?} is not a usable application name (1 to {MAX_NAME_BYTES} printable characters)"
+                ),
+            });
+        }
+        prepare_dir(&dir, self.file_mode)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(self.file_mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(|e| Error::Directory {
+                path: dir.clone(),
+                reason: format!("cannot open its lock file {LOCK_FILE}"),
+                source: Some(e),
+            })?;
+        let config = Arc::new(Config {
+            dir: dir.clone(),
+            application,
+            worker_id: self.worker_id,
+            file_mode: self.file_mode,
+            series_limit: self.series_limit,
+            max_file_size: self.max_file_size,
+        });
+        let reader = Reader::new(&dir)?;
+        sys::install_fork_handlers();
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                writer: Arc::new(Writer::new(Arc::clone(&config))),
+                config,
+                families: Mutex::new(HashMap::new()),
+                reader: Mutex::new(reader),
+                lock_file,
+            }),
+        })
+    }
+}
+
+fn default_application() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Creates `dir` if missing and checks that it is a writable directory.
+fn prepare_dir(dir: &Path, file_mode: u32) -> Result<()> {
+    let dir_mode = file_mode | ((file_mode & 0o444) >> 2);
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::Directory {
+                path: dir.to_path_buf(),
+                reason: "exists but is not a directory: point the store at a directory".into(),
+                source: None,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(dir_mode)
+                .create(dir)
+                .map_err(|e| Error::Directory {
+                    path: dir.to_path_buf(),
+                    reason: "does not exist and cannot be created: create it (e.g. with tmpfiles.d) or fix the parent's permissions".into(),
+                    source: Some(e),
+                })?;
+        }
+        Err(e) => {
+            return Err(Error::Directory {
+                path: dir.to_path_buf(),
+                reason: "cannot be inspected".into(),
+                source: Some(e),
+            });
+        }
+    }
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| Error::Directory {
+        path: dir.to_path_buf(),
+        reason: "path contains a NUL byte".into(),
+        source: None,
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let reason = if e.raw_os_error() == Some(libc::EROFS) {
+            "is on a read-only filesystem: use a directory on /dev/shm".to_string()
+        } else {
+            "is not writable by this process: fix its owner or permissions".to_string()
+        };
+        return Err(Error::Directory {
+            path: dir.to_path_buf(),
+            reason,
+            source: Some(e),
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Options for a store in `dir`.
+    pub fn builder(dir: impl Into<PathBuf>) -> StoreBuilder {
+        StoreBuilder::new(dir)
+    }
+
+    /// Opens a store in `dir` with default options.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Store> {
+        StoreBuilder::new(dir).open()
+    }
+
+    /// Opens a store in the directory named by `PROMETHEUS_MULTIPROC_DIR`.
+    pub fn from_env() -> Result<Store> {
+        StoreBuilder::from_env()?.open()
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.config.dir
+    }
+
+    /// The application name recorded in this process's file.
+    pub fn application(&self) -> &str {
+        &self.inner.config.application
+    }
+
+    /// This process's file, once a metric has been declared.
+    pub fn file_path(&self) -> Option<PathBuf> {
+        self.inner.writer.path()
+    }
+
+    fn families(&self) -> MutexGuard<'_, HashMap<String, Registered>> {
+        self.inner.families.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.inner.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Declares a family of `M` (or returns the existing one if this process already
+    /// declared it identically).
+    ///
+    /// Fails with a clear error if a name is invalid, or if this process or another live
+    /// process of the directory declared the name with another type, labels, buckets or
+    /// gauge mode.
+    pub fn register<M: Metric>(&self, opts: Opts) -> Result<Family<M>> {
+        let desc = FamilyDesc::new(M::TYPE, opts, self.inner.config.series_limit)?;
+        let _gate = sys::enter_gate();
+        let mut families = self.families();
+        if let Some(r) = families.get(&desc.name) {
+            if r.desc.same_schema(&desc) {
+                if let Ok(core) = Arc::clone(&r.core).downcast::<FamilyCore<M>>() {
+                    return Ok(Family { core });
+                }
+            }
+            return Err(Error::Conflict {
+                name: desc.name.clone(),
+                by: "this process".into(),
+                existing: r.desc.describe(),
+                requested: desc.describe(),
+            });
+        }
+        let fd = self.inner.lock_file.as_raw_fd();
+        sys::flock_exclusive_blocking(fd).map_err(|e| Error::io("locking", self.dir().join(LOCK_FILE), e))?;
+        let declared = self.declare_locked(&desc);
+        let _ = sys::flock_unlock(fd);
+        let id = declared?;
+        let desc = Arc::new(desc);
+        let core = Arc::new(FamilyCore::<M>::new(
+            Arc::clone(&desc),
+            id,
+            Arc::clone(&self.inner.writer),
+        ));
+        families.insert(
+            desc.name.clone(),
+            Registered {
+                desc,
+                core: Arc::clone(&core) as Arc<dyn Any + Send + Sync>,
+            },
+        );
+        Ok(Family { core })
+    }
+
+    /// Under the directory lock: checks live processes' declarations, then writes ours.
+    fn declare_locked(&self, desc: &FamilyDesc) -> Result<u32> {
+        {
+            let own = self.inner.writer.writer_id();
+            let mut reader = self.reader();
+            reader.own_writer = own;
+            for (pid, path, other) in reader.live_declarations(&desc.name)? {
+                if !other.same_schema(desc) {
+                    return Err(Error::Conflict {
+                        name: desc.name.clone(),
+                        by: format!("live process {pid} (file {})", path.display()),
+                        existing: other.describe(),
+                        requested: desc.describe(),
+                    });
+                }
+            }
+        }
+        self.inner.writer.declare(Arc::new(desc.clone()))
+    }
+
+    /// An integer counter without labels.
+    pub fn counter(&self, name: &str, help: &str) -> Result<Counter> {
+        Ok(self
+            .register::<Counter>(Opts::new(name, help))?
+            .labels(&[])
+            .clone())
+    }
+
+    /// A family of integer counters.
+    pub fn counter_family(&self, name: &str, help: &str, label_names: &[&str]) -> Result<Family<Counter>> {
+        self.register(Opts::new(name, help).label_names(label_names.iter().copied()))
+    }
+
+    /// A float counter without labels.
+    pub fn counter_f64(&self, name: &str, help: &str) -> Result<CounterF64> {
+        Ok(self
+            .register::<CounterF64>(Opts::new(name, help))?
+            .labels(&[])
+            .clone())
+    }
+
+    /// A family of float counters.
+    pub fn counter_f64_family(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+    ) -> Result<Family<CounterF64>> {
+        self.register(Opts::new(name, help).label_names(label_names.iter().copied()))
+    }
+
+    /// A gauge without labels, combined over processes by `mode`.
+    pub fn gauge(&self, name: &str, help: &str, mode: GaugeMode) -> Result<Gauge> {
+        Ok(self
+            .register::<Gauge>(Opts::new(name, help).mode(mode))?
+            .labels(&[])
+            .clone())
+    }
+
+    /// A family of gauges, combined over processes by `mode`.
+    pub fn gauge_family(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+        mode: GaugeMode,
+    ) -> Result<Family<Gauge>> {
+        self.register(
+            Opts::new(name, help)
+                .label_names(label_names.iter().copied())
+                .mode(mode),
+        )
+    }
+
+    /// A histogram without labels (`buckets`: finite upper bounds, increasing).
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Result<Histogram> {
+        Ok(self
+            .register::<Histogram>(Opts::new(name, help).buckets(buckets))?
+            .labels(&[])
+            .clone())
+    }
+
+    /// A family of histograms.
+    pub fn histogram_family(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+        buckets: &[f64],
+    ) -> Result<Family<Histogram>> {
+        self.register(
+            Opts::new(name, help)
+                .label_names(label_names.iter().copied())
+                .buckets(buckets),
+        )
+    }
+
+    /// Merges every file of the directory now.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let own = self.inner.writer.writer_id();
+        let mut reader = self.reader();
+        reader.own_writer = own;
+        reader.snapshot()
+    }
+
+    /// Merges the directory and registers the result in `registry`, next to whatever
+    /// the caller registered there (a build-info gauge, process metrics...).
+    ///
+    /// ```
+    /// use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// let mut registry = Registry::default();
+    /// let build_info: Gauge = Gauge::default();
+    /// build_info.set(1);
+    /// registry.register("build_info", "Build information", build_info);
+    /// store.scrape_into(&mut registry)?;
+    /// let mut body = String::new();
+    /// prometheus_client::encoding::text::encode(&mut body, &registry).unwrap();
+    /// assert!(body.contains("build_info 1\n") && body.ends_with("# EOF\n"));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn scrape_into(&self, registry: &mut Registry) -> Result<()> {
+        let snapshot = self.snapshot()?;
+        registry.register_collector(Box::new(snapshot));
+        Ok(())
+    }
+
+    /// The OpenMetrics exposition of the merged directory (serve it with
+    /// [`CONTENT_TYPE`]), built in a fresh registry.
+    pub fn scrape(&self) -> Result<String> {
+        let mut registry = Registry::default();
+        self.scrape_into(&mut registry)?;
+        encode(&registry)
+    }
+}
+
+/// Encodes `registry` as OpenMetrics text (with the final `# EOF`).
+pub fn encode(registry: &Registry) -> Result<String> {
+    let mut body = String::with_capacity(4096);
+    prometheus_client::encoding::text::encode(&mut body, registry).map_err(|_| Error::Encode)?;
+    Ok(body)
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.config.dir)
+            .field("application", &self.inner.config.application)
+            .field("worker_id", &self.inner.config.worker_id)
+            .finish()
+    }
+}

@@ -1,0 +1,301 @@
+//! Operating-system primitives: file locks, space reservation, randomness, and the
+//! fork machinery (generation counter, fork gate, inherited-descriptor cleanup).
+//!
+//! Everything here is Linux/Unix specific and every `unsafe` block carries its argument.
+
+use std::cell::Cell as StdCell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Once;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Takes (`exclusive`) or shares a `flock` on `fd` without blocking.
+///
+/// Returns `Ok(false)` when another open file description holds a conflicting lock.
+pub(crate) fn try_flock(fd: RawFd, exclusive: bool) -> io::Result<bool> {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    loop {
+        // SAFETY: flock only reads its integer arguments; an invalid fd yields EBADF, not UB.
+        let rc = unsafe { libc::flock(fd, op) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Takes an exclusive `flock` on `fd`, waiting for it.
+pub(crate) fn flock_exclusive_blocking(fd: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: as in `try_flock`.
+        let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+/// Releases a `flock` held through `fd`.
+pub(crate) fn flock_unlock(fd: RawFd) -> io::Result<()> {
+    // SAFETY: as in `try_flock`.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_UN) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reserves real storage for `[offset, offset + len)` of `fd`, extending the file.
+///
+/// On tmpfs this allocates the pages now, so a full filesystem is an `ENOSPC` error here
+/// instead of a SIGBUS on first touch of a sparse page. Falls back to `posix_fallocate`
+/// (which writes zeros where the filesystem has no native support).
+pub(crate) fn reserve(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let ln = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        // SAFETY: fallocate reads only its integer arguments.
+        let rc = unsafe { libc::fallocate(fd, 0, off, ln) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) => break,
+            _ => return Err(err),
+        }
+    }
+    loop {
+        // SAFETY: posix_fallocate reads only its integer arguments; it returns the error
+        // number instead of setting errno.
+        let rc = unsafe { libc::posix_fallocate(fd, off, ln) };
+        match rc {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// 64 random bits from the kernel, or (if `getrandom` is unavailable) a mix of time,
+/// pid and an address: only used to make file names unique, never for security.
+pub(crate) fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is a valid, writable 8-byte buffer for the duration of the call.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    if n == 8 {
+        return u64::from_le_bytes(buf);
+    }
+    let t = unix_nanos();
+    let local = 0u8;
+    let addr = std::ptr::addr_of!(local) as u64;
+    let mut x = t ^ (u64::from(std::process::id()) << 32) ^ addr.rotate_left(17);
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Wall-clock time in nanoseconds since the Unix epoch (0 before 1970).
+pub(crate) fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// fork()
+//
+// A child process created by fork() inherits the parent's mappings (MAP_SHARED: the very
+// same pages) and every handle's raw pointer into them. Writing through those pointers
+// would count the child's work in the parent's file (client_python #127). Instead:
+//
+// * `FORK_GENERATION` is bumped by a `pthread_atfork` child handler. Every handle caches
+//   the generation its pointer belongs to and compares it with one relaxed load before
+//   each write: no getpid() on the hot path. A mismatch sends the write to the slow path,
+//   which opens the child's own file.
+// * The child handler also closes the inherited descriptors of writer files, so the
+//   parent's `flock` is not kept alive by the child (the reader would otherwise believe a
+//   dead parent alive while the child runs).
+// * The fork gate keeps fork() out of every internal critical section: slow paths (which
+//   take internal mutexes) run as gate readers; the prepare handler waits until there are
+//   none and holds new ones back, so no mutex is ever copied into a child in a locked state.
+// ---------------------------------------------------------------------------------------
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The current fork generation of this process (changes in a child after `fork()`).
+#[inline(always)]
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+const GATE_WRITER: u64 = 1 << 63;
+static GATE: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static GATE_DEPTH: StdCell<u32> = const { StdCell::new(0) };
+}
+
+/// Proof that the current thread is inside the fork gate (see the module comment).
+/// Re-entrant: nested guards on one thread touch only a thread-local depth.
+#[must_use]
+pub(crate) struct GateGuard {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Enters the fork gate for the duration of a slow path.
+pub(crate) fn enter_gate() -> GateGuard {
+    install_fork_handlers();
+    let depth = GATE_DEPTH.with(|d| {
+        let v = d.get();
+        d.set(v + 1);
+        v
+    });
+    if depth == 0 {
+        let mut spins = 0u32;
+        loop {
+            let s = GATE.load(Ordering::Acquire);
+            if s & GATE_WRITER == 0
+                && GATE
+                    .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                break;
+            }
+            backoff(&mut spins);
+        }
+    }
+    GateGuard {
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        let depth = GATE_DEPTH.with(|d| {
+            let v = d.get() - 1;
+            d.set(v);
+            v
+        });
+        if depth == 0 {
+            GATE.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Descriptors of writer files, closed in a child after fork. -1 = free entry.
+const FD_SLOTS: usize = 1024;
+static WRITER_FDS: [AtomicI32; FD_SLOTS] = [const { AtomicI32::new(-1) }; FD_SLOTS];
+
+/// Records `fd` as a writer descriptor to close in fork children. Returns its entry, or
+/// `None` when the table is full (the fd is then only closed by its owner).
+pub(crate) fn register_writer_fd(fd: RawFd) -> Option<usize> {
+    install_fork_handlers();
+    for (i, slot) in WRITER_FDS.iter().enumerate() {
+        if slot
+            .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Forgets a writer descriptor (its owner is about to close it).
+pub(crate) fn unregister_writer_fd(entry: usize) {
+    WRITER_FDS[entry].store(-1, Ordering::Release);
+}
+
+extern "C" fn atfork_prepare() {
+    let mut spins = 0u32;
+    // Become the gate's writer (one fork at a time), then wait for readers to leave.
+    loop {
+        let s = GATE.load(Ordering::Acquire);
+        if s & GATE_WRITER == 0
+            && GATE
+                .compare_exchange_weak(s, s | GATE_WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            break;
+        }
+        backoff(&mut spins);
+    }
+    // A thread forking from inside one of our slow paths would wait for itself; the
+    // library never forks, so a reader here belongs to another thread and will leave.
+    let own = GATE_DEPTH.with(|d| d.get()) > 0;
+    let expected = if own { 1 } else { 0 };
+    while GATE.load(Ordering::Acquire) & !GATE_WRITER > expected {
+        backoff(&mut spins);
+    }
+}
+
+extern "C" fn atfork_parent() {
+    GATE.fetch_and(!GATE_WRITER, Ordering::Release);
+}
+
+extern "C" fn atfork_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Release);
+    for slot in &WRITER_FDS {
+        let fd = slot.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: `fd` was registered by a writer of the parent and, in this child,
+            // belongs to nobody else: the owning `WriterFile` notices the generation change
+            // and forgets the descriptor instead of closing it again. close() is
+            // async-signal-safe, as required in an atfork child handler.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+    let own = GATE_DEPTH.with(|d| d.get()) > 0;
+    GATE.store(u64::from(own), Ordering::Release);
+}
+
+static INSTALL: Once = Once::new();
+
+/// Registers the fork handlers once per process.
+pub(crate) fn install_fork_handlers() {
+    INSTALL.call_once(|| {
+        // SAFETY: the three handlers are `extern "C" fn()` items that live for the whole
+        // program; they only use atomics, thread-locals already initialised on the forking
+        // thread, and close().
+        let rc = unsafe {
+            libc::pthread_atfork(Some(atfork_prepare), Some(atfork_parent), Some(atfork_child))
+        };
+        if rc != 0 {
+            tracing::error!(
+                code = rc,
+                "pthread_atfork failed: metrics touched in a child after fork() would be written to the parent's file"
+            );
+        }
+    });
+}
+
+/// The pid of this process as the kernel reports it now (not cached).
+pub(crate) fn current_pid() -> u32 {
+    std::process::id()
+}
