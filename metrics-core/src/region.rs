@@ -37,6 +37,11 @@ impl Region {
         Ok(Region { map, accessible: len })
     }
 
+    /// Start and length of the whole mapping.
+    pub(crate) fn span(&self) -> (*mut u8, usize) {
+        (self.map.as_mut_ptr(), self.map.len())
+    }
+
     /// Bytes that may be accessed.
     pub(crate) fn accessible(&self) -> usize {
         self.accessible

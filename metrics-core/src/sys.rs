@@ -7,7 +7,7 @@ use std::cell::Cell as StdCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Once;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Takes (`exclusive`) or shares a `flock` on `fd` without blocking.
@@ -206,28 +206,51 @@ fn backoff(spins: &mut u32) {
     }
 }
 
-/// Descriptors of writer files, closed in a child after fork. -1 = free entry.
-const FD_SLOTS: usize = 1024;
-static WRITER_FDS: [AtomicI32; FD_SLOTS] = [const { AtomicI32::new(-1) }; FD_SLOTS];
+/// Writer files to detach in a child after fork: descriptor and mapping. A `flock`
+/// belongs to the open file description, and both the descriptor and a `MAP_SHARED`
+/// mapping hold a reference to it: the child must drop both, or the parent's lock would
+/// outlive the parent for as long as the child runs.
+struct WriterSlot {
+    /// -1 = free entry.
+    fd: AtomicI32,
+    addr: AtomicUsize,
+    len: AtomicUsize,
+}
 
-/// Records `fd` as a writer descriptor to close in fork children. Returns its entry, or
-/// `None` when the table is full (the fd is then only closed by its owner).
-pub(crate) fn register_writer_fd(fd: RawFd) -> Option<usize> {
+const FD_SLOTS: usize = 1024;
+static WRITERS: [WriterSlot; FD_SLOTS] = [const {
+    WriterSlot {
+        fd: AtomicI32::new(-1),
+        addr: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+    }
+}; FD_SLOTS];
+
+/// Records a writer's descriptor and mapping, to be detached in fork children. Call from
+/// inside the fork gate (so no fork sees a half-written entry). Returns the entry, or
+/// `None` when the table is full.
+pub(crate) fn register_writer(fd: RawFd, addr: *mut u8, len: usize) -> Option<usize> {
     install_fork_handlers();
-    for (i, slot) in WRITER_FDS.iter().enumerate() {
+    for (i, slot) in WRITERS.iter().enumerate() {
         if slot
+            .fd
             .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
+            slot.addr.store(addr as usize, Ordering::Release);
+            slot.len.store(len, Ordering::Release);
             return Some(i);
         }
     }
     None
 }
 
-/// Forgets a writer descriptor (its owner is about to close it).
-pub(crate) fn unregister_writer_fd(entry: usize) {
-    WRITER_FDS[entry].store(-1, Ordering::Release);
+/// Forgets a writer entry (its owner is about to close and unmap it).
+pub(crate) fn unregister_writer(entry: usize) {
+    let slot = &WRITERS[entry];
+    slot.addr.store(0, Ordering::Release);
+    slot.len.store(0, Ordering::Release);
+    slot.fd.store(-1, Ordering::Release);
 }
 
 extern "C" fn atfork_prepare() {
@@ -259,16 +282,37 @@ extern "C" fn atfork_parent() {
 
 extern "C" fn atfork_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Release);
-    for slot in &WRITER_FDS {
-        let fd = slot.swap(-1, Ordering::AcqRel);
-        if fd >= 0 {
-            // SAFETY: `fd` was registered by a writer of the parent and, in this child,
-            // belongs to nobody else: the owning `WriterFile` notices the generation change
-            // and forgets the descriptor instead of closing it again. close() is
-            // async-signal-safe, as required in an atfork child handler.
+    for slot in &WRITERS {
+        let fd = slot.fd.swap(-1, Ordering::AcqRel);
+        if fd < 0 {
+            continue;
+        }
+        let addr = slot.addr.swap(0, Ordering::AcqRel);
+        let len = slot.len.swap(0, Ordering::AcqRel);
+        if addr != 0 && len != 0 {
+            // SAFETY: `[addr, addr + len)` is exactly a writer mapping of the parent, which
+            // this child inherited. Mapping anonymous inaccessible memory over it with
+            // MAP_FIXED drops the mapping's reference to the parent's file (and lock) while
+            // keeping the range reserved, so the owner's later munmap unmaps only this
+            // placeholder. Nothing in the child reads it: every handle's generation check
+            // fails from now on. mmap is a plain system call, safe in an atfork handler.
             unsafe {
-                libc::close(fd);
+                libc::mmap(
+                    addr as *mut libc::c_void,
+                    len,
+                    libc::PROT_NONE,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                );
             }
+        }
+        // SAFETY: `fd` was registered by a writer of the parent and, in this child,
+        // belongs to nobody else: the owning `WriterFile` notices the generation change
+        // and forgets the descriptor instead of closing it again. close() is
+        // async-signal-safe, as required in an atfork child handler.
+        unsafe {
+            libc::close(fd);
         }
     }
     let own = GATE_DEPTH.with(|d| d.get()) > 0;

@@ -370,7 +370,8 @@ impl WriterFile {
         wf.publish();
         // Publish the fully initialised, locked file under its final name.
         std::fs::rename(&tmp, &path).map_err(|e| cleanup(Error::io("renaming", &tmp, e)))?;
-        wf.fd_entry = sys::register_writer_fd(wf.file.as_raw_fd());
+        let (addr, len) = wf.region.span();
+        wf.fd_entry = sys::register_writer(wf.file.as_raw_fd(), addr, len);
         Ok(wf)
     }
 
@@ -475,13 +476,14 @@ impl Drop for WriterFile {
     fn drop(&mut self) {
         if self.generation == sys::fork_generation() {
             if let Some(e) = self.fd_entry {
-                sys::unregister_writer_fd(e);
+                sys::unregister_writer(e);
             }
             // SAFETY: dropped exactly once, here; the descriptor is ours (same generation).
             unsafe { ManuallyDrop::drop(&mut self.file) };
         }
         // Otherwise this is an inherited file in a fork child: the atfork handler closed
-        // its descriptor, and closing the number again could close an unrelated file.
+        // its descriptor (closing the number again could close an unrelated file) and
+        // replaced its mapping with a placeholder, which the region's drop unmaps.
     }
 }
 

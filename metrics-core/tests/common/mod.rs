@@ -1,0 +1,145 @@
+//! Helpers shared by the integration tests: child processes in "roles" of this very test
+//! binary, line protocol on their stdout, bounded waits, and real signals.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// Environment variable that turns the test binary into a child role.
+pub const ROLE_VAR: &str = "SHMETRICS_TEST_ROLE";
+
+/// A child process running a role of the current test binary.
+pub struct RoleProc {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl RoleProc {
+    /// Starts `role` with `args` (the test binary re-executed).
+    pub fn spawn(role: &str, args: &[&str]) -> RoleProc {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new(exe)
+            .env(ROLE_VAR, role)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child role");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        RoleProc {
+            child,
+            stdin,
+            lines: rx,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Next line starting with `prefix` (others skipped), within `timeout`.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("child {} gave no {prefix:?} line within {timeout:?}", self.pid());
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait();
+                    panic!("child {} ended ({status:?}) before a {prefix:?} line", self.pid());
+                }
+            }
+        }
+    }
+
+    /// Every line received so far.
+    pub fn drain(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Sends one line on the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush");
+    }
+
+    /// Closes the child's stdin (children waiting on it then exit normally).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for exit within `timeout` (killed and failed otherwise).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("child {} did not exit within {timeout:?}", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends a real signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we spawned; no memory is involved.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+}
+
+impl Drop for RoleProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Reads lines from stdin until EOF (children use it to wait for the test's signal).
+pub fn wait_for_stdin_eof() {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        if line.is_err() {
+            break;
+        }
+    }
+}
+
+/// Reads one line from stdin.
+pub fn read_stdin_line() -> String {
+    let mut s = String::new();
+    std::io::stdin().read_line(&mut s).expect("read stdin");
+    s.trim().to_string()
+}
+
+/// Prints a protocol line and flushes.
+pub fn say(line: impl AsRef<str>) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", line.as_ref()).expect("stdout");
+    out.flush().expect("flush");
+}
