@@ -87,6 +87,7 @@
 //! one series per process with a `pid` label; the others never add a label.
 
 #![deny(missing_docs)]
+#![deny(missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cell;

@@ -363,6 +363,15 @@ impl Reader {
     }
 }
 
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("dir", &self.dir)
+            .field("files", &self.files.len())
+            .finish()
+    }
+}
+
 impl CachedFile {
     fn new(ident: (u64, u64), path: PathBuf) -> Self {
         CachedFile {
@@ -413,9 +422,9 @@ impl CachedFile {
             return Err(corrupt!("not a regular file"));
         }
         let size = usize::try_from(md.len()).map_err(|_| corrupt!("too large"))?;
-        if size < HEADER_BYTES {
+        if size == 0 {
             return Err(corrupt!(
-                "{size} bytes, shorter than the {HEADER_BYTES}-byte header"
+                "empty file, shorter than the {HEADER_BYTES}-byte header"
             ));
         }
         let remap = self.region.as_ref().is_none_or(|r| r.accessible() < size);
@@ -424,6 +433,16 @@ impl CachedFile {
         }
         let region = self.region.as_ref().ok_or_else(|| corrupt!("not mapped"))?;
         if self.parsed == 0 {
+            // The magic first: a stranger's short file is "not ours", not "truncated".
+            let magic = region.word(0).map(|w| w.load(Ordering::Relaxed).to_le_bytes());
+            if magic.is_none_or(|m| m != format::MAGIC) {
+                return Err(corrupt!("wrong magic: not a shmetrics file"));
+            }
+            if size < HEADER_BYTES {
+                return Err(corrupt!(
+                    "{size} bytes, shorter than the {HEADER_BYTES}-byte header"
+                ));
+            }
             let mut h = Vec::with_capacity(format::HEADER_WORDS);
             if !region.copy_words(0, format::HEADER_WORDS, &mut h) {
                 return Err(corrupt!("header out of range"));

@@ -240,9 +240,14 @@ fn prepare_dir(dir: &Path, file_mode: u32) -> Result<()> {
                 })?;
         }
         Err(e) => {
+            let reason = if e.raw_os_error() == Some(libc::ENOTDIR) {
+                "part of the path is a file, not a directory: fix the path".into()
+            } else {
+                "cannot be inspected".into()
+            };
             return Err(Error::Directory {
                 path: dir.to_path_buf(),
-                reason: "cannot be inspected".into(),
+                reason,
                 source: Some(e),
             });
         }

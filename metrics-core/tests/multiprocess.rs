@@ -39,6 +39,10 @@ fn main() {
         Trial::test("fork_child_writes_its_own_file", fork_child_writes_its_own_file),
         Trial::test("gauge_modes_with_live_and_dead_writers", gauge_modes),
         Trial::test("full_filesystem_is_an_error_not_a_signal", full_filesystem),
+        Trial::test(
+            "conflicting_declaration_of_a_live_process_fails",
+            cross_process_conflict,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -51,6 +55,7 @@ fn run_role(role: &str, args: &[String]) {
         "fork" => role_fork(dir),
         "gauges" => role_gauges(dir, args[1].parse().expect("value"), &args[2]),
         "fill" => role_fill(dir, &args[1]),
+        "declare" => role_declare(dir, &args[1]),
         other => panic!("unknown role {other}"),
     }
 }
@@ -598,6 +603,60 @@ fn full_filesystem() -> Result<(), Failed> {
     let status = p.wait(Duration::from_secs(10));
     if !status.success() {
         return Err(format!("writer ended with {status:?}: expected a normal exit, no signal").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Histogram buckets must agree between live processes; a dead process's old declaration
+// (an earlier deployment) does not block a new one.
+
+fn role_declare(dir: &str, bounds: &str) {
+    let store = open(dir);
+    let b: Vec<f64> = bounds.split(',').map(|x| x.parse().expect("bound")).collect();
+    let h = store.histogram("req_seconds", "Latency", &b).expect("declare");
+    h.observe(0.5);
+    say("declared");
+    wait_for_stdin_eof();
+}
+
+fn cross_process_conflict() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut other = RoleProc::spawn("declare", &[d, "0.1,1"]);
+    other.expect("declared", Duration::from_secs(30));
+    let store = open(d);
+    let e = store
+        .histogram("req_seconds", "Latency", &[0.1, 2.0])
+        .unwrap_err();
+    let msg = e.to_string();
+    let pid = other.pid().to_string();
+    if !msg.contains("already declared differently by live process") || !msg.contains(&pid) {
+        return Err(format!("message should name the live process {pid}: {msg}").into());
+    }
+    if !msg.contains("[0.1, 1, +Inf]") || !msg.contains("[0.1, 2, +Inf]") {
+        return Err(format!("message should show both bucket lists: {msg}").into());
+    }
+    // The same buckets as the live process: accepted.
+    let h = store.histogram("req_seconds", "Latency", &[0.1, 1.0])?;
+    h.observe(0.05);
+    // Once the other process is gone (a previous deployment), new buckets are accepted;
+    // the merge shows the live declaration and counts the old file as a conflict.
+    other.close_stdin();
+    other.wait(Duration::from_secs(10));
+    let fresh = tempfile::tempdir()?;
+    let f = fresh.path().to_str().unwrap();
+    let mut old = RoleProc::spawn("declare", &[f, "0.1,1"]);
+    old.expect("declared", Duration::from_secs(30));
+    old.close_stdin();
+    old.wait(Duration::from_secs(10));
+    let new = open(f);
+    let h = new.histogram("req_seconds", "Latency", &[0.1, 2.0, 4.0])?;
+    h.observe(3.0);
+    let snap = new.snapshot()?;
+    let v = snap.histogram("req_seconds", &[]).ok_or("no histogram")?;
+    if v.buckets != vec![0, 0, 1, 0] || snap.stats().conflicts != 1 {
+        return Err(format!("merged {:?}, conflicts {}", v.buckets, snap.stats().conflicts).into());
     }
     Ok(())
 }

@@ -1,0 +1,347 @@
+//! The store's API in one process: declarations and their errors, cardinality limits,
+//! refused values, directories and file permissions.
+
+use std::os::unix::fs::PermissionsExt;
+
+use shmetrics_core::{Error, GaugeMode, Histogram, OVERFLOW_LABEL_VALUE, Opts, Store};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder(dir.path())
+        .application("store-test")
+        .open()
+        .unwrap();
+    (dir, store)
+}
+
+fn store_errors(store: &Store, kind: &str) -> u64 {
+    let snap = store.snapshot().unwrap();
+    snap.stats()
+        .store_errors
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, n)| *n)
+        .unwrap()
+}
+
+#[test]
+fn invalid_names_are_clear_errors() {
+    let (_d, s) = store();
+    let e = s.counter("http-requests", "h").unwrap_err();
+    assert!(matches!(e, Error::InvalidMetricName { .. }));
+    assert!(
+        e.to_string().contains("invalid metric name \"http-requests\""),
+        "{e}"
+    );
+    assert!(e.to_string().contains("[a-zA-Z_:][a-zA-Z0-9_:]*"), "{e}");
+
+    let e = s.counter_family("ok", "h", &["bad-label"]).unwrap_err();
+    assert!(matches!(e, Error::InvalidLabelName { .. }), "{e}");
+    assert!(e.to_string().contains("\"bad-label\" for metric \"ok\""), "{e}");
+
+    let e = s.counter_family("ok", "h", &["__name__"]).unwrap_err();
+    assert!(e.to_string().contains("reserves"), "{e}");
+
+    let e = s.histogram("h", "h", &[1.0, 0.5]).unwrap_err();
+    assert!(matches!(e, Error::InvalidBuckets { .. }));
+    assert!(e.to_string().contains("increase strictly"), "{e}");
+
+    let e = s.histogram_family("h", "h", &["le"], &[1.0]).unwrap_err();
+    assert!(e.to_string().contains("reserved for histogram buckets"), "{e}");
+
+    let e = s.gauge_family("g", "h", &["pid"], GaugeMode::All).unwrap_err();
+    assert!(e.to_string().contains("added by the store"), "{e}");
+
+    // Nothing half-declared: the failed names are free for a valid declaration.
+    s.counter("h", "h").unwrap().inc();
+}
+
+#[test]
+fn redeclaring_identically_returns_the_same_family() {
+    let (_d, s) = store();
+    let a = s.counter_family("jobs", "Jobs", &["q"]).unwrap();
+    // As a second middleware instance would, e.g. in tests.
+    let b = s.counter_family("jobs", "Jobs (other help)", &["q"]).unwrap();
+    a.labels(&["x"]).inc();
+    b.labels(&["x"]).inc();
+    assert_eq!(a.labels(&["x"]).get(), 2);
+    assert_eq!(s.snapshot().unwrap().counter("jobs", &[("q", "x")]), Some(2));
+    // The `_total` suffix names the same counter.
+    let c = s.counter_family("jobs_total", "Jobs", &["q"]).unwrap();
+    assert_eq!(c.labels(&["x"]).get(), 2);
+}
+
+#[test]
+fn conflicting_declarations_in_one_process_fail() {
+    let (_d, s) = store();
+    s.histogram("latency", "h", &[0.1, 1.0]).unwrap();
+    let e = s.histogram("latency", "h", &[0.1, 2.0]).unwrap_err();
+    assert!(matches!(e, Error::Conflict { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("already declared differently by this process"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[0.1, 1, +Inf]") && msg.contains("[0.1, 2, +Inf]"),
+        "{msg}"
+    );
+    assert!(s.gauge("latency", "h", GaugeMode::Max).is_err());
+    s.gauge("level", "h", GaugeMode::Max).unwrap();
+    assert!(
+        s.gauge("level", "h", GaugeMode::Min)
+            .unwrap_err()
+            .to_string()
+            .contains("mode max")
+    );
+    s.counter_family("c", "h", &["a"]).unwrap();
+    assert!(s.counter_family("c", "h", &["b"]).is_err());
+    assert!(s.counter_f64_family("c", "h", &["a"]).is_err());
+}
+
+#[test]
+fn series_limit_sends_new_label_sets_to_one_overflow_series() {
+    let (_d, s) = store();
+    let fam = s
+        .register::<shmetrics_core::Counter>(Opts::new("hits", "Hits").label_names(["path"]).series_limit(5))
+        .unwrap();
+    for i in 0..1000 {
+        fam.labels(&[&format!("/scan/{i}")]).inc();
+    }
+    assert_eq!(fam.series_count(), 5);
+    // Known label sets keep their own series.
+    fam.labels(&["/scan/0"]).inc();
+    let snap = s.snapshot().unwrap();
+    let f = snap.family("hits").unwrap();
+    assert_eq!(f.series.len(), 6, "5 series and the overflow series");
+    assert_eq!(snap.counter("hits", &[("path", "/scan/0")]), Some(2));
+    assert_eq!(snap.counter("hits", &[("path", OVERFLOW_LABEL_VALUE)]), Some(995));
+    assert_eq!(snap.stats().overflow, vec![("hits".to_string(), 995)]);
+    let text = s.scrape().unwrap();
+    assert!(
+        text.contains("shmetrics_cardinality_overflow_total{family=\"hits\"} 995\n"),
+        "{text}"
+    );
+    // The file stays small: 1000 distinct values did not become 1000 series.
+    let size = std::fs::metadata(s.file_path().unwrap()).unwrap().len();
+    assert!(size <= 64 << 10, "file grew to {size} bytes");
+}
+
+#[test]
+fn default_series_limit_comes_from_the_builder() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::builder(dir.path()).series_limit(3).open().unwrap();
+    let f = s.counter_family("x", "x", &["v"]).unwrap();
+    assert_eq!(f.series_limit(), 3);
+    for v in ["a", "b", "c", "d"] {
+        f.labels(&[v]).inc();
+    }
+    assert_eq!(f.series_count(), 3);
+}
+
+#[test]
+fn wrong_label_count_is_counted_not_a_panic() {
+    let (_d, s) = store();
+    let fam = s.counter_family("calls", "Calls", &["a", "b"]).unwrap();
+    fam.labels(&["only-one"]).inc();
+    fam.labels(&["one", "two", "three"]).inc();
+    fam.labels(&["x", "y"]).inc();
+    let snap = s.snapshot().unwrap();
+    assert_eq!(
+        snap.counter(
+            "calls",
+            &[("a", OVERFLOW_LABEL_VALUE), ("b", OVERFLOW_LABEL_VALUE)]
+        ),
+        Some(2)
+    );
+    assert_eq!(snap.counter("calls", &[("a", "x"), ("b", "y")]), Some(1));
+    assert_eq!(store_errors(&s, "label_count"), 2);
+}
+
+#[test]
+fn invalid_values_are_refused_and_counted() {
+    let (_d, s) = store();
+    let c = s.counter_f64("bytes", "Bytes").unwrap();
+    c.inc_by(1.5);
+    c.inc_by(-1.0);
+    c.inc_by(f64::NAN);
+    c.inc_by(f64::INFINITY);
+    let h = s.histogram("sizes", "Sizes", &[1.0]).unwrap();
+    h.observe(f64::NAN);
+    h.observe(0.5);
+    assert_eq!(c.get(), 1.5);
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.histogram("sizes", &[]).unwrap().count(), 1);
+    assert_eq!(store_errors(&s, "invalid_value"), 4);
+}
+
+#[test]
+fn gauges_set_inc_dec_in_every_mode() {
+    let (_d, s) = store();
+    for mode in GaugeMode::ALL {
+        let g = s.gauge(&format!("g_{mode}"), "g", mode).unwrap();
+        g.set(10.0);
+        g.inc();
+        g.dec();
+        g.dec();
+        g.add(0.5);
+        g.sub(0.25);
+        assert_eq!(g.get(), 9.25, "{mode}");
+        let snap = s.snapshot().unwrap();
+        let fam = snap.family(&format!("g_{mode}")).unwrap();
+        assert_eq!(fam.series.len(), 1);
+        assert_eq!(fam.series[0].value, shmetrics_core::Value::Gauge(9.25), "{mode}");
+    }
+}
+
+#[test]
+fn histogram_buckets_are_le_and_per_bucket() {
+    let (_d, s) = store();
+    let h: shmetrics_core::Family<Histogram> = s.histogram_family("d", "d", &["r"], &[1.0, 2.0]).unwrap();
+    let x = h.labels(&["x"]);
+    for v in [0.0, 1.0, 1.0000001, 2.0, 3.0, f64::INFINITY, -5.0] {
+        x.observe(v);
+    }
+    let snap = s.snapshot().unwrap();
+    let v = snap.histogram("d", &[("r", "x")]).unwrap();
+    assert_eq!(v.buckets, vec![3, 2, 2], "le semantics: v <= bound");
+    let text = s.scrape().unwrap();
+    assert!(text.contains("d_bucket{le=\"1.0\",r=\"x\"} 3\n"), "{text}");
+    assert!(text.contains("d_bucket{le=\"2.0\",r=\"x\"} 5\n"), "{text}");
+    assert!(text.contains("d_bucket{le=\"+Inf\",r=\"x\"} 7\n"), "{text}");
+    assert!(text.contains("d_count{r=\"x\"} 7\n"), "{text}");
+}
+
+#[test]
+fn missing_directory_is_created_with_owner_only_permissions() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("prometheus").join("ckms");
+    let s = Store::open(&dir).unwrap();
+    s.counter("c", "c").unwrap().inc();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let file = s.file_path().unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn file_mode_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::builder(dir.path().join("grp"))
+        .file_mode(0o640)
+        .open()
+        .unwrap();
+    s.counter("c", "c").unwrap().inc();
+    let file = s.file_path().unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("grp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o750
+    );
+    let e = Store::builder(dir.path()).file_mode(0o400).open().unwrap_err();
+    assert!(e.to_string().contains("owner read and write"), "{e}");
+    assert!(Store::builder(dir.path()).file_mode(0o755).open().is_err());
+}
+
+#[test]
+fn unusable_directories_fail_at_open_with_a_clear_error() {
+    let base = tempfile::tempdir().unwrap();
+    let file = base.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = Store::open(&file).unwrap_err();
+    assert!(e.to_string().contains("exists but is not a directory"), "{e}");
+    let e = Store::open(file.join("sub")).unwrap_err();
+    assert!(e.to_string().contains("part of the path is a file"), "{e}");
+}
+
+#[test]
+fn read_only_directory_fails_at_open() {
+    let base = tempfile::tempdir().unwrap();
+    let ro = base.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // Permission bits do not stop root: use a read-only mount instead.
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+            .arg(&ro)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "read_only_directory_fails_at_open: skipped (root, and cannot mount a read-only tmpfs)"
+            );
+            return;
+        }
+    } else {
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+    }
+    let result = Store::open(&ro);
+    if root {
+        let _ = std::process::Command::new("umount").arg(&ro).status();
+    }
+    let e = result.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("read-only") || msg.contains("not writable"), "{msg}");
+}
+
+#[test]
+fn reader_of_a_missing_directory_is_a_clear_error() {
+    let e = shmetrics_core::Reader::new("/nonexistent/shmetrics/dir").unwrap_err();
+    assert!(e.to_string().contains("does it exist?"), "{e}");
+}
+
+#[test]
+fn handles_are_fast_path_after_binding_and_shared_across_threads() {
+    let (_d, s) = store();
+    let fam = s.counter_family("t", "t", &["k"]).unwrap();
+    std::thread::scope(|sc| {
+        for t in 0..4 {
+            let fam = &fam;
+            sc.spawn(move || {
+                for i in 0..10_000 {
+                    fam.labels(&[&format!("k{}", (i + t) % 50)]).inc();
+                }
+            });
+        }
+    });
+    let snap = s.snapshot().unwrap();
+    let total: u64 = snap
+        .family("t")
+        .unwrap()
+        .series
+        .iter()
+        .map(|s| match s.value {
+            shmetrics_core::Value::Counter(v) => v,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 40_000);
+    assert_eq!(fam.series_count(), 50);
+}
+
+#[test]
+fn two_stores_in_two_directories_are_independent() {
+    let (_a, sa) = store();
+    let (_b, sb) = store();
+    sa.counter("only_a", "a").unwrap().inc();
+    sb.counter("only_b", "b").unwrap().inc_by(2);
+    let snap_a = sa.snapshot().unwrap();
+    let snap_b = sb.snapshot().unwrap();
+    assert_eq!(snap_a.counter("only_a", &[]), Some(1));
+    assert!(snap_a.family("only_b").is_none());
+    assert_eq!(snap_b.counter("only_b", &[]), Some(2));
+    assert!(snap_b.family("only_a").is_none());
+}
