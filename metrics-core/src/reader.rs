@@ -62,6 +62,8 @@ struct CachedFile {
     start: u64,
     writer_id: u64,
     application: Option<String>,
+    /// Value of the `pid` label for this file's per-process gauges.
+    pid_label: String,
     parsed: usize,
     families: Vec<FileFamily>,
     blocks: Vec<(usize, usize)>,
@@ -245,6 +247,27 @@ impl Reader {
         let mut order: Vec<&mut CachedFile> =
             self.files.values_mut().filter(|c| c.corrupt.is_none()).collect();
         order.sort_by(|a, b| b.live.cmp(&a.live).then(b.start.cmp(&a.start)));
+        // The `pid` label of per-process gauges. Two files can share a pid (pid reuse, or
+        // processes in different pid namespaces: every container's first process is 1);
+        // their series must not hide each other, so colliding pids get the file's
+        // identity appended.
+        let mut pid_count: HashMap<u32, usize> = HashMap::new();
+        for cf in order.iter() {
+            *pid_count.entry(cf.pid).or_default() += 1;
+        }
+        for cf in order.iter_mut() {
+            let label = if pid_count[&cf.pid] > 1 {
+                format!("{}-{:08x}", cf.pid, cf.writer_id >> 32)
+            } else {
+                cf.pid.to_string()
+            };
+            if label != cf.pid_label {
+                cf.pid_label = label;
+                for s in &mut cf.series {
+                    s.merged = None;
+                }
+            }
+        }
 
         // Reference declaration of each family name.
         let mut reference: HashMap<&str, &FamilyRecord> = HashMap::new();
@@ -299,7 +322,7 @@ impl Reader {
             let Some(region) = cf.region.as_ref() else {
                 continue;
             };
-            let pid = cf.pid.to_string();
+            let pid = cf.pid_label.clone();
             // Map each of the file's families to its merged family, or skip it.
             let mut targets: Vec<Option<usize>> = Vec::with_capacity(cf.families.len());
             for ff in &mut cf.families {
@@ -386,6 +409,7 @@ impl CachedFile {
             start: 0,
             writer_id: 0,
             application: None,
+            pid_label: String::new(),
             parsed: 0,
             families: Vec::new(),
             blocks: Vec::new(),

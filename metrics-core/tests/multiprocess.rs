@@ -43,6 +43,10 @@ fn main() {
             "conflicting_declaration_of_a_live_process_fails",
             cross_process_conflict,
         ),
+        Trial::test(
+            "same_pid_in_two_containers_keeps_two_files",
+            same_pid_in_two_containers,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -56,6 +60,7 @@ fn run_role(role: &str, args: &[String]) {
         "gauges" => role_gauges(dir, args[1].parse().expect("value"), &args[2]),
         "fill" => role_fill(dir, &args[1]),
         "declare" => role_declare(dir, &args[1]),
+        "container" => role_container(dir, &args[1]),
         other => panic!("unknown role {other}"),
     }
 }
@@ -657,6 +662,73 @@ fn cross_process_conflict() -> Result<(), Failed> {
     let v = snap.histogram("req_seconds", &[]).ok_or("no histogram")?;
     if v.buckets != vec![0, 0, 1, 0] || snap.stats().conflicts != 1 {
         return Err(format!("merged {:?}, conflicts {}", v.buckets, snap.stats().conflicts).into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// File identity is not the pid: two processes in separate pid namespaces (both pid 1,
+// as in two containers sharing /dev/shm) keep separate files and separate series.
+
+fn role_container(dir: &str, marker: &str) {
+    let store = open(dir);
+    let c = store.counter("container_requests", "Requests").expect("counter");
+    c.inc_by(100);
+    let g = store
+        .gauge("container_marker", "Marker", GaugeMode::LiveAll)
+        .expect("gauge");
+    g.set(marker.parse().expect("marker"));
+    say(format!("pid {}", std::process::id()));
+    wait_for_stdin_eof();
+}
+
+fn same_pid_in_two_containers() -> Result<(), Failed> {
+    let unshare = ["unshare", "--pid", "--fork"];
+    let usable = std::process::Command::new(unshare[0])
+        .args(&unshare[1..])
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("same_pid_in_two_containers: skipped: `unshare --pid` is not permitted here");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut a = RoleProc::spawn_with(&unshare, "container", &[d, "1"]);
+    let mut b = RoleProc::spawn_with(&unshare, "container", &[d, "2"]);
+    let pa = a.expect("pid", Duration::from_secs(30));
+    let pb = b.expect("pid", Duration::from_secs(30));
+    if pa != "1" || pb != "1" {
+        return Err(
+            format!("expected both writers to be pid 1 in their namespace, got {pa} and {pb}").into(),
+        );
+    }
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    if snap.counter("container_requests", &[]) != Some(200) || snap.stats().live_files != 2 {
+        return Err(format!(
+            "requests {:?}, live files {}",
+            snap.counter("container_requests", &[]),
+            snap.stats().live_files
+        )
+        .into());
+    }
+    let fam = snap.family("container_marker").ok_or("no marker gauge")?;
+    let mut seen: Vec<(String, f64)> = fam
+        .series
+        .iter()
+        .map(|s| {
+            let v = match s.value {
+                Value::Gauge(v) => v,
+                _ => f64::NAN,
+            };
+            (s.labels[0].to_string(), v)
+        })
+        .collect();
+    seen.sort_by(|x, y| x.1.total_cmp(&y.1));
+    let distinct = seen.len() == 2 && seen[0].0 != seen[1].0;
+    if !distinct || seen[0].1 != 1.0 || seen[1].1 != 2.0 || !seen.iter().all(|(p, _)| p.starts_with("1-")) {
+        return Err(format!("per-process series {seen:?}: expected two, pid labels 1-<id>").into());
     }
     Ok(())
 }

@@ -20,8 +20,21 @@ pub struct RoleProc {
 impl RoleProc {
     /// Starts `role` with `args` (the test binary re-executed).
     pub fn spawn(role: &str, args: &[&str]) -> RoleProc {
+        RoleProc::spawn_with(&[], role, args)
+    }
+
+    /// Starts `role` under a wrapper command (e.g. `unshare --pid --fork`).
+    pub fn spawn_with(wrapper: &[&str], role: &str, args: &[&str]) -> RoleProc {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut child = Command::new(exe)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .env(ROLE_VAR, role)
             .args(args)
             .stdin(Stdio::piped())

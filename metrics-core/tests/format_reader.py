@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""A reader of shmetrics store directories, written from FORMAT.md alone.
+
+Usage: format_reader.py DIR  -> prints the merged families as JSON:
+  {"<family>": {"type": ..., "mode": ..., "labels": [...], "series": [[[values...], value], ...]}}
+with histogram values as {"buckets": [...], "sum": x}. Used by the Rust test suite to check
+that the specification is precise enough to be implemented independently.
+"""
+import fcntl
+import json
+import os
+import struct
+import sys
+
+MAGIC = b"SHMETRIC"
+TYPES = {1: "counter", 2: "counter_f64", 3: "gauge", 4: "histogram"}
+MODES = ["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
+         "mostrecent", "livemostrecent"]
+
+
+class Bad(Exception):
+    pass
+
+
+def u64(b, off):
+    return struct.unpack_from("<Q", b, off)[0]
+
+
+def f64(b, off):
+    return struct.unpack_from("<d", b, off)[0]
+
+
+def halves(w):
+    return w & 0xFFFFFFFF, w >> 32
+
+
+def read_string(b, off, end):
+    if off + 8 > end:
+        raise Bad("string header out of record")
+    n = u64(b, off)
+    words = (n + 7) // 8
+    if off + 8 + words * 8 > end:
+        raise Bad("string out of record")
+    raw = b[off + 8: off + 8 + words * 8]
+    if any(raw[n:]):
+        raise Bad("padding")
+    return raw[:n].decode("utf-8"), off + 8 + words * 8
+
+
+def is_live(path):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        b = f.read()
+    if len(b) < 128 or b[:8] != MAGIC:
+        raise Bad("header")
+    version, hsize = halves(u64(b, 8))
+    if version != 1 or hsize != 128:
+        raise Bad("version")
+    used = u64(b, 16)
+    if used < 128 or used > len(b) or used % 8:
+        raise Bad("used")
+    pid, _flags = halves(u64(b, 24))
+    info = {"pid": pid, "start": u64(b, 32), "writer": u64(b, 40),
+            "errors": [u64(b, 56), u64(b, 64), u64(b, 72)],
+            "families": [], "series": [], "blocks": []}
+
+    def in_block(off, nslots):
+        return off % 8 == 0 and any(s <= off and off + nslots * 8 <= e for s, e in info["blocks"])
+
+    pos = 128
+    while pos < used:
+        kind, length = halves(u64(b, pos))
+        if length < 8 or length % 8 or pos + length > used:
+            raise Bad("record length")
+        end = pos + length
+        if kind == 1:
+            info["application"], _ = read_string(b, pos + 8, end)
+        elif kind == 2:
+            fid, flags = halves(u64(b, pos + 8))
+            nlabels, nbuckets = halves(u64(b, pos + 16))
+            stats = u64(b, pos + 24)
+            name, o = read_string(b, pos + 32, end)
+            help_, o = read_string(b, o, end)
+            labels = []
+            for _ in range(nlabels):
+                l, o = read_string(b, o, end)
+                labels.append(l)
+            buckets = [f64(b, o + 8 * i) for i in range(nbuckets)]
+            if fid != len(info["families"]) or not in_block(stats, 1):
+                raise Bad("family")
+            ty = TYPES[flags & 0xFF]
+            mode = MODES[(flags >> 8) & 0xFF]
+            nslots = {"counter": 1, "counter_f64": 1, "histogram": nbuckets + 1}.get(
+                ty, 3 if mode.endswith("mostrecent") else 1)
+            info["families"].append({"name": name, "help": help_, "type": ty, "mode": mode,
+                                     "labels": labels, "buckets": buckets,
+                                     "stats": u64(b, stats), "nslots": nslots})
+        elif kind == 3:
+            fid, nvalues = halves(u64(b, pos + 8))
+            voff = u64(b, pos + 16)
+            fam = info["families"][fid]
+            if nvalues != len(fam["labels"]) or not in_block(voff, fam["nslots"]):
+                raise Bad("series")
+            o = pos + 24
+            values = []
+            for _ in range(nvalues):
+                v, o = read_string(b, o, end)
+                values.append(v)
+            info["series"].append((fid, voff, values))
+        elif kind == 4:
+            info["blocks"].append((pos + 8, end))
+        elif not kind & (1 << 31):
+            raise Bad("kind")
+        pos = end
+    info["bytes"] = b
+    return info
+
+
+def merge(directory):
+    files = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if not name.endswith(".shm") or name.startswith(".tmp-") or os.path.islink(path):
+            continue
+        try:
+            info = read_file(path)
+        except (Bad, KeyError, IndexError, UnicodeDecodeError, struct.error):
+            continue
+        info["live"] = is_live(path)
+        files.append(info)
+    files.sort(key=lambda f: (not f["live"], -f["start"]))
+    pid_count = {}
+    for f in files:
+        pid_count[f["pid"]] = pid_count.get(f["pid"], 0) + 1
+
+    ref = {}
+    for f in files:
+        for fam in f["families"]:
+            ref.setdefault(fam["name"], fam)
+
+    out = {}
+    for name, r in ref.items():
+        labels = list(r["labels"]) + (["pid"] if r["type"] == "gauge" and r["mode"] in ("all", "liveall") else [])
+        out[name] = {"type": r["type"], "mode": r["mode"], "labels": labels, "series": {}}
+
+    for f in files:
+        b = f["bytes"]
+        if pid_count[f["pid"]] > 1:
+            pid_label = "%d-%08x" % (f["pid"], f["writer"] >> 32)
+        else:
+            pid_label = str(f["pid"])
+        for fid, voff, values in f["series"]:
+            fam = f["families"][fid]
+            r = ref[fam["name"]]
+            if (fam["type"], fam["mode"], fam["labels"], fam["buckets"]) != (r["type"], r["mode"], r["labels"], r["buckets"]):
+                continue
+            series = out[fam["name"]]["series"]
+            ty, mode = fam["type"], fam["mode"]
+            if ty == "gauge" and mode.startswith("live") and not f["live"]:
+                continue
+            key = tuple(values) + ((pid_label,) if ty == "gauge" and mode in ("all", "liveall") else ())
+            if ty == "counter":
+                series[key] = series.get(key, 0) + u64(b, voff)
+            elif ty == "counter_f64":
+                series[key] = series.get(key, 0.0) + f64(b, voff)
+            elif ty == "histogram":
+                n = len(fam["buckets"])
+                cur = series.setdefault(key, {"buckets": [0] * n, "sum": 0.0})
+                for i in range(n):
+                    cur["buckets"][i] += u64(b, voff + 8 * i)
+                cur["sum"] += f64(b, voff + 8 * n)
+            elif mode.endswith("mostrecent"):
+                v, t = f64(b, voff + 8), u64(b, voff + 16)
+                cur = series.get(key, (0.0, 0))
+                if t > cur[1]:
+                    cur = (v, t)
+                series[key] = cur
+            else:
+                v = f64(b, voff)
+                if key not in series or mode in ("all", "liveall"):
+                    if key not in series:
+                        series[key] = v
+                elif mode in ("min", "livemin"):
+                    series[key] = min(series[key], v)
+                elif mode in ("max", "livemax"):
+                    series[key] = max(series[key], v)
+                elif mode in ("sum", "livesum"):
+                    series[key] += v
+    for fam in out.values():
+        items = []
+        for key, v in sorted(fam["series"].items()):
+            if fam["mode"].endswith("mostrecent") and fam["type"] == "gauge":
+                v = v[0]
+            items.append([list(key), v])
+        fam["series"] = items
+    return out
+
+
+if __name__ == "__main__":
+    json.dump(merge(sys.argv[1]), sys.stdout, sort_keys=True)
