@@ -211,8 +211,12 @@ impl<M: Metric> FamilyCore<M> {
     }
 
     fn overflow(&self) -> &M {
+        if let Some(m) = self.overflow.get() {
+            return m;
+        }
+        // Enter the fork gate before the OnceLock's own lock, like every internal lock.
+        let _gate = sys::enter_gate();
         self.overflow.get_or_init(|| {
-            let _gate = sys::enter_gate();
             let labels = vec![Box::<str>::from(OVERFLOW_LABEL_VALUE); self.desc.labels.len()];
             self.make(labels.into_boxed_slice())
         })

@@ -457,6 +457,8 @@ impl Store {
 
     /// Merges every file of the directory now.
     pub fn snapshot(&self) -> Result<Snapshot> {
+        // Inside the fork gate before any internal lock (see `sys`).
+        let _gate = sys::enter_gate();
         let own = self.inner.writer.writer_id();
         let mut reader = self.reader();
         reader.own_writer = own;

@@ -133,6 +133,9 @@ pub(crate) fn unix_nanos() -> u64 {
 // * The fork gate keeps fork() out of every internal critical section: slow paths (which
 //   take internal mutexes) run as gate readers; the prepare handler waits until there are
 //   none and holds new ones back, so no mutex is ever copied into a child in a locked state.
+//   Rule: enter the gate *before* taking any internal lock. A thread holding a lock while
+//   waiting at the gate could block a reader inside it, which blocks the fork, which
+//   blocks the gate: a deadlock.
 // ---------------------------------------------------------------------------------------
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);

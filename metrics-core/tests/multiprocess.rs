@@ -20,6 +20,31 @@ const ITERS: u64 = 250_000;
 const OBSERVED: [f64; 4] = [0.25, 0.5, 2.0, 8.0];
 const BOUNDS: [f64; 3] = [0.3, 1.0, 5.0];
 
+type Test = fn() -> Result<(), Failed>;
+
+const TESTS: &[(&str, Test)] = &[
+    (
+        "exact_under_concurrency_4_processes_x_4_threads",
+        exact_under_concurrency,
+    ),
+    (
+        "sigkill_keeps_everything_recorded",
+        sigkill_keeps_everything_recorded,
+    ),
+    ("fork_child_writes_its_own_file", fork_child_writes_its_own_file),
+    ("gauge_modes_with_live_and_dead_writers", gauge_modes),
+    ("full_filesystem_is_an_error_not_a_signal", full_filesystem),
+    (
+        "conflicting_declaration_of_a_live_process_fails",
+        cross_process_conflict,
+    ),
+    (
+        "same_pid_in_two_containers_keeps_two_files",
+        same_pid_in_two_containers,
+    ),
+    ("fork_while_another_thread_creates_series", fork_storm),
+];
+
 fn main() {
     if let Ok(role) = std::env::var(ROLE_VAR) {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,27 +52,7 @@ fn main() {
         return;
     }
     let args = Arguments::from_args();
-    let tests = vec![
-        Trial::test(
-            "exact_under_concurrency_4_processes_x_4_threads",
-            exact_under_concurrency,
-        ),
-        Trial::test(
-            "sigkill_keeps_everything_recorded",
-            sigkill_keeps_everything_recorded,
-        ),
-        Trial::test("fork_child_writes_its_own_file", fork_child_writes_its_own_file),
-        Trial::test("gauge_modes_with_live_and_dead_writers", gauge_modes),
-        Trial::test("full_filesystem_is_an_error_not_a_signal", full_filesystem),
-        Trial::test(
-            "conflicting_declaration_of_a_live_process_fails",
-            cross_process_conflict,
-        ),
-        Trial::test(
-            "same_pid_in_two_containers_keeps_two_files",
-            same_pid_in_two_containers,
-        ),
-    ];
+    let tests = TESTS.iter().map(|(name, f)| Trial::test(*name, *f)).collect();
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -61,6 +66,7 @@ fn run_role(role: &str, args: &[String]) {
         "fill" => role_fill(dir, &args[1]),
         "declare" => role_declare(dir, &args[1]),
         "container" => role_container(dir, &args[1]),
+        "forkstorm" => role_fork_storm(dir),
         other => panic!("unknown role {other}"),
     }
 }
@@ -729,6 +735,88 @@ fn same_pid_in_two_containers() -> Result<(), Failed> {
     let distinct = seen.len() == 2 && seen[0].0 != seen[1].0;
     if !distinct || seen[0].1 != 1.0 || seen[1].1 != 2.0 || !seen.iter().all(|(p, _)| p.starts_with("1-")) {
         return Err(format!("per-process series {seen:?}: expected two, pid labels 1-<id>").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// fork() while another thread is inside the store's slow paths (new label sets, file
+// growth): no deadlock in the child, nothing counted twice or lost.
+
+const STORM_FORKS: u64 = 20;
+const STORM_SERIES: u64 = 3000;
+
+fn role_fork_storm(dir: &str) {
+    let store = open(dir);
+    let made = store
+        .counter_family("storm_series", "Series", &["n"])
+        .expect("counter");
+    let children = store
+        .counter_family("storm_children", "Children", &["who"])
+        .expect("counter");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            for i in 0..STORM_SERIES {
+                made.labels(&[&i.to_string()]).inc();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut pids = Vec::new();
+        for k in 0..STORM_FORKS {
+            // SAFETY: the child only uses the store (fork-safe by design), then _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                for _ in 0..10 {
+                    children.labels(&["child"]).inc();
+                }
+                children.labels(&[&format!("child-{k}")]).inc();
+                // SAFETY: leave without unwinding or running the parent's exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            pids.push(pid);
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        for pid in pids {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        creator.join().expect("creator thread");
+    });
+    say("storm done");
+}
+
+fn fork_storm() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut p = RoleProc::spawn("forkstorm", &[d]);
+    p.expect("storm done", Duration::from_secs(60));
+    if !p.wait(Duration::from_secs(10)).success() {
+        return Err("storm process failed".into());
+    }
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    let made = snap.family("storm_series").ok_or("no series family")?;
+    if made.series.len() as u64 != STORM_SERIES || made.series.iter().any(|s| s.value != Value::Counter(1)) {
+        return Err(format!("{} series made, expected {STORM_SERIES} x 1", made.series.len()).into());
+    }
+    if snap.counter("storm_children", &[("who", "child")]) != Some(STORM_FORKS * 10) {
+        return Err(format!(
+            "children total {:?}",
+            snap.counter("storm_children", &[("who", "child")])
+        )
+        .into());
+    }
+    for k in 0..STORM_FORKS {
+        if snap.counter("storm_children", &[("who", &format!("child-{k}"))]) != Some(1) {
+            return Err(format!("child-{k} missing").into());
+        }
+    }
+    // One file per child plus the parent's.
+    if snap.stats().dead_files != STORM_FORKS + 1 {
+        return Err(format!("{:?}", snap.stats()).into());
     }
     Ok(())
 }
