@@ -1,8 +1,9 @@
 //! A series' binding to its value slots in this process's file.
 //!
 //! The hot path is two relaxed loads, a compare and the atomic operation on the slot. The
-//! cached pointer is only used in the fork generation it was bound in: after `fork()` the
-//! child's first write takes the slow path, which binds the series in the child's own file.
+//! cached pointer is only used in the bind epoch it was bound in: after `fork()` the
+//! child's first write takes the slow path, which binds the series in the child's own file
+//! (and the same happens, within one process, when a writer moves to another file).
 //! When the file cannot grow (full filesystem), the series lives in process memory
 //! (`local`) and every write takes the slow path, which retries the binding now and then
 //! and, when it succeeds, moves what was recorded meanwhile into the file: nothing is lost.
@@ -25,8 +26,10 @@ const UNBOUND: u64 = u64::MAX;
 pub(crate) enum Layout {
     /// One u64 added to (integer counter, family statistics).
     U64,
-    /// One f64 added to (float counter, gauge).
+    /// One f64 added to (float counter).
     F64,
+    /// One f64 gauge value.
+    Gauge,
     /// `mostrecent` gauge: sequence, value, time.
     MostRecent,
     /// `n` u64 bucket counts, then the f64 sum.
@@ -36,7 +39,7 @@ pub(crate) enum Layout {
 impl Layout {
     pub(crate) fn slots(self) -> usize {
         match self {
-            Layout::U64 | Layout::F64 => 1,
+            Layout::U64 | Layout::F64 | Layout::Gauge => 1,
             Layout::MostRecent => 3,
             Layout::Histogram(n) => n + 1,
         }
@@ -48,7 +51,7 @@ impl Layout {
             Layout::U64 => {
                 to[0].fetch_add(from[0].load(Ordering::Relaxed), Ordering::Relaxed);
             }
-            Layout::F64 => add_f64(&to[0], f64::from_bits(from[0].load(Ordering::Relaxed))),
+            Layout::F64 | Layout::Gauge => add_f64(&to[0], f64::from_bits(from[0].load(Ordering::Relaxed))),
             Layout::MostRecent => {
                 let t = from[MR_TIME].load(Ordering::Relaxed);
                 if t != 0 {
@@ -65,6 +68,23 @@ impl Layout {
         }
         for s in from {
             s.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves a gauge's value from the slots of a file this process no longer writes to
+    /// the new slots (counters stay where they are: the old file still counts).
+    fn carry_gauge(self, old: &[AtomicU64], new: &[AtomicU64]) {
+        match self {
+            Layout::Gauge => new[0].store(old[0].swap(0, Ordering::Relaxed), Ordering::Relaxed),
+            Layout::MostRecent => {
+                let t = old[MR_TIME].swap(0, Ordering::Relaxed);
+                let v = old[MR_VALUE].swap(0, Ordering::Relaxed);
+                if t != 0 {
+                    new[MR_VALUE].store(v, Ordering::Relaxed);
+                    new[MR_TIME].store(t, Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -84,7 +104,7 @@ pub(crate) fn add_f64(slot: &AtomicU64, v: f64) {
 
 /// One series (or family statistics slot) of this process.
 pub(crate) struct Cell {
-    /// Fork generation `ptr` is valid in, or `UNBOUND`.
+    /// Bind epoch `ptr` is valid in, or `UNBOUND`.
     generation: AtomicU64,
     ptr: AtomicPtr<AtomicU64>,
     layout: Layout,
@@ -100,6 +120,8 @@ pub(crate) struct Cell {
 struct BindState {
     /// Fork generation whose values `local` holds.
     local_gen: u64,
+    /// Fork generation `ptr` was bound in (its file is still mapped in that generation).
+    bound_gen: u64,
     retry_at: Option<Instant>,
 }
 
@@ -123,6 +145,7 @@ impl Cell {
             local: (0..nslots).map(|_| AtomicU64::new(0)).collect(),
             bind: Mutex::new(BindState {
                 local_gen: sys::fork_generation(),
+                bound_gen: u64::MAX,
                 retry_at: None,
             }),
         });
@@ -138,12 +161,12 @@ impl Cell {
     /// Runs `f` on this process's value slots of the series.
     #[inline(always)]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
-        if self.generation.load(Ordering::Acquire) == sys::fork_generation() {
+        if self.generation.load(Ordering::Acquire) == sys::bind_epoch() {
             let p = self.ptr.load(Ordering::Relaxed);
-            // SAFETY: `generation` matches, so `p` was stored (before `generation`, Release/Acquire) by a
-            // successful bind in this very process: it points at `nslots` reserved, aligned
-            // words of the current file's mapping, which the writer keeps mapped as long as
-            // it lives, and `self.writer` keeps it alive. Only atomics touch those words.
+            // SAFETY: the epoch matches, so `p` was stored (before `generation`, Release/
+            // Acquire) by a successful bind in this very process and epoch: it points at
+            // `nslots` reserved, aligned words of a mapping the writer keeps as long as it
+            // lives, and `self.writer` keeps it alive. Only atomics touch those words.
             let slots = unsafe { std::slice::from_raw_parts(p.cast_const(), self.nslots) };
             return f(slots);
         }
@@ -155,19 +178,20 @@ impl Cell {
     fn slow<R>(&self, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
         let _gate = sys::enter_gate();
         let mut st = self.bind.lock().unwrap_or_else(PoisonError::into_inner);
-        let generation = sys::fork_generation();
-        if self.generation.load(Ordering::Acquire) == generation {
+        let epoch = sys::bind_epoch();
+        if self.generation.load(Ordering::Acquire) == epoch {
             let p = self.ptr.load(Ordering::Relaxed);
             // SAFETY: as in `with`.
             return f(unsafe { std::slice::from_raw_parts(p.cast_const(), self.nslots) });
         }
-        if st.local_gen != generation {
+        let fork_gen = sys::fork_generation();
+        if st.local_gen != fork_gen {
             // Values in process memory were recorded by the parent before fork(): the
             // parent still holds and will write them; the child starts from zero.
             for s in self.local.iter() {
                 s.store(0, Ordering::Relaxed);
             }
-            st.local_gen = generation;
+            st.local_gen = fork_gen;
             st.retry_at = None;
         }
         let now = Instant::now();
@@ -183,9 +207,17 @@ impl Cell {
                 // SAFETY: `bind` returns a pointer to `nslots` reserved, aligned words of the
                 // current mapping (see `with`); the mapping outlives `self.writer`.
                 let slots = unsafe { std::slice::from_raw_parts(p, self.nslots) };
+                let old = self.ptr.load(Ordering::Relaxed);
+                if !old.is_null() && old.cast_const() != p && st.bound_gen == fork_gen {
+                    // SAFETY: `old` was bound in this fork generation, so its file is still
+                    // mapped by this process (the writer retires files, never unmaps them).
+                    let old = unsafe { std::slice::from_raw_parts(old.cast_const(), self.nslots) };
+                    self.layout.carry_gauge(old, slots);
+                }
                 self.layout.transfer(&self.local, slots);
                 self.ptr.store(p.cast_mut(), Ordering::Relaxed);
-                self.generation.store(generation, Ordering::Release);
+                self.generation.store(epoch, Ordering::Release);
+                st.bound_gen = fork_gen;
                 st.retry_at = None;
                 return f(slots);
             }
@@ -202,7 +234,7 @@ impl std::fmt::Debug for Cell {
             .field("labels", &self.labels)
             .field(
                 "bound",
-                &(self.generation.load(Ordering::Relaxed) == sys::fork_generation()),
+                &(self.generation.load(Ordering::Relaxed) == sys::bind_epoch()),
             )
             .finish()
     }

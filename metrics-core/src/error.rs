@@ -88,6 +88,36 @@ pub enum Error {
         requested: String,
     },
 
+    /// The directory belongs to another application.
+    #[error(
+        "metrics directory {} belongs to application {owner:?}, not {requested:?}: \
+         give each application its own directory (e.g. /dev/shm/prometheus/{requested})",
+        dir.display()
+    )]
+    WrongApplication {
+        /// The directory.
+        dir: PathBuf,
+        /// The application recorded in it.
+        owner: String,
+        /// The application that tried to open it.
+        requested: String,
+    },
+
+    /// Another live process holds the requested worker slot.
+    #[error(
+        "worker slot {slot} in {} is held by live process {pid}: give each live worker its own \
+         worker id (or none)",
+        dir.display()
+    )]
+    SlotBusy {
+        /// The directory.
+        dir: PathBuf,
+        /// The worker id.
+        slot: u64,
+        /// The process holding it.
+        pid: u32,
+    },
+
     /// A declaration option does not fit the metric kind.
     #[error("metric {name:?}: {reason}")]
     InvalidOption {

@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::cell::{Cell, Layout};
 use crate::desc::{FamilyDesc, OVERFLOW_LABEL_VALUE};
+use crate::error::Result;
 use crate::format::ErrorKind;
 use crate::metrics::Metric;
+use crate::store::Shared;
 use crate::sys;
 use crate::writer::Writer;
 
@@ -58,6 +60,7 @@ struct Owned<M> {
 pub(crate) struct FamilyCore<M: Metric> {
     pub(crate) desc: Arc<FamilyDesc>,
     id: u32,
+    shared: Arc<Shared>,
     writer: Arc<Writer>,
     hasher: foldhash::fast::RandomState,
     table: AtomicPtr<Table<M>>,
@@ -77,12 +80,14 @@ unsafe impl<M: Metric> Send for FamilyCore<M> {}
 unsafe impl<M: Metric> Sync for FamilyCore<M> {}
 
 impl<M: Metric> FamilyCore<M> {
-    pub(crate) fn new(desc: Arc<FamilyDesc>, id: u32, writer: Arc<Writer>) -> Self {
+    pub(crate) fn new(desc: Arc<FamilyDesc>, id: u32, shared: Arc<Shared>) -> Self {
+        let writer = Arc::clone(&shared.writer);
         let drops = Cell::new(Arc::clone(&writer), id, None, Layout::U64);
         let first = Table::with_capacity(8);
         FamilyCore {
             desc,
             id,
+            shared,
             writer,
             hasher: foldhash::fast::RandomState::default(),
             table: AtomicPtr::new(first),
@@ -284,6 +289,46 @@ impl<M: Metric> Family<M> {
     /// The series limit of this family in this process.
     pub fn series_limit(&self) -> usize {
         self.core.desc.series_limit
+    }
+
+    /// Removes the series with these label values from the scrape of every worker
+    /// (something Python's multiprocess mode cannot do, client_python #720).
+    ///
+    /// What every process recorded for it so far is dropped from the merge; if some
+    /// process records it again, it reappears with what was recorded after the removal.
+    /// Handles to it keep working. Returns whether any process had the series.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// let jobs = store.counter_family("jobs", "Jobs", &["queue"])?;
+    /// jobs.labels(&["old-queue"]).inc_by(5);
+    /// assert!(jobs.remove(&["old-queue"])?);
+    /// assert_eq!(store.snapshot()?.counter("jobs", &[("queue", "old-queue")]), None);
+    /// jobs.labels(&["old-queue"]).inc();
+    /// assert_eq!(store.snapshot()?.counter("jobs", &[("queue", "old-queue")]), Some(1));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn remove(&self, values: &[&str]) -> Result<bool> {
+        if values.len() != self.core.desc.labels.len() {
+            return Err(crate::Error::InvalidOption {
+                name: self.core.desc.name.clone(),
+                reason: format!(
+                    "takes {} label values ({}), got {}",
+                    self.core.desc.labels.len(),
+                    self.core.desc.labels.join(", "),
+                    values.len()
+                ),
+            });
+        }
+        let labels: Vec<Box<str>> = values.iter().map(|v| Box::<str>::from(*v)).collect();
+        self.core.shared.remove(&self.core.desc.name, Some(&labels))
+    }
+
+    /// Removes every series of the family from the scrape of every worker (see
+    /// [`Family::remove`]).
+    pub fn clear(&self) -> Result<()> {
+        self.core.shared.remove(&self.core.desc.name, None).map(|_| ())
     }
 }
 

@@ -72,6 +72,14 @@ pub(crate) const REC_APPLICATION: u32 = 1;
 pub(crate) const REC_FAMILY: u32 = 2;
 pub(crate) const REC_SERIES: u32 = 3;
 pub(crate) const REC_VALUES: u32 = 4;
+pub(crate) const REC_FOLDED: u32 = 5;
+pub(crate) const REC_REMOVAL: u32 = 6;
+
+/// Header flag (word 3, high half): the file is the directory's accumulator of folded
+/// dead writers.
+pub(crate) const FLAG_ACCUMULATOR: u32 = 1;
+/// Most baselines one removal record may hold.
+pub(crate) const MAX_BASELINES: usize = 1 << 20;
 /// Record kinds with this bit set may be skipped by readers that do not know them.
 pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
 
@@ -352,6 +360,109 @@ pub(crate) fn values_header(slots: usize) -> u64 {
     u64::from(REC_VALUES) | (((slots as u64 + 1) * 8) << 32)
 }
 
+/// Encodes the list of writer ids folded into an accumulator.
+pub(crate) fn encode_folded(ids: &[u64]) -> Vec<u64> {
+    let mut r = RecordBuf::new(REC_FOLDED);
+    r.word(ids.len() as u64);
+    for id in ids {
+        r.word(*id);
+    }
+    r.finish()
+}
+
+/// Decodes a folded-ids record body.
+pub(crate) fn decode_folded(body: &[u64]) -> Result<Vec<u64>, Corrupt> {
+    let mut c = Cursor::new(body);
+    let n = c.word()?;
+    if n as usize != body.len().saturating_sub(1) {
+        return Err(corrupt!("folded record count {n} does not match its length"));
+    }
+    Ok(body[1..].to_vec())
+}
+
+/// Encodes a removal record.
+pub(crate) fn encode_removal(r: &crate::parse::Removal) -> Vec<u64> {
+    let mut b = RecordBuf::new(REC_REMOVAL);
+    let nlabels = r.labels.as_ref().map_or(0, |l| l.len());
+    b.word(r.time)
+        .halves(u32::from(r.labels.is_none()), nlabels as u32)
+        .word(r.baselines.len() as u64)
+        .string(&r.family);
+    for l in r.labels.iter().flatten() {
+        b.string(l);
+    }
+    for base in &r.baselines {
+        b.word(base.writer_id).word(base.labels.len() as u64);
+        for l in base.labels.iter() {
+            b.string(l);
+        }
+        b.word(base.values.len() as u64);
+        for v in &base.values {
+            b.word(*v);
+        }
+    }
+    b.finish()
+}
+
+/// Decodes a removal record body.
+pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::parse::Removal, Corrupt> {
+    let mut c = Cursor::new(body);
+    let time = c.word()?;
+    let (flags, nlabels) = c.halves()?;
+    let whole = match flags {
+        0 => false,
+        1 => true,
+        f => return Err(corrupt!("unknown removal flags {f}")),
+    };
+    if nlabels as usize > MAX_LABELS + 1 || (whole && nlabels != 0) {
+        return Err(corrupt!("removal with {nlabels} label values"));
+    }
+    let n = c.word()? as usize;
+    if n > MAX_BASELINES {
+        return Err(corrupt!("removal with {n} baselines"));
+    }
+    let family = c.string(MAX_NAME_BYTES)?;
+    crate::names::check_metric_name(&family).map_err(|e| corrupt!("removal family: {e}"))?;
+    let mut labels = Vec::with_capacity(nlabels as usize);
+    for _ in 0..nlabels {
+        labels.push(c.string(MAX_RECORD_BYTES)?.into_boxed_str());
+    }
+    let mut baselines = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let writer_id = c.word()?;
+        let nl = c.word()? as usize;
+        if nl > MAX_LABELS + 1 {
+            return Err(corrupt!("baseline with {nl} label values"));
+        }
+        let mut bl = Vec::with_capacity(nl);
+        for _ in 0..nl {
+            bl.push(c.string(MAX_RECORD_BYTES)?.into_boxed_str());
+        }
+        let ns = c.word()? as usize;
+        if ns > MAX_BUCKETS + 1 {
+            return Err(corrupt!("baseline with {ns} values"));
+        }
+        let mut values = Vec::with_capacity(ns);
+        for _ in 0..ns {
+            values.push(c.word()?);
+        }
+        baselines.push(crate::parse::Baseline {
+            writer_id,
+            labels: bl.into_boxed_slice(),
+            values,
+        });
+    }
+    if !c.at_end() {
+        return Err(corrupt!("trailing words in removal record"));
+    }
+    Ok(crate::parse::Removal {
+        time,
+        family,
+        labels: (!whole).then(|| labels.into_boxed_slice()),
+        baselines,
+    })
+}
+
 /// Why a file is not accepted. Kept short: it ends up in a log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Corrupt(pub String);
@@ -565,6 +676,35 @@ mod tests {
         let mut words = encode_application("ab");
         words[1] = u64::MAX;
         assert!(decode_application(&words[1..]).is_err());
+    }
+
+    #[test]
+    fn folded_and_removal_round_trip() {
+        let f = encode_folded(&[1, 2, u64::MAX]);
+        assert_eq!(decode_folded(&f[1..]).unwrap(), vec![1, 2, u64::MAX]);
+        assert!(decode_folded(&f[1..3]).is_err());
+        let r = crate::parse::Removal {
+            time: 42,
+            family: "req".into(),
+            labels: Some(vec![Box::from("GET"), Box::from("/a")].into_boxed_slice()),
+            baselines: vec![crate::parse::Baseline {
+                writer_id: 7,
+                labels: vec![Box::from("GET"), Box::from("/a")].into_boxed_slice(),
+                values: vec![3, 4],
+            }],
+        };
+        let w = encode_removal(&r);
+        assert_eq!(decode_removal(&w[1..]).unwrap(), r);
+        let whole = crate::parse::Removal {
+            labels: None,
+            baselines: vec![],
+            ..r
+        };
+        let w = encode_removal(&whole);
+        assert_eq!(decode_removal(&w[1..]).unwrap(), whole);
+        for cut in 1..w.len() - 1 {
+            assert!(decode_removal(&w[1..cut]).is_err());
+        }
     }
 
     #[test]

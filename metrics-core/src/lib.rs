@@ -91,12 +91,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cell;
+mod compact;
 mod desc;
+mod dirlock;
 mod error;
 mod family;
 mod format;
 mod metrics;
 mod names;
+mod parse;
 mod reader;
 mod region;
 mod snapshot;
@@ -104,6 +107,7 @@ mod store;
 mod sys;
 mod writer;
 
+pub use compact::CompactionStats;
 pub use desc::{OVERFLOW_LABEL_VALUE, Opts};
 pub use error::{Error, Result};
 pub use family::Family;

@@ -4,7 +4,7 @@
 //! a scrape parses only records appended since the last one, then reads value slots.
 //! Every length and offset read from a file is checked before use: a file that breaks
 //! any rule of `FORMAT.md` is skipped as a whole, counted and logged once, and the rest
-//! of the directory is served. Files are never modified or deleted by the reader.
+//! of the directory is served. The reader never modifies or deletes a file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -17,11 +17,12 @@ use std::sync::atomic::{Ordering, fence};
 use std::time::Instant;
 
 use crate::desc::FamilyDesc;
+use crate::dirlock::DirLock;
 use crate::error::Error;
 use crate::format::{
-    self, Corrupt, ERROR_KINDS, ErrorKind, FamilyRecord, GaugeMode, HEADER_BYTES, MR_SEQ, MR_TIME, MR_VALUE,
-    MetricType, corrupt,
+    Corrupt, ERROR_KINDS, ErrorKind, GaugeMode, MR_SEQ, MR_TIME, MR_VALUE, MetricType, corrupt,
 };
+use crate::parse::{self, Header, Parsed, Removal};
 use crate::region::Region;
 use crate::snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 use crate::sys;
@@ -46,43 +47,29 @@ pub struct Reader {
     files: BTreeMap<OsString, CachedFile>,
     foreign_logged: HashSet<OsString>,
     index: MergeIndex,
-    /// Identity of a writer in this process whose file is read as live without probing.
-    pub(crate) own_writer: Option<u64>,
+    lock: Option<DirLock>,
+    /// Files of this process's own writer: live without probing.
+    pub(crate) own_writers: Vec<u64>,
 }
 
-struct CachedFile {
+pub(crate) struct CachedFile {
     ident: (u64, u64),
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     file: Option<File>,
     region: Option<Region>,
     corrupt: Option<String>,
     logged: bool,
-    live: bool,
-    pid: u32,
-    start: u64,
-    writer_id: u64,
-    application: Option<String>,
+    pub(crate) live: bool,
+    pub(crate) header: Header,
+    pub(crate) parsed: Parsed,
+    /// Cached (merged family index, epoch) per family of the file.
+    fam_merged: Vec<Option<(usize, u64)>>,
+    /// Cached (merged series index, epoch) per series of the file.
+    series_merged: Vec<Option<(usize, u64)>>,
     /// Value of the `pid` label for this file's per-process gauges.
     pid_label: String,
-    parsed: usize,
-    families: Vec<FileFamily>,
-    blocks: Vec<(usize, usize)>,
-    series: Vec<FileSeries>,
-}
-
-struct FileFamily {
-    rec: FamilyRecord,
-    slots: usize,
-    /// Cached (merged family index, epoch of its reference schema).
-    merged: Option<(usize, u64)>,
-}
-
-struct FileSeries {
-    family: u32,
-    offset: usize,
-    labels: Box<[Box<str>]>,
-    /// Cached (merged series index, epoch).
-    merged: Option<(usize, u64)>,
+    /// Folded into an accumulator already: not merged (waits for deletion).
+    pub(crate) folded: bool,
 }
 
 #[derive(Default)]
@@ -99,15 +86,49 @@ struct IndexFamily {
     by_key: HashMap<Arc<[Box<str>]>, usize>,
     acc: Vec<Acc>,
     seen: Vec<bool>,
+    covered: Vec<bool>,
     declared: bool,
+    stats: u64,
 }
 
-#[derive(Clone, Debug)]
-enum Acc {
+/// A merged value being accumulated (also the compactor's input).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Acc {
     U64(u64),
     F64(f64),
     Gauge { v: f64, t: u64 },
     Hist { buckets: Vec<u64>, sum: f64 },
+}
+
+/// Which files a merge takes values from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A scrape: every readable file.
+    All,
+    /// A compaction: the accumulator and dead files only (live files and worker slots
+    /// still provide declarations and removals); the values of live-only gauges are left
+    /// out (their families stay declared).
+    Fold,
+}
+
+/// One merged family as the compactor needs it: declaration, accumulated values (with
+/// the time of `mostrecent` gauges) and the family's statistics counter.
+pub(crate) struct FoldFamily {
+    pub desc: FamilyDesc,
+    pub series: Vec<(Arc<[Box<str>]>, Acc)>,
+    pub stats: u64,
+}
+
+/// Everything a compaction writes into the new accumulator.
+pub(crate) struct FoldView {
+    pub families: Vec<FoldFamily>,
+    pub errors: [u64; ERROR_KINDS],
+    /// Removals that still have baselines of files not folded now.
+    pub removals: Vec<Removal>,
+    /// Dead writer files folded by this view: (path, writer id).
+    pub sources: Vec<(PathBuf, u64)>,
+    /// Files folded by an earlier compaction, still to be deleted.
+    pub leftovers: Vec<(PathBuf, u64)>,
 }
 
 impl Reader {
@@ -136,7 +157,8 @@ impl Reader {
             files: BTreeMap::new(),
             foreign_logged: HashSet::new(),
             index: MergeIndex::default(),
-            own_writer: None,
+            lock: None,
+            own_writers: Vec::new(),
         })
     }
 
@@ -149,12 +171,93 @@ impl Reader {
     pub fn snapshot(&mut self) -> Result<Snapshot, Error> {
         let _gate = sys::enter_gate();
         let started = Instant::now();
+        if self.lock.is_none() {
+            self.lock = DirLock::open_ro(&self.dir)?;
+        }
+        let lock = self.lock.take();
+        // A shared lock: no compaction in the middle of this scrape.
+        let guard = match &lock {
+            Some(l) => Some(l.shared()?),
+            None => None,
+        };
         let mut stats = ScrapeStats::default();
-        self.refresh(&mut stats)?;
-        let families = self.merge(&mut stats);
+        let result = self.refresh(&mut stats);
+        let families: Result<Vec<MergedFamily>, Error> = result.map(|()| {
+            self.merge(Scope::All, &mut stats)
+                .iter()
+                .map(|f| f.snapshot())
+                .collect()
+        });
+        drop(guard);
+        self.lock = lock;
+        let families = families?;
         stats.series = families.iter().map(|f| f.series.len()).sum();
         stats.duration = started.elapsed();
         Ok(Snapshot::new(families, stats))
+    }
+
+    /// Refreshes and merges for a compaction (the caller holds the exclusive directory
+    /// lock). Returns the view to write.
+    pub(crate) fn fold_view(&mut self) -> Result<FoldView, Error> {
+        let mut stats = ScrapeStats::default();
+        self.refresh(&mut stats)?;
+        let idx = self.merge(Scope::Fold, &mut stats);
+        let families = idx
+            .iter()
+            .map(|f| FoldFamily {
+                desc: f.desc.clone(),
+                series: f.visible().map(|(k, a)| (Arc::clone(k), a.clone())).collect(),
+                stats: f.stats,
+            })
+            .collect();
+        let folded_ids: HashSet<u64> = self.fold_sources().map(|c| c.header.writer_id).collect();
+        let mut errors = [0u64; ERROR_KINDS];
+        let mut removals = Vec::new();
+        for cf in self.fold_sources() {
+            if let Some(r) = &cf.region {
+                for (k, e) in errors.iter_mut().enumerate() {
+                    if let Some(w) = r.word((crate::format::H_ERRORS + k) * 8) {
+                        *e = e.wrapping_add(w.load(Ordering::Relaxed));
+                    }
+                }
+            }
+            for rem in &cf.parsed.removals {
+                let mut rem = Removal::clone(rem);
+                rem.baselines.retain(|b| !folded_ids.contains(&b.writer_id));
+                if !rem.baselines.is_empty() {
+                    removals.push(rem);
+                }
+            }
+        }
+        let sources = self
+            .fold_sources()
+            .filter(|c| !c.header.accumulator())
+            .map(|c| (c.path.clone(), c.header.writer_id))
+            .collect();
+        let leftovers = self
+            .folded_files()
+            .map(|c| (c.path.clone(), c.header.writer_id))
+            .collect();
+        Ok(FoldView {
+            families,
+            errors,
+            removals,
+            sources,
+            leftovers,
+        })
+    }
+
+    /// Files whose values a compaction folds: readable, not live, not already folded, and
+    /// not worker slots (a restarted worker resumes its slot; there is one per worker id).
+    fn fold_sources(&self) -> impl Iterator<Item = &CachedFile> {
+        self.files
+            .values()
+            .filter(|c| c.corrupt.is_none() && !c.live && !c.folded && !c.is_slot())
+    }
+
+    /// Files already folded into the accumulator (only waiting to be deleted).
+    fn folded_files(&self) -> impl Iterator<Item = &CachedFile> {
+        self.files.values().filter(|c| c.corrupt.is_none() && c.folded)
     }
 
     /// Live files' declarations of `name`, for the cross-process schema check at
@@ -164,14 +267,29 @@ impl Reader {
         self.refresh(&mut stats)?;
         let mut out = Vec::new();
         for cf in self.files.values() {
-            if cf.corrupt.is_some() || !cf.live || Some(cf.writer_id) == self.own_writer {
+            if cf.corrupt.is_some() || !cf.live || self.own_writers.contains(&cf.header.writer_id) {
                 continue;
             }
-            if let Some(f) = cf.families.iter().find(|f| f.rec.name == name) {
-                out.push((cf.pid, cf.path.clone(), FamilyDesc::from_record(&f.rec)));
+            if let Some(f) = cf.parsed.families.iter().find(|f| f.rec.name == name) {
+                out.push((cf.header.pid, cf.path.clone(), FamilyDesc::from_record(&f.rec)));
             }
         }
         Ok(out)
+    }
+
+    /// Writer ids folded into the accumulator, as of the last refresh.
+    pub(crate) fn folded_ids(&mut self) -> Result<HashSet<u64>, Error> {
+        let mut stats = ScrapeStats::default();
+        self.refresh(&mut stats)?;
+        Ok(self.folded_set())
+    }
+
+    fn folded_set(&self) -> HashSet<u64> {
+        self.files
+            .values()
+            .filter(|c| c.corrupt.is_none() && c.header.accumulator())
+            .flat_map(|c| c.parsed.folded.iter().copied())
+            .collect()
     }
 
     fn refresh(&mut self, stats: &mut ScrapeStats) -> Result<(), Error> {
@@ -214,8 +332,14 @@ impl Reader {
             }
         }
         self.files.retain(|name, _| present.contains(name));
+        let application = self.owner();
         for cf in self.files.values_mut() {
-            cf.refresh(self.own_writer);
+            cf.refresh(&self.own_writers, application.as_deref());
+        }
+        let folded = self.folded_set();
+        for cf in self.files.values_mut() {
+            cf.folded =
+                cf.corrupt.is_none() && !cf.header.accumulator() && folded.contains(&cf.header.writer_id);
             match &cf.corrupt {
                 Some(reason) => {
                     stats.corrupt_files += 1;
@@ -230,6 +354,11 @@ impl Reader {
                         );
                     }
                 }
+                None if cf.folded => {
+                    stats.folded_files += 1;
+                    stats.dead_files += 1;
+                }
+                None if cf.header.accumulator() => stats.accumulators += 1,
                 None if cf.live => stats.live_files += 1,
                 None => stats.dead_files += 1,
             }
@@ -240,47 +369,61 @@ impl Reader {
         Ok(())
     }
 
-    fn merge(&mut self, stats: &mut ScrapeStats) -> Vec<MergedFamily> {
+    /// The application recorded in the directory's lock file, if any.
+    fn owner(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(LOCK_FILE)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("application="))
+            .map(str::to_string)
+    }
+
+    fn merge(&mut self, scope: Scope, stats: &mut ScrapeStats) -> Vec<&IndexFamily> {
         let index = &mut self.index;
         // Good files, live first, then newest first: the order decides which declaration
         // is the reference and which of two per-process gauges with one pid is shown.
-        let mut order: Vec<&mut CachedFile> =
-            self.files.values_mut().filter(|c| c.corrupt.is_none()).collect();
-        order.sort_by(|a, b| b.live.cmp(&a.live).then(b.start.cmp(&a.start)));
+        let mut order: Vec<&mut CachedFile> = self
+            .files
+            .values_mut()
+            .filter(|c| c.corrupt.is_none() && !c.folded)
+            .collect();
+        order.sort_by(|a, b| b.live.cmp(&a.live).then(b.header.start.cmp(&a.header.start)));
         // The `pid` label of per-process gauges. Two files can share a pid (pid reuse, or
         // processes in different pid namespaces: every container's first process is 1);
         // their series must not hide each other, so colliding pids get the file's
         // identity appended.
         let mut pid_count: HashMap<u32, usize> = HashMap::new();
-        for cf in order.iter() {
-            *pid_count.entry(cf.pid).or_default() += 1;
+        for cf in order.iter().filter(|c| !c.header.accumulator()) {
+            *pid_count.entry(cf.header.pid).or_default() += 1;
         }
+        // Pid labels the accumulator already holds (folded writers: in containers every
+        // worker is pid 1).
+        let folded_pids = accumulator_pid_labels(order.iter().map(|c| &**c));
         for cf in order.iter_mut() {
-            let label = if pid_count[&cf.pid] > 1 {
-                format!("{}-{:08x}", cf.pid, cf.writer_id >> 32)
+            let collides = pid_count.get(&cf.header.pid).copied().unwrap_or(0) > 1
+                || folded_pids.contains(cf.header.pid.to_string().as_str());
+            let label = if collides {
+                format!("{}-{:08x}", cf.header.pid, cf.header.writer_id >> 32)
             } else {
-                cf.pid.to_string()
+                cf.header.pid.to_string()
             };
             if label != cf.pid_label {
                 cf.pid_label = label;
-                for s in &mut cf.series {
-                    s.merged = None;
-                }
+                cf.series_merged.iter_mut().for_each(|m| *m = None);
             }
         }
 
         // Reference declaration of each family name.
-        let mut reference: HashMap<&str, &FamilyRecord> = HashMap::new();
-        for cf in order.iter() {
-            for f in &cf.families {
-                reference.entry(f.rec.name.as_str()).or_insert(&f.rec);
+        let mut refs: Vec<(String, FamilyDesc)> = Vec::new();
+        {
+            let mut seen: HashSet<&str> = HashSet::new();
+            for cf in order.iter() {
+                for f in &cf.parsed.families {
+                    if seen.insert(f.rec.name.as_str()) {
+                        refs.push((f.rec.name.clone(), FamilyDesc::from_record(&f.rec)));
+                    }
+                }
             }
         }
-        let mut refs: Vec<(String, FamilyDesc)> = reference
-            .into_iter()
-            .map(|(n, r)| (n.to_string(), FamilyDesc::from_record(r)))
-            .collect();
-        refs.sort_by(|a, b| a.0.cmp(&b.0));
         for fam in &mut index.families {
             fam.declared = false;
         }
@@ -309,30 +452,38 @@ impl Reader {
             fam.reset();
         }
 
+        // Removals, by family: the latest one covering a series decides its baselines.
+        let all_removals: Vec<Arc<Removal>> = order
+            .iter()
+            .flat_map(|c| c.parsed.removals.iter().cloned())
+            .collect();
+        let removals = RemovalIndex::new(&all_removals);
+
         let mut errors = [0u64; ERROR_KINDS];
-        let mut overflow: BTreeMap<String, u64> = BTreeMap::new();
         for cf in order {
-            if let Some(region) = &cf.region {
+            let values = scope == Scope::All || (!cf.live && !cf.is_slot());
+            let Some(region) = cf.region.as_ref() else {
+                continue;
+            };
+            if values {
                 for (k, e) in errors.iter_mut().enumerate() {
-                    if let Some(w) = region.word((format::H_ERRORS + k) * 8) {
+                    if let Some(w) = region.word((crate::format::H_ERRORS + k) * 8) {
                         *e = e.wrapping_add(w.load(Ordering::Relaxed));
                     }
                 }
             }
-            let Some(region) = cf.region.as_ref() else {
-                continue;
-            };
-            let pid = cf.pid_label.clone();
+            let accumulator = cf.header.accumulator();
             // Map each of the file's families to its merged family, or skip it.
-            let mut targets: Vec<Option<usize>> = Vec::with_capacity(cf.families.len());
-            for ff in &mut cf.families {
+            cf.fam_merged.resize(cf.parsed.families.len(), None);
+            let mut targets: Vec<Option<usize>> = Vec::with_capacity(cf.parsed.families.len());
+            for (ff, cache) in cf.parsed.families.iter().zip(cf.fam_merged.iter_mut()) {
                 let i = index.by_name[&ff.rec.name];
-                let fam = &index.families[i];
-                let ok = match ff.merged {
+                let fam = &mut index.families[i];
+                let ok = match *cache {
                     Some((j, epoch)) if j == i && epoch == fam.epoch => true,
                     _ => {
                         if fam.desc.same_schema(&FamilyDesc::from_record(&ff.rec)) {
-                            ff.merged = Some((i, fam.epoch));
+                            *cache = Some((i, fam.epoch));
                             true
                         } else {
                             false
@@ -344,44 +495,54 @@ impl Reader {
                     targets.push(None);
                     continue;
                 }
-                if let Some(w) = region.word(ff.rec.stats_offset as usize) {
-                    let n = w.load(Ordering::Relaxed);
-                    if n > 0 {
-                        *overflow.entry(ff.rec.name.clone()).or_default() += n;
+                let live_gauge = fam.desc.ty == MetricType::Gauge && fam.desc.mode.live_only();
+                let skip = !values || (live_gauge && (!cf.live || scope == Scope::Fold));
+                if values {
+                    if let Some(w) = region.word(ff.rec.stats_offset as usize) {
+                        fam.stats = fam.stats.wrapping_add(w.load(Ordering::Relaxed));
                     }
                 }
-                let skip = fam.desc.ty == MetricType::Gauge && fam.desc.mode.live_only() && !cf.live;
                 targets.push(if skip { None } else { Some(i) });
             }
-            for s in &mut cf.series {
+            cf.series_merged.resize(cf.parsed.series.len(), None);
+            for (s, cache) in cf.parsed.series.iter().zip(cf.series_merged.iter_mut()) {
                 let Some(fi) = targets[s.family as usize] else {
                     continue;
                 };
                 let fam = &mut index.families[fi];
-                let idx = match s.merged {
+                let idx = match *cache {
                     Some((idx, epoch)) if epoch == fam.epoch => idx,
                     _ => {
-                        let idx = fam.key_index(&s.labels, &pid);
-                        s.merged = Some((idx, fam.epoch));
+                        let pid = (!accumulator).then_some(cf.pid_label.as_str());
+                        let idx = fam.key_index(&s.labels, pid);
+                        *cache = Some((idx, fam.epoch));
                         idx
                     }
                 };
-                let slots = cf.families[s.family as usize].slots;
-                fam.accumulate(idx, region, s.offset, slots);
+                let slots = cf.parsed.families[s.family as usize].slots;
+                let baseline = removals.baseline(
+                    &fam.desc.name,
+                    &fam.keys[idx],
+                    cf.header.writer_id,
+                    fam.desc.labels.len(),
+                );
+                fam.accumulate(idx, region, s.offset, slots, baseline);
             }
         }
         for (k, n) in errors.iter().enumerate() {
             stats.store_errors.push((ErrorKind::ALL[k].label(), *n));
         }
-        stats.overflow = overflow.into_iter().collect();
-
-        let mut out: Vec<MergedFamily> = index
+        let mut overflow: Vec<(String, u64)> = index
             .families
             .iter()
-            .filter(|f| f.declared)
-            .map(IndexFamily::snapshot)
+            .filter(|f| f.declared && f.stats > 0)
+            .map(|f| (f.desc.name.clone(), f.stats))
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        overflow.sort();
+        stats.overflow = overflow;
+
+        let mut out: Vec<&IndexFamily> = index.families.iter().filter(|f| f.declared).collect();
+        out.sort_by(|a, b| a.desc.name.cmp(&b.desc.name));
         out
     }
 }
@@ -395,7 +556,74 @@ impl std::fmt::Debug for Reader {
     }
 }
 
+/// What a series' removal says about one file's contribution.
+enum Baseline<'a> {
+    /// No removal covers the series.
+    None,
+    /// Covered, and this file's values at removal time are these.
+    Values(&'a [u64]),
+    /// Covered, and this file had no values then (it contributes all it has).
+    Zero,
+}
+
+/// A baseline's key: (removal, writer id, series key).
+type BaselineKey<'a> = (*const Removal, u64, &'a [Box<str>]);
+
+/// Removals of one merge, indexed.
+struct RemovalIndex<'a> {
+    /// Family name -> removals of it, latest first.
+    by_family: HashMap<&'a str, Vec<&'a Removal>>,
+    /// Baseline values, built once per merge.
+    baselines: HashMap<BaselineKey<'a>, &'a [u64]>,
+}
+
+impl<'a> RemovalIndex<'a> {
+    fn new(all: &'a [Arc<Removal>]) -> Self {
+        let mut by_family: HashMap<&str, Vec<&Removal>> = HashMap::new();
+        let mut baselines = HashMap::new();
+        for r in all {
+            let r: &Removal = r;
+            by_family.entry(r.family.as_str()).or_default().push(r);
+            for b in &r.baselines {
+                baselines.insert(
+                    (r as *const Removal, b.writer_id, &*b.labels),
+                    b.values.as_slice(),
+                );
+            }
+        }
+        for v in by_family.values_mut() {
+            v.sort_by_key(|r| std::cmp::Reverse(r.time));
+        }
+        RemovalIndex { by_family, baselines }
+    }
+
+    /// The baseline of series `key` (its label values, plus the pid for per-process
+    /// gauges) in file `writer`.
+    fn baseline(&self, family: &str, key: &[Box<str>], writer: u64, nlabels: usize) -> Baseline<'_> {
+        let Some(list) = self.by_family.get(family) else {
+            return Baseline::None;
+        };
+        let labels = &key[..nlabels.min(key.len())];
+        let Some(r) = list
+            .iter()
+            .find(|r| r.labels.as_deref().is_none_or(|l| l == labels))
+        else {
+            return Baseline::None;
+        };
+        match self.baselines.get(&(*r as *const Removal, writer, key)) {
+            Some(v) => Baseline::Values(v),
+            None => Baseline::Zero,
+        }
+    }
+}
+
 impl CachedFile {
+    fn is_slot(&self) -> bool {
+        self.path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(crate::writer::SLOT_PREFIX))
+    }
+
     fn new(ident: (u64, u64), path: PathBuf) -> Self {
         CachedFile {
             ident,
@@ -405,33 +633,30 @@ impl CachedFile {
             corrupt: None,
             logged: false,
             live: false,
-            pid: 0,
-            start: 0,
-            writer_id: 0,
-            application: None,
+            header: Header::default(),
+            parsed: Parsed::new(false),
+            fam_merged: Vec::new(),
+            series_merged: Vec::new(),
             pid_label: String::new(),
-            parsed: 0,
-            families: Vec::new(),
-            blocks: Vec::new(),
-            series: Vec::new(),
+            folded: false,
         }
     }
 
-    fn refresh(&mut self, own_writer: Option<u64>) {
+    fn refresh(&mut self, own: &[u64], application: Option<&str>) {
         if self.corrupt.is_some() {
             return;
         }
-        if let Err(c) = self.try_refresh(own_writer) {
+        if let Err(c) = self.try_refresh(own, application) {
             self.corrupt = Some(c.0);
             self.region = None;
             self.file = None;
-            self.families.clear();
-            self.series.clear();
-            self.blocks.clear();
+            self.parsed = Parsed::new(false);
+            self.fam_merged.clear();
+            self.series_merged.clear();
         }
     }
 
-    fn try_refresh(&mut self, own_writer: Option<u64>) -> Result<(), Corrupt> {
+    fn try_refresh(&mut self, own: &[u64], application: Option<&str>) -> Result<(), Corrupt> {
         if self.file.is_none() {
             let f = OpenOptions::new()
                 .read(true)
@@ -447,53 +672,37 @@ impl CachedFile {
         }
         let size = usize::try_from(md.len()).map_err(|_| corrupt!("too large"))?;
         if size == 0 {
-            return Err(corrupt!(
-                "empty file, shorter than the {HEADER_BYTES}-byte header"
-            ));
+            return Err(corrupt!("empty file, shorter than the 128-byte header"));
         }
-        let remap = self.region.as_ref().is_none_or(|r| r.accessible() < size);
-        if remap {
+        if self.region.as_ref().is_none_or(|r| r.accessible() < size) {
             self.region = Some(Region::map_reader(file, size).map_err(|e| corrupt!("cannot map: {e}"))?);
         }
         let region = self.region.as_ref().ok_or_else(|| corrupt!("not mapped"))?;
-        if self.parsed == 0 {
-            // The magic first: a stranger's short file is "not ours", not "truncated".
-            let magic = region.word(0).map(|w| w.load(Ordering::Relaxed).to_le_bytes());
-            if magic.is_none_or(|m| m != format::MAGIC) {
-                return Err(corrupt!("wrong magic: not a shmetrics file"));
-            }
-            if size < HEADER_BYTES {
-                return Err(corrupt!(
-                    "{size} bytes, shorter than the {HEADER_BYTES}-byte header"
-                ));
-            }
-            let mut h = Vec::with_capacity(format::HEADER_WORDS);
-            if !region.copy_words(0, format::HEADER_WORDS, &mut h) {
-                return Err(corrupt!("header out of range"));
-            }
-            if h[format::H_MAGIC].to_le_bytes() != format::MAGIC {
-                return Err(corrupt!("wrong magic: not a shmetrics file"));
-            }
-            let version = h[format::H_VERSION] as u32;
-            let header_bytes = (h[format::H_VERSION] >> 32) as usize;
-            if version != format::VERSION {
-                return Err(corrupt!(
-                    "format version {version}, this reader knows version {}",
-                    format::VERSION
-                ));
-            }
-            if header_bytes != HEADER_BYTES {
-                return Err(corrupt!(
-                    "header of {header_bytes} bytes, expected {HEADER_BYTES}"
-                ));
-            }
-            self.pid = h[format::H_PID] as u32;
-            self.start = h[format::H_START];
-            self.writer_id = h[format::H_WRITER_ID];
-            self.parsed = HEADER_BYTES;
+        let first = self.parsed.parsed == crate::format::HEADER_BYTES && self.parsed.families.is_empty();
+        let header = parse::read_header(region, size)?;
+        if !first && (header.writer_id != self.header.writer_id || header.flags != self.header.flags) {
+            return Err(corrupt!("header identity changed"));
         }
-        // Liveness: a writer holds an exclusive flock for its whole life.
-        self.live = if own_writer == Some(self.writer_id) {
+        if header.used < self.parsed.parsed {
+            return Err(corrupt!("used length went backwards"));
+        }
+        if first {
+            if header.accumulator()
+                && self.path.file_name() != Some(std::ffi::OsStr::new(crate::compact::ACCUMULATOR))
+            {
+                return Err(corrupt!(
+                    "an accumulator under another name than {}",
+                    crate::compact::ACCUMULATOR
+                ));
+            }
+            self.parsed = Parsed::new(header.accumulator());
+        }
+        self.header = header;
+        // Liveness: a writer holds an exclusive flock for its whole life. An accumulator
+        // is never live (its writer, a compaction, finished before any reader saw it).
+        self.live = if header.accumulator() {
+            false
+        } else if own.contains(&header.writer_id) {
             true
         } else {
             let fd = file.as_raw_fd();
@@ -506,116 +715,16 @@ impl CachedFile {
                 Err(_) => false,
             }
         };
-        let used = region
-            .word(format::H_USED * 8)
-            .map(|w| w.load(Ordering::Acquire))
-            .ok_or_else(|| corrupt!("header out of range"))?;
-        let used = usize::try_from(used).map_err(|_| corrupt!("used length out of range"))?;
-        if used < self.parsed || used > size || used % 8 != 0 {
-            return Err(corrupt!(
-                "used length {used} outside [{}, {size}] or unaligned",
-                self.parsed
-            ));
-        }
-        if used > self.parsed {
-            self.parse(used)?;
+        self.parsed.parse(region, header.used)?;
+        if let (Some(owner), Some(app)) = (application, self.parsed.application.as_deref()) {
+            if owner != app {
+                return Err(corrupt!(
+                    "belongs to application {app:?}, the directory to {owner:?}"
+                ));
+            }
         }
         Ok(())
     }
-
-    fn parse(&mut self, used: usize) -> Result<(), Corrupt> {
-        let region = self.region.as_ref().ok_or_else(|| corrupt!("not mapped"))?;
-        let base = self.parsed;
-        let mut words = Vec::new();
-        if !region.copy_words(base, (used - base) / 8, &mut words) {
-            return Err(corrupt!("records out of range"));
-        }
-        let mut pos = 0usize;
-        while pos < words.len() {
-            let w0 = words[pos];
-            let kind = w0 as u32;
-            let len = (w0 >> 32) as usize;
-            if len < 8 || len % 8 != 0 || len > format::MAX_RECORD_BYTES || pos + len / 8 > words.len() {
-                return Err(corrupt!("record at {} has bad length {len}", base + pos * 8));
-            }
-            let at = base + pos * 8;
-            let body = &words[pos + 1..pos + len / 8];
-            match kind {
-                format::REC_APPLICATION => {
-                    if self.application.is_some() {
-                        return Err(corrupt!("second application record at {at}"));
-                    }
-                    self.application = Some(format::decode_application(body)?);
-                }
-                format::REC_FAMILY => {
-                    let rec = format::decode_family(body)?;
-                    if rec.id as usize != self.families.len() {
-                        return Err(corrupt!("family id {} out of sequence at {at}", rec.id));
-                    }
-                    if self.families.iter().any(|f| f.rec.name == rec.name) {
-                        return Err(corrupt!("family {:?} declared twice", rec.name));
-                    }
-                    if !in_block(&self.blocks, rec.stats_offset, 1) {
-                        return Err(corrupt!(
-                            "family {:?} statistics slot outside value blocks",
-                            rec.name
-                        ));
-                    }
-                    let slots = format::series_slots(rec.ty, rec.mode, rec.buckets.len());
-                    self.families.push(FileFamily {
-                        rec,
-                        slots,
-                        merged: None,
-                    });
-                }
-                format::REC_SERIES => {
-                    let rec = format::decode_series(body)?;
-                    let fam = self
-                        .families
-                        .get(rec.family as usize)
-                        .ok_or_else(|| corrupt!("series of unknown family {} at {at}", rec.family))?;
-                    if rec.labels.len() != fam.rec.labels.len() {
-                        return Err(corrupt!(
-                            "series of {:?} with {} label values, family has {} labels",
-                            fam.rec.name,
-                            rec.labels.len(),
-                            fam.rec.labels.len()
-                        ));
-                    }
-                    if !in_block(&self.blocks, rec.value_offset, fam.slots) {
-                        return Err(corrupt!("series value slots outside value blocks at {at}"));
-                    }
-                    self.series.push(FileSeries {
-                        family: rec.family,
-                        offset: rec.value_offset as usize,
-                        labels: rec.labels.into_iter().map(String::into_boxed_str).collect(),
-                        merged: None,
-                    });
-                }
-                format::REC_VALUES => self.blocks.push((at + 8, at + len)),
-                k if k & format::REC_OPTIONAL != 0 => {}
-                k => return Err(corrupt!("unknown record kind {k} at {at}")),
-            }
-            pos += len / 8;
-        }
-        self.parsed = used;
-        Ok(())
-    }
-}
-
-/// Whether `[off, off + slots * 8)` lies in one value block.
-fn in_block(blocks: &[(usize, usize)], off: u64, slots: usize) -> bool {
-    let Ok(off) = usize::try_from(off) else {
-        return false;
-    };
-    if off % 8 != 0 {
-        return false;
-    }
-    let Some(end) = slots.checked_mul(8).and_then(|b| off.checked_add(b)) else {
-        return false;
-    };
-    let i = blocks.partition_point(|(start, _)| *start <= off);
-    i > 0 && end <= blocks[i - 1].1
 }
 
 impl IndexFamily {
@@ -627,7 +736,9 @@ impl IndexFamily {
             by_key: HashMap::new(),
             acc: Vec::new(),
             seen: Vec::new(),
+            covered: Vec::new(),
             declared: false,
+            stats: 0,
         }
     }
 
@@ -646,26 +757,30 @@ impl IndexFamily {
     fn reset(&mut self) {
         let zero = self.zero();
         for a in &mut self.acc {
-            match (a, &zero) {
-                (Acc::Hist { buckets, sum }, _) => {
+            match a {
+                Acc::Hist { buckets, sum } => {
                     buckets.iter_mut().for_each(|b| *b = 0);
                     *sum = 0.0;
                 }
-                (a, z) => *a = z.clone(),
+                a => *a = zero.clone(),
             }
         }
         self.seen.iter_mut().for_each(|s| *s = false);
+        self.covered.iter_mut().for_each(|s| *s = false);
+        self.stats = 0;
     }
 
-    fn key_index(&mut self, labels: &[Box<str>], pid: &str) -> usize {
-        let key: Arc<[Box<str>]> = if self.desc.ty == MetricType::Gauge && self.desc.mode.per_process() {
-            labels
+    /// Index of the merged series for `labels` (`pid`: the file's pid label, for
+    /// per-process gauges of ordinary files; accumulator series carry it already).
+    fn key_index(&mut self, labels: &[Box<str>], pid: Option<&str>) -> usize {
+        let per_process = self.desc.ty == MetricType::Gauge && self.desc.mode.per_process();
+        let key: Arc<[Box<str>]> = match pid {
+            Some(pid) if per_process => labels
                 .iter()
                 .cloned()
                 .chain(std::iter::once(Box::from(pid)))
-                .collect()
-        } else {
-            labels.into()
+                .collect(),
+            _ => labels.into(),
         };
         if let Some(&i) = self.by_key.get(&key) {
             return i;
@@ -675,30 +790,51 @@ impl IndexFamily {
         self.by_key.insert(key, i);
         self.acc.push(self.zero());
         self.seen.push(false);
+        self.covered.push(false);
         i
     }
 
-    fn accumulate(&mut self, idx: usize, region: &Region, offset: usize, slots: usize) {
-        let load = |i: usize| {
+    fn accumulate(
+        &mut self,
+        idx: usize,
+        region: &Region,
+        offset: usize,
+        slots: usize,
+        baseline: Baseline<'_>,
+    ) {
+        let raw = |i: usize| {
             region
                 .word(offset + i * 8)
                 .map_or(0, |w| w.load(Ordering::Relaxed))
         };
-        let first = !self.seen[idx];
-        self.seen[idx] = true;
+        let base = |i: usize| match baseline {
+            Baseline::Values(v) => v.get(i).copied().unwrap_or(0),
+            _ => 0,
+        };
+        if !matches!(baseline, Baseline::None) {
+            self.covered[idx] = true;
+        }
         let mode = self.desc.mode;
+        let first = !self.seen[idx];
         match &mut self.acc[idx] {
-            Acc::U64(v) => *v = v.wrapping_add(load(0)),
-            Acc::F64(v) => *v += f64::from_bits(load(0)),
+            Acc::U64(v) => *v = v.wrapping_add(raw(0).saturating_sub(base(0))),
+            Acc::F64(v) => *v += (f64::from_bits(raw(0)) - f64::from_bits(base(0))).max(0.0),
             Acc::Gauge { v, t } => {
                 if mode.most_recent() {
                     let (val, time) = read_most_recent(region, offset);
+                    if matches!(baseline, Baseline::Values(b) if b.get(MR_TIME) == Some(&time)) {
+                        return; // not written since it was removed
+                    }
                     if time > *t {
                         *v = val;
                         *t = time;
                     }
                 } else {
-                    let x = f64::from_bits(load(0));
+                    let bits = raw(0);
+                    if matches!(baseline, Baseline::Values(b) if b.first() == Some(&bits)) {
+                        return; // not written since it was removed
+                    }
+                    let x = f64::from_bits(bits);
                     *v = match mode {
                         _ if first => x,
                         GaugeMode::All | GaugeMode::LiveAll => *v,
@@ -713,11 +849,33 @@ impl IndexFamily {
                 let n = buckets.len();
                 debug_assert_eq!(slots, n + 1);
                 for (i, b) in buckets.iter_mut().enumerate() {
-                    *b = b.wrapping_add(load(i));
+                    *b = b.wrapping_add(raw(i).saturating_sub(base(i)));
                 }
-                *sum += f64::from_bits(load(n));
+                *sum += f64::from_bits(raw(n)) - f64::from_bits(base(n));
             }
         }
+        self.seen[idx] = true;
+    }
+
+    /// Series to show: seen, and (if a removal covers them) written since.
+    fn visible(&self) -> impl Iterator<Item = (&Arc<[Box<str>]>, &Acc)> {
+        self.acc.iter().enumerate().filter_map(move |(i, a)| {
+            if !self.seen[i] {
+                return None;
+            }
+            if self.covered[i] {
+                let empty = match a {
+                    Acc::U64(v) => *v == 0,
+                    Acc::F64(v) => *v == 0.0,
+                    Acc::Hist { buckets, .. } => buckets.iter().all(|b| *b == 0),
+                    Acc::Gauge { .. } => false,
+                };
+                if empty {
+                    return None;
+                }
+            }
+            Some((&self.keys[i], a))
+        })
     }
 
     fn snapshot(&self) -> MergedFamily {
@@ -726,16 +884,12 @@ impl IndexFamily {
             label_names.push("pid".into());
         }
         let mut series: Vec<MergedSeries> = self
-            .acc
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.seen[*i])
-            .map(|(i, a)| MergedSeries {
-                labels: Arc::clone(&self.keys[i]),
+            .visible()
+            .map(|(k, a)| MergedSeries {
+                labels: Arc::clone(k),
                 value: match a {
                     Acc::U64(v) => Value::Counter(*v),
-                    Acc::F64(v) if self.desc.ty == MetricType::CounterF64 => Value::CounterF64(*v),
-                    Acc::F64(v) => Value::Gauge(*v),
+                    Acc::F64(v) => Value::CounterF64(*v),
                     Acc::Gauge { v, .. } => Value::Gauge(*v),
                     Acc::Hist { buckets, sum } => Value::Histogram(HistogramValue {
                         buckets: buckets.clone(),
@@ -759,7 +913,7 @@ impl IndexFamily {
 
 /// Reads a `mostrecent` gauge's (value, time) consistently, or the latest words after a
 /// bounded number of tries (a writer killed mid-write leaves the sequence odd forever).
-fn read_most_recent(region: &Region, offset: usize) -> (f64, u64) {
+pub(crate) fn read_most_recent(region: &Region, offset: usize) -> (f64, u64) {
     let word = |i: usize| region.word(offset + i * 8);
     let (Some(seq), Some(val), Some(time)) = (word(MR_SEQ), word(MR_VALUE), word(MR_TIME)) else {
         return (0.0, 0);
@@ -783,21 +937,94 @@ fn read_most_recent(region: &Region, offset: usize) -> (f64, u64) {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Reads the current values of a series' slots (for removal baselines).
+pub(crate) fn read_slots(region: &Region, offset: usize, slots: usize) -> Vec<u64> {
+    (0..slots)
+        .map(|i| {
+            region
+                .word(offset + i * 8)
+                .map_or(0, |w| w.load(Ordering::Relaxed))
+        })
+        .collect()
+}
 
-    #[test]
-    fn block_containment() {
-        let blocks = vec![(136, 1000), (2000, 3000)];
-        assert!(in_block(&blocks, 136, 1));
-        assert!(in_block(&blocks, 992, 1));
-        assert!(!in_block(&blocks, 992, 2));
-        assert!(!in_block(&blocks, 1000, 1));
-        assert!(!in_block(&blocks, 137, 1));
-        assert!(!in_block(&blocks, 128, 1));
-        assert!(in_block(&blocks, 2000, 125));
-        assert!(!in_block(&blocks, u64::MAX - 7, 1));
-        assert!(!in_block(&blocks, 2000, usize::MAX));
+impl Reader {
+    /// Baselines of the series of `family` (all of them, or the one with `labels`) in
+    /// every readable, unfolded file, as of now. The caller holds the directory lock.
+    pub(crate) fn baselines(
+        &mut self,
+        family: &str,
+        labels: Option<&[Box<str>]>,
+    ) -> Result<Vec<parse::Baseline>, Error> {
+        let mut stats = ScrapeStats::default();
+        self.refresh(&mut stats)?;
+        let mut out = Vec::new();
+        for cf in self.files.values() {
+            if cf.corrupt.is_some() || cf.folded {
+                continue;
+            }
+            let Some(region) = &cf.region else { continue };
+            for s in &cf.parsed.series {
+                let fam = &cf.parsed.families[s.family as usize];
+                if fam.rec.name != family {
+                    continue;
+                }
+                let own_labels = &s.labels[..fam.rec.labels.len()];
+                if labels.is_some_and(|l| l != own_labels) {
+                    continue;
+                }
+                let mut values = read_slots(region, s.offset, fam.slots);
+                if fam.rec.ty == MetricType::Gauge && fam.rec.mode.most_recent() {
+                    let (v, t) = read_most_recent(region, s.offset);
+                    values = vec![0, v.to_bits(), t];
+                }
+                // The key the merge uses: label values, plus the pid label for per-process
+                // gauges of ordinary files.
+                let mut key: Vec<Box<str>> = s.labels.to_vec();
+                if fam.rec.ty == MetricType::Gauge && fam.rec.mode.per_process() && !cf.header.accumulator() {
+                    key.push(cf.pid_label_now(&self.files).into());
+                }
+                out.push(parse::Baseline {
+                    writer_id: cf.header.writer_id,
+                    labels: key.into_boxed_slice(),
+                    values,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `pid` label values of per-process gauge series in accumulators.
+fn accumulator_pid_labels<'a>(files: impl Iterator<Item = &'a CachedFile>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for cf in files.filter(|c| c.corrupt.is_none() && !c.folded && c.header.accumulator()) {
+        for s in &cf.parsed.series {
+            let fam = &cf.parsed.families[s.family as usize].rec;
+            if fam.ty == MetricType::Gauge && fam.mode.per_process() {
+                if let Some(pid) = s.labels.last() {
+                    out.insert(pid.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+impl CachedFile {
+    /// The pid label this file's per-process series get in a merge of `files`.
+    fn pid_label_now(&self, files: &BTreeMap<OsString, CachedFile>) -> String {
+        let same = files
+            .values()
+            .filter(|c| {
+                c.corrupt.is_none() && !c.folded && !c.header.accumulator() && c.header.pid == self.header.pid
+            })
+            .count();
+        let folded = accumulator_pid_labels(files.values()).contains(self.header.pid.to_string().as_str());
+        if same > 1 || folded {
+            format!("{}-{:08x}", self.header.pid, self.header.writer_id >> 32)
+        } else {
+            self.header.pid.to_string()
+        }
     }
 }

@@ -99,8 +99,13 @@ impl MergedFamily {
 pub struct ScrapeStats {
     /// Files whose writer holds its lock.
     pub live_files: u64,
-    /// Well-formed files whose writer has exited.
+    /// Well-formed files whose writer has exited (including those already folded into
+    /// the accumulator and waiting to be deleted).
     pub dead_files: u64,
+    /// Dead files already folded into the accumulator (not merged again).
+    pub folded_files: u64,
+    /// Accumulator files (the folded values of dead writers).
+    pub accumulators: u64,
     /// Files skipped because they are not well-formed.
     pub corrupt_files: u64,
     /// Files in the directory that do not belong to the store.

@@ -4,24 +4,25 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::registry::Registry;
 
+use crate::compact::{self, CompactionStats};
 use crate::desc::{FamilyDesc, Opts};
+use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
 use crate::family::{Family, FamilyCore};
-use crate::format::{GaugeMode, MAX_NAME_BYTES};
+use crate::format::{self, GaugeMode, MAX_NAME_BYTES};
 use crate::metrics::{Counter, CounterF64, Gauge, Histogram, Metric};
+use crate::parse::Removal;
 use crate::reader::Reader;
 use crate::snapshot::Snapshot;
 use crate::sys;
-use crate::writer::{Config, LOCK_FILE, Writer};
+use crate::writer::{Config, Writer};
 
 /// The environment variable Python's `prometheus_client` reads for its multiprocess
 /// directory; [`Store::from_env`] reads the same one.
@@ -36,6 +37,9 @@ pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
 
 /// Default largest size of one process's file (address space reserved once per store).
 pub const DEFAULT_MAX_FILE_SIZE: usize = 256 << 20;
+
+/// Default number of dead writer files a scrape tolerates before compacting them.
+pub const DEFAULT_COMPACT_THRESHOLD: usize = 8;
 
 /// A metrics store: a directory shared by the worker processes of one application.
 ///
@@ -61,11 +65,16 @@ pub struct Store {
 }
 
 struct StoreInner {
-    config: Arc<Config>,
-    writer: Arc<Writer>,
+    shared: Arc<Shared>,
     families: Mutex<HashMap<String, Registered>>,
+}
+
+/// What families share with their store: the directory lock, the reader and the writer.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) writer: Arc<Writer>,
+    lock: DirLock,
     reader: Mutex<Reader>,
-    lock_file: File,
 }
 
 struct Registered {
@@ -82,6 +91,9 @@ pub struct StoreBuilder {
     file_mode: u32,
     series_limit: usize,
     max_file_size: usize,
+    compact_threshold: usize,
+    compact_on_open: bool,
+    shared_directory: bool,
 }
 
 impl StoreBuilder {
@@ -94,6 +106,9 @@ impl StoreBuilder {
             file_mode: 0o600,
             series_limit: DEFAULT_SERIES_LIMIT,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            compact_threshold: DEFAULT_COMPACT_THRESHOLD,
+            compact_on_open: true,
+            shared_directory: false,
         }
     }
 
@@ -106,12 +121,21 @@ impl StoreBuilder {
     }
 
     /// Name of the application that owns the directory (default: the executable's name).
+    /// A process of another application opening the directory gets
+    /// [`Error::WrongApplication`].
     pub fn application(mut self, name: impl Into<String>) -> Self {
         self.application = Some(name.into());
         self
     }
 
-    /// A stable worker id (e.g. the supervisor's worker index), recorded in the file.
+    /// A stable worker id (e.g. the supervisor's worker index). The process writes the
+    /// slot file `slot-<id>.shm`; a restarted worker with the same id resumes it, so the
+    /// number of files stays bounded by the number of workers. Counters and histograms go
+    /// on from the predecessor's values; `live*` gauges start from zero; the other gauge
+    /// modes keep the predecessor's value until set.
+    ///
+    /// Two live processes cannot share a slot: the second gets [`Error::SlotBusy`] at its
+    /// first declaration. A child forked by the slot owner writes a file of its own.
     pub fn worker_id(mut self, id: u64) -> Self {
         self.worker_id = Some(id);
         self
@@ -137,7 +161,30 @@ impl StoreBuilder {
         self
     }
 
-    /// Opens the store: creates the directory if missing and checks that it is usable.
+    /// Dead writer files a scrape tolerates before it compacts them (default 8). Dead
+    /// files are also compacted when a store opens and by [`Store::compact`].
+    pub fn compact_threshold(mut self, files: usize) -> Self {
+        self.compact_threshold = files;
+        self
+    }
+
+    /// Whether opening the store folds the files dead writers left (default `true`: the
+    /// seed's "clean the directory at startup", done without losing counts).
+    pub fn compact_on_open(mut self, compact: bool) -> Self {
+        self.compact_on_open = compact;
+        self
+    }
+
+    /// Accepts a directory that other users may write to (world-writable, or owned by
+    /// another user). Refused by default: on a shared `/dev/shm`, another user could plant
+    /// or replace files there.
+    pub fn allow_shared_directory(mut self, allow: bool) -> Self {
+        self.shared_directory = allow;
+        self
+    }
+
+    /// Opens the store: creates the directory if missing, checks that it is usable and
+    /// belongs to this application, and compacts what dead writers left.
     /// This process's file is created at the first declaration.
     pub fn open(self) -> Result<Store> {
         let dir = self.dir;
@@ -171,21 +218,8 @@ impl StoreBuilder {
                 ),
             });
         }
-        prepare_dir(&dir, self.file_mode)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(self.file_mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| Error::Directory {
-                path: dir.clone(),
-                reason: format!("cannot open its lock file {LOCK_FILE}"),
-                source: Some(e),
-            })?;
+        prepare_dir(&dir, self.file_mode, self.shared_directory)?;
+        let lock = DirLock::open_rw(&dir, self.file_mode)?;
         let config = Arc::new(Config {
             dir: dir.clone(),
             application,
@@ -193,16 +227,30 @@ impl StoreBuilder {
             file_mode: self.file_mode,
             series_limit: self.series_limit,
             max_file_size: self.max_file_size,
+            compact_threshold: self.compact_threshold,
         });
-        let reader = Reader::new(&dir)?;
+        let mut reader = Reader::new(&dir)?;
+        {
+            let _guard = lock.exclusive()?;
+            lock.claim(&dir, &config.application)?;
+            // The seed's "clean the directory at startup", done safely while other
+            // workers run: fold what dead writers left (their counts stay).
+            if self.compact_on_open {
+                if let Err(e) = compact::compact(&config, &mut reader, &|_| {}) {
+                    tracing::warn!(dir = %dir.display(), "compaction at startup failed: {e}");
+                }
+            }
+        }
         sys::install_fork_handlers();
         Ok(Store {
             inner: Arc::new(StoreInner {
-                writer: Arc::new(Writer::new(Arc::clone(&config))),
-                config,
+                shared: Arc::new(Shared {
+                    writer: Arc::new(Writer::new(Arc::clone(&config))),
+                    config,
+                    lock,
+                    reader: Mutex::new(reader),
+                }),
                 families: Mutex::new(HashMap::new()),
-                reader: Mutex::new(reader),
-                lock_file,
             }),
         })
     }
@@ -216,27 +264,32 @@ fn default_application() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Creates `dir` if missing and checks that it is a writable directory.
-fn prepare_dir(dir: &Path, file_mode: u32) -> Result<()> {
+/// Creates `dir` if missing and checks that it is a writable directory of this user.
+fn prepare_dir(dir: &Path, file_mode: u32, shared_ok: bool) -> Result<()> {
     let dir_mode = file_mode | ((file_mode & 0o444) >> 2);
+    let err = |reason: String, source: Option<std::io::Error>| Error::Directory {
+        path: dir.to_path_buf(),
+        reason,
+        source,
+    };
     match std::fs::metadata(dir) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
-            return Err(Error::Directory {
-                path: dir.to_path_buf(),
-                reason: "exists but is not a directory: point the store at a directory".into(),
-                source: None,
-            });
+            return Err(err(
+                "exists but is not a directory: point the store at a directory".into(),
+                None,
+            ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(dir_mode)
                 .create(dir)
-                .map_err(|e| Error::Directory {
-                    path: dir.to_path_buf(),
-                    reason: "does not exist and cannot be created: create it (e.g. with tmpfiles.d) or fix the parent's permissions".into(),
-                    source: Some(e),
+                .map_err(|e| {
+                    err(
+                        "does not exist and cannot be created: create it (e.g. with tmpfiles.d) or fix the parent's permissions".into(),
+                        Some(e),
+                    )
                 })?;
         }
         Err(e) => {
@@ -245,18 +298,38 @@ fn prepare_dir(dir: &Path, file_mode: u32) -> Result<()> {
             } else {
                 "cannot be inspected".into()
             };
-            return Err(Error::Directory {
-                path: dir.to_path_buf(),
-                reason,
-                source: Some(e),
-            });
+            return Err(err(reason, Some(e)));
         }
     }
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| Error::Directory {
-        path: dir.to_path_buf(),
-        reason: "path contains a NUL byte".into(),
-        source: None,
-    })?;
+    let md = std::fs::metadata(dir).map_err(|e| err("cannot be inspected".into(), Some(e)))?;
+    if !shared_ok {
+        let mode = md.mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(err(
+                format!(
+                    "is writable by every user (mode {mode:o}): another user could plant or replace files in it. \
+                     Use a directory of its own (e.g. /dev/shm/prometheus/<api>, created by tmpfiles.d with mode 0750), \
+                     or StoreBuilder::allow_shared_directory(true)"
+                ),
+                None,
+            ));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if md.uid() != euid && md.uid() != 0 {
+            return Err(err(
+                format!(
+                    "belongs to user {} and this process runs as user {euid}: a directory of another user is refused \
+                     (its owner could replace the files); use one owned by this user or root, \
+                     or StoreBuilder::allow_shared_directory(true)",
+                    md.uid()
+                ),
+                None,
+            ));
+        }
+    }
+    let c =
+        CString::new(dir.as_os_str().as_bytes()).map_err(|_| err("path contains a NUL byte".into(), None))?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
     if rc != 0 {
@@ -266,13 +339,42 @@ fn prepare_dir(dir: &Path, file_mode: u32) -> Result<()> {
         } else {
             "is not writable by this process: fix its owner or permissions".to_string()
         };
-        return Err(Error::Directory {
-            path: dir.to_path_buf(),
-            reason,
-            source: Some(e),
-        });
+        return Err(err(reason, Some(e)));
     }
     Ok(())
+}
+
+impl Shared {
+    fn reader(&self) -> MutexGuard<'_, Reader> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes one series (or all series of a family) from every worker's scrape: records
+    /// each file's current values as baselines that merges subtract.
+    pub(crate) fn remove(&self, family: &str, labels: Option<&[Box<str>]>) -> Result<bool> {
+        let _gate = sys::enter_gate();
+        let own = self.writer.own_ids();
+        let mut reader = self.reader();
+        let _lock = self.lock.exclusive()?;
+        reader.own_writers = own;
+        let baselines = reader.baselines(family, labels)?;
+        let found = !baselines.is_empty();
+        let record = Removal {
+            time: sys::unix_nanos(),
+            family: family.to_string(),
+            labels: labels.map(|l| l.to_vec().into_boxed_slice()),
+            baselines,
+        };
+        let words = format::encode_removal(&record);
+        if words.len() * 8 > format::MAX_RECORD_BYTES {
+            return Err(Error::InvalidOption {
+                name: family.to_string(),
+                reason: "too many series to remove in one record: remove them one by one".into(),
+            });
+        }
+        self.writer.append_record(&words)?;
+        Ok(found)
+    }
 }
 
 impl Store {
@@ -291,27 +393,27 @@ impl Store {
         StoreBuilder::from_env()?.open()
     }
 
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.config.dir
+        &self.shared().config.dir
     }
 
     /// The application name recorded in this process's file.
     pub fn application(&self) -> &str {
-        &self.inner.config.application
+        &self.shared().config.application
     }
 
     /// This process's file, once a metric has been declared.
     pub fn file_path(&self) -> Option<PathBuf> {
-        self.inner.writer.path()
+        self.shared().writer.path()
     }
 
     fn families(&self) -> MutexGuard<'_, HashMap<String, Registered>> {
         self.inner.families.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn reader(&self) -> MutexGuard<'_, Reader> {
-        self.inner.reader.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Declares a family of `M` (or returns the existing one if this process already
@@ -321,7 +423,8 @@ impl Store {
     /// process of the directory declared the name with another type, labels, buckets or
     /// gauge mode.
     pub fn register<M: Metric>(&self, opts: Opts) -> Result<Family<M>> {
-        let desc = FamilyDesc::new(M::TYPE, opts, self.inner.config.series_limit)?;
+        let shared = self.shared();
+        let desc = FamilyDesc::new(M::TYPE, opts, shared.config.series_limit)?;
         let _gate = sys::enter_gate();
         let mut families = self.families();
         if let Some(r) = families.get(&desc.name) {
@@ -337,16 +440,32 @@ impl Store {
                 requested: desc.describe(),
             });
         }
-        let fd = self.inner.lock_file.as_raw_fd();
-        sys::flock_exclusive_blocking(fd).map_err(|e| Error::io("locking", self.dir().join(LOCK_FILE), e))?;
-        let declared = self.declare_locked(&desc);
-        let _ = sys::flock_unlock(fd);
-        let id = declared?;
+        let own = shared.writer.own_ids();
+        let id = {
+            // Lock order, everywhere: reader mutex, then the directory lock.
+            let mut reader = shared.reader();
+            let _lock = shared.lock.exclusive()?;
+            reader.own_writers = own;
+            for (pid, path, other) in reader.live_declarations(&desc.name)? {
+                if !other.same_schema(&desc) {
+                    return Err(Error::Conflict {
+                        name: desc.name.clone(),
+                        by: format!("live process {pid} (file {})", path.display()),
+                        existing: other.describe(),
+                        requested: desc.describe(),
+                    });
+                }
+            }
+            let folded = reader.folded_ids()?;
+            shared
+                .writer
+                .declare(Arc::new(desc.clone()), &|id| folded.contains(&id))?
+        };
         let desc = Arc::new(desc);
         let core = Arc::new(FamilyCore::<M>::new(
             Arc::clone(&desc),
             id,
-            Arc::clone(&self.inner.writer),
+            Arc::clone(&self.inner.shared),
         ));
         families.insert(
             desc.name.clone(),
@@ -356,26 +475,6 @@ impl Store {
             },
         );
         Ok(Family { core })
-    }
-
-    /// Under the directory lock: checks live processes' declarations, then writes ours.
-    fn declare_locked(&self, desc: &FamilyDesc) -> Result<u32> {
-        {
-            let own = self.inner.writer.writer_id();
-            let mut reader = self.reader();
-            reader.own_writer = own;
-            for (pid, path, other) in reader.live_declarations(&desc.name)? {
-                if !other.same_schema(desc) {
-                    return Err(Error::Conflict {
-                        name: desc.name.clone(),
-                        by: format!("live process {pid} (file {})", path.display()),
-                        existing: other.describe(),
-                        requested: desc.describe(),
-                    });
-                }
-            }
-        }
-        self.inner.writer.declare(Arc::new(desc.clone()))
     }
 
     /// An integer counter without labels.
@@ -455,14 +554,49 @@ impl Store {
         )
     }
 
-    /// Merges every file of the directory now.
+    /// Merges every file of the directory now. When the scrape finds more dead writer
+    /// files than the compaction threshold, it compacts them afterwards (if no other
+    /// process is compacting).
     pub fn snapshot(&self) -> Result<Snapshot> {
         // Inside the fork gate before any internal lock (see `sys`).
         let _gate = sys::enter_gate();
-        let own = self.inner.writer.writer_id();
-        let mut reader = self.reader();
-        reader.own_writer = own;
-        reader.snapshot()
+        let shared = self.shared();
+        let own = shared.writer.own_ids();
+        let mut reader = shared.reader();
+        reader.own_writers = own;
+        let snapshot = reader.snapshot()?;
+        let st = snapshot.stats();
+        let dead = (st.dead_files - st.folded_files) as usize;
+        if dead > shared.config.compact_threshold || st.folded_files > 0 {
+            if let Ok(Some(_lock)) = shared.lock.try_exclusive() {
+                match compact::compact(&shared.config, &mut reader, &|_| {}) {
+                    Ok(c) => {
+                        tracing::debug!(folded = c.folded, deleted = c.deleted, "compacted dead writers")
+                    }
+                    Err(e) => tracing::warn!(dir = %shared.config.dir.display(), "compaction failed: {e}"),
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Folds the files of dead writers into the directory's accumulator now, waiting for
+    /// other compactions and scrapes to finish. Idempotent and crash-safe.
+    pub fn compact(&self) -> Result<CompactionStats> {
+        self.compact_with_hook(&|_| {})
+    }
+
+    /// [`Store::compact`] calling `hook` at each step ("locked", "written", "renamed",
+    /// "unlinked", "done"): for crash tests.
+    #[doc(hidden)]
+    pub fn compact_with_hook(&self, hook: &dyn Fn(&str)) -> Result<CompactionStats> {
+        let _gate = sys::enter_gate();
+        let shared = self.shared();
+        let own = shared.writer.own_ids();
+        let mut reader = shared.reader();
+        let _lock = shared.lock.exclusive()?;
+        reader.own_writers = own;
+        compact::compact(&shared.config, &mut reader, hook)
     }
 
     /// Merges the directory and registers the result in `registry`, next to whatever
@@ -506,10 +640,11 @@ pub fn encode(registry: &Registry) -> Result<String> {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.shared().config;
         f.debug_struct("Store")
-            .field("dir", &self.inner.config.dir)
-            .field("application", &self.inner.config.application)
-            .field("worker_id", &self.inner.config.worker_id)
+            .field("dir", &c.dir)
+            .field("application", &c.application)
+            .field("worker_id", &c.worker_id)
             .finish()
     }
 }

@@ -45,6 +45,21 @@ pub(crate) fn flock_exclusive_blocking(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Takes a shared `flock` on `fd`, waiting for it.
+pub(crate) fn flock_shared_blocking(fd: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: as in `try_flock`.
+        let rc = unsafe { libc::flock(fd, libc::LOCK_SH) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
 /// Releases a `flock` held through `fd`.
 pub(crate) fn flock_unlock(fd: RawFd) -> io::Result<()> {
     // SAFETY: as in `try_flock`.
@@ -139,11 +154,25 @@ pub(crate) fn unix_nanos() -> u64 {
 // ---------------------------------------------------------------------------------------
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static BIND_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// The current fork generation of this process (changes in a child after `fork()`).
 #[inline(always)]
 pub(crate) fn fork_generation() -> u64 {
     FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// The epoch handles compare against before each write. It changes after `fork()` and
+/// whenever a writer of this process switches to another file; every handle then takes
+/// the slow path once and rebinds (to the same slots if its file did not change).
+#[inline(always)]
+pub(crate) fn bind_epoch() -> u64 {
+    BIND_EPOCH.load(Ordering::Relaxed)
+}
+
+/// Makes every handle of this process rebind on its next write.
+pub(crate) fn bump_bind_epoch() {
+    BIND_EPOCH.fetch_add(1, Ordering::AcqRel);
 }
 
 const GATE_WRITER: u64 = 1 << 63;
@@ -285,6 +314,7 @@ extern "C" fn atfork_parent() {
 
 extern "C" fn atfork_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Release);
+    BIND_EPOCH.fetch_add(1, Ordering::Release);
     for slot in &WRITERS {
         let fd = slot.fd.swap(-1, Ordering::AcqRel);
         if fd < 0 {

@@ -3,7 +3,11 @@
 //! A process writes only its own file and holds an exclusive `flock` on it for its whole
 //! life; the kernel drops the lock when the process dies, however it dies, so readers can
 //! tell live writers from dead ones without any supervisor hook.
+//!
+//! With a stable worker id, the file is the worker's slot (`slot-<id>.shm`): a restarted
+//! worker resumes it, counters and histograms going on from where its predecessor stopped.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::ManuallyDrop;
@@ -15,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::desc::FamilyDesc;
 use crate::error::Error;
-use crate::format::{self, ERROR_KINDS, ErrorKind, HEADER_BYTES};
+use crate::format::{self, ERROR_KINDS, ErrorKind, HEADER_BYTES, MR_SEQ, MR_TIME, MR_VALUE, MetricType};
+use crate::parse::{self, Parsed};
 use crate::region::Region;
 use crate::sys;
 
@@ -28,17 +33,20 @@ pub(crate) struct Config {
     pub file_mode: u32,
     pub series_limit: usize,
     pub max_file_size: usize,
+    pub compact_threshold: usize,
 }
 
 /// First reservation of a new file.
 const INITIAL_BYTES: usize = 16 << 10;
-/// Slots per value block (one page).
+/// Slots per value block (one page with its header word).
 const BLOCK_SLOTS: usize = 511;
 /// Largest single growth step.
 const MAX_STEP: usize = 4 << 20;
 
 /// Prefix of writer file names.
 pub(crate) const WRITER_PREFIX: &str = "w-";
+/// Prefix of worker slot file names.
+pub(crate) const SLOT_PREFIX: &str = "slot-";
 /// Extension of every store file.
 pub(crate) const STORE_EXT: &str = ".shm";
 /// Prefix of files being initialised (ignored by readers).
@@ -46,7 +54,8 @@ pub(crate) const TMP_PREFIX: &str = ".tmp-";
 /// The directory lock file.
 pub(crate) const LOCK_FILE: &str = ".shmetrics.lock";
 
-/// What a handle asks the writer to bind to.
+/// What a handle asks the writer to bind to (`family`: index among this process's
+/// declarations, not the family id inside a file).
 pub(crate) enum BindKey<'a> {
     /// The value slots of one series.
     Series { family: u32, labels: &'a [Box<str>] },
@@ -58,7 +67,7 @@ pub(crate) enum BindKey<'a> {
 pub(crate) struct Writer {
     pub(crate) config: Arc<Config>,
     state: Mutex<WriterState>,
-    header_gen: AtomicU64,
+    header_epoch: AtomicU64,
     header_ptr: AtomicPtr<AtomicU64>,
     growth_logged: AtomicBool,
     misuse_logged: [AtomicBool; ERROR_KINDS],
@@ -66,33 +75,43 @@ pub(crate) struct Writer {
 
 struct WriterState {
     /// Fork generation the current file belongs to.
-    generation: u64,
+    fork_gen: u64,
     file: Option<WriterFile>,
-    /// Files of an ancestor process (before fork): kept mapped, never written.
+    /// Files this process no longer writes but still maps (an ancestor's after fork, a
+    /// retired slot): handles may hold pointers into them.
     retired: Vec<WriterFile>,
-    /// Families declared in this process; index = family id in the file.
+    /// Families declared in this process, by declaration index.
     families: Vec<Arc<FamilyDesc>>,
-    /// How many of `families` have their record in the current file.
-    emitted: usize,
     /// Errors counted while there was no file to count them in.
     pending_errors: [u64; ERROR_KINDS],
+    /// Whether this process owns the configured worker slot (a fork child does not).
+    slot_owner: bool,
 }
 
 const UNBOUND: u64 = u64::MAX;
 
+/// Why a family cannot be written into the current file.
+enum EmitError {
+    /// No room (counted and logged).
+    Growth,
+    /// A resumed slot file declares the name differently.
+    Mismatch,
+}
+
 impl Writer {
     pub(crate) fn new(config: Arc<Config>) -> Self {
+        let slot_owner = config.worker_id.is_some();
         Writer {
             config,
             state: Mutex::new(WriterState {
-                generation: sys::fork_generation(),
+                fork_gen: sys::fork_generation(),
                 file: None,
                 retired: Vec::new(),
                 families: Vec::new(),
-                emitted: 0,
                 pending_errors: [0; ERROR_KINDS],
+                slot_owner,
             }),
-            header_gen: AtomicU64::new(UNBOUND),
+            header_epoch: AtomicU64::new(UNBOUND),
             header_ptr: AtomicPtr::new(std::ptr::null_mut()),
             growth_logged: AtomicBool::new(false),
             misuse_logged: [const { AtomicBool::new(false) }; ERROR_KINDS],
@@ -107,33 +126,48 @@ impl Writer {
     pub(crate) fn path(&self) -> Option<PathBuf> {
         let _gate = sys::enter_gate();
         let mut st = self.lock();
-        self.sync_generation(&mut st);
+        self.sync_fork(&mut st);
         st.file.as_ref().map(|f| f.path.clone())
     }
 
-    /// Random identity of this process's current file, if it has one.
-    pub(crate) fn writer_id(&self) -> Option<u64> {
+    /// Identities of every file this process holds (current and retired), so that the
+    /// reader treats them as live without probing.
+    pub(crate) fn own_ids(&self) -> Vec<u64> {
         let _gate = sys::enter_gate();
         let mut st = self.lock();
-        self.sync_generation(&mut st);
-        st.file.as_ref().map(|f| f.writer_id)
+        self.sync_fork(&mut st);
+        let fork_gen = st.fork_gen;
+        st.file
+            .iter()
+            .chain(st.retired.iter())
+            .filter(|f| f.fork_gen == fork_gen)
+            .map(|f| f.writer_id)
+            .collect()
     }
 
-    /// Adds a family; its record is written now if there is room, later otherwise.
-    /// Fails only if this process has no file and cannot create one.
-    pub(crate) fn declare(&self, desc: Arc<FamilyDesc>) -> Result<u32, Error> {
+    /// Adds a family and writes its record now if there is room (later otherwise).
+    /// Called with the directory lock held; `folded` tells whether a writer id was folded
+    /// into the accumulator (a slot file that was folded must not be resumed).
+    pub(crate) fn declare(&self, desc: Arc<FamilyDesc>, folded: &dyn Fn(u64) -> bool) -> Result<u32, Error> {
         let _gate = sys::enter_gate();
         let mut st = self.lock();
-        self.sync_generation(&mut st);
+        self.sync_fork(&mut st);
         if st.file.is_none() {
-            self.create_file(&mut st)?;
+            self.open_file(&mut st, true, folded)?;
         }
-        let id = st.families.len() as u32;
+        let fid = st.families.len() as u32;
         st.families.push(desc);
-        // Growth failure leaves the record pending; handles retry.
         let all = st.families.len();
-        let _ = self.emit_families(&mut st, all);
-        Ok(id)
+        match self.emit_families(&mut st, all) {
+            Ok(()) | Err(EmitError::Growth) => Ok(fid),
+            Err(EmitError::Mismatch) => {
+                // A previous deployment declared this name differently in our slot file:
+                // retire that file (an ordinary dead file once we exit) and start afresh.
+                self.retire_slot(&mut st, folded)?;
+                let _ = self.emit_families(&mut st, all);
+                Ok(fid)
+            }
+        }
     }
 
     /// Binds `key` to `nslots` value slots in this process's current file.
@@ -141,36 +175,42 @@ impl Writer {
     pub(crate) fn bind(&self, key: &BindKey<'_>, nslots: usize) -> Option<*const AtomicU64> {
         let _gate = sys::enter_gate();
         let mut st = self.lock();
-        self.sync_generation(&mut st);
+        self.sync_fork(&mut st);
         if st.file.is_none() {
-            if let Err(e) = self.create_file(&mut st) {
+            if let Err(e) = self.open_file(&mut st, false, &|_| false) {
                 self.growth_failed(&mut st, &e.to_string());
                 return None;
             }
         }
-        let family = match key {
+        let fid = match key {
             BindKey::Series { family, .. } | BindKey::Stats { family } => *family as usize,
         };
-        if self.emit_families(&mut st, family + 1).is_err() {
+        if self.emit_families(&mut st, fid + 1).is_err() {
             return None;
         }
-        let result = {
-            let file = st.file.as_mut()?;
-            match key {
-                BindKey::Stats { family } => {
-                    let off = file.stats[*family as usize];
-                    return file.region.words_ptr(off, 1);
+        let file = st.file.as_mut()?;
+        let id = file.ids.get(fid).copied().flatten()?;
+        let result = match key {
+            BindKey::Stats { .. } => {
+                let off = file.stats[id as usize];
+                return file.region.words_ptr(off, 1);
+            }
+            BindKey::Series { labels, .. } => {
+                if let Some(off) = file.series.get(&id).and_then(|m| m.get(*labels)) {
+                    return file.region.words_ptr(*off, nslots);
                 }
-                BindKey::Series { family, labels } => {
-                    let labels: Vec<&str> = labels.iter().map(|l| &**l).collect();
-                    let record = format::encode_series(*family, 0, &labels);
-                    file.append_with_values(nslots, record, format::SERIES_VALUES_WORD)
-                        .and_then(|off| {
-                            file.region
-                                .words_ptr(off, nslots)
-                                .ok_or_else(|| io::Error::other("value slots out of range"))
-                        })
-                }
+                let values: Vec<&str> = labels.iter().map(|l| &**l).collect();
+                let record = format::encode_series(id, 0, &values);
+                file.append_with_values(nslots, record, format::SERIES_VALUES_WORD)
+                    .and_then(|off| {
+                        file.series
+                            .entry(id)
+                            .or_default()
+                            .insert(labels.to_vec().into(), off);
+                        file.region
+                            .words_ptr(off, nslots)
+                            .ok_or_else(|| io::Error::other("value slots out of range"))
+                    })
             }
         };
         match result {
@@ -180,6 +220,24 @@ impl Writer {
                 None
             }
         }
+    }
+
+    /// Appends a record that has no value slots (a removal) and publishes it.
+    pub(crate) fn append_record(&self, words: &[u64]) -> Result<(), Error> {
+        let _gate = sys::enter_gate();
+        let mut st = self.lock();
+        self.sync_fork(&mut st);
+        if st.file.is_none() {
+            self.open_file(&mut st, false, &|_| false)?;
+        }
+        let file = st
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::io("writing", &self.config.dir, io::Error::other("no file")))?;
+        let path = file.path.clone();
+        file.append(words).map_err(|e| Error::io("growing", &path, e))?;
+        file.publish();
+        Ok(())
     }
 
     /// Counts a refused operation in this process's header (visible in every scrape as
@@ -192,25 +250,32 @@ impl Writer {
                 detail()
             );
         }
-        let generation = sys::fork_generation();
-        if self.header_gen.load(Ordering::Acquire) == generation {
+        if self.header_epoch.load(Ordering::Acquire) == sys::bind_epoch() {
             let p = self.header_ptr.load(Ordering::Relaxed);
             // SAFETY: `header_ptr` points at the error counters of the current file's header
-            // (set together with `header_gen` under the state lock, Release/Acquire). That
+            // (set together with `header_epoch` under the state lock, Release/Acquire). That
             // file's mapping lives as long as `self`, and the header is reserved at creation.
             unsafe { &*p.add(kind as usize) }.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let _gate = sys::enter_gate();
         let mut st = self.lock();
-        self.sync_generation(&mut st);
+        self.sync_fork(&mut st);
         match &st.file {
             Some(f) => {
                 if let Some(w) = f.region.word((format::H_ERRORS + kind as usize) * 8) {
                     w.fetch_add(1, Ordering::Relaxed);
                 }
+                self.cache_header(f);
             }
             None => st.pending_errors[kind as usize] += 1,
+        }
+    }
+
+    fn cache_header(&self, f: &WriterFile) {
+        if let Some(p) = f.region.words_ptr(format::H_ERRORS * 8, ERROR_KINDS) {
+            self.header_ptr.store(p.cast_mut(), Ordering::Relaxed);
+            self.header_epoch.store(sys::bind_epoch(), Ordering::Release);
         }
     }
 
@@ -236,53 +301,108 @@ impl Writer {
         }
     }
 
-    /// After fork(), moves the parent's file aside (its descriptor was already closed by
-    /// the atfork child handler) so that the next write creates this process's own file.
-    fn sync_generation(&self, st: &mut WriterState) {
-        let generation = sys::fork_generation();
-        if st.generation == generation {
+    /// After fork(), moves the parent's file aside (its descriptor was already closed and
+    /// its mapping detached by the atfork child handler) so that the next write creates
+    /// this process's own file. A fork child never owns its parent's worker slot.
+    fn sync_fork(&self, st: &mut WriterState) {
+        let fork_gen = sys::fork_generation();
+        if st.fork_gen == fork_gen {
             return;
         }
         if let Some(old) = st.file.take() {
             st.retired.push(old);
         }
-        st.generation = generation;
-        st.emitted = 0;
+        st.fork_gen = fork_gen;
         st.pending_errors = [0; ERROR_KINDS];
-        self.header_gen.store(UNBOUND, Ordering::Release);
+        st.slot_owner = false;
+        self.header_epoch.store(UNBOUND, Ordering::Release);
     }
 
-    fn create_file(&self, st: &mut WriterState) -> Result<(), Error> {
-        let file = WriterFile::create(&self.config, st.pending_errors, st.generation)?;
+    /// Gives this process a file: its worker slot (resumed or new) when it owns one and
+    /// holds the directory lock, a new file of its own otherwise.
+    fn open_file(
+        &self,
+        st: &mut WriterState,
+        dir_locked: bool,
+        folded: &dyn Fn(u64) -> bool,
+    ) -> Result<(), Error> {
+        let file = match self.config.worker_id {
+            Some(slot) if st.slot_owner && dir_locked => {
+                WriterFile::acquire_slot(&self.config, slot, st.pending_errors, st.fork_gen, folded)?
+            }
+            _ => {
+                let name = format!(
+                    "{WRITER_PREFIX}{}-{:016x}{STORE_EXT}",
+                    sys::current_pid(),
+                    sys::random_u64()
+                );
+                WriterFile::create(&self.config, &name, st.pending_errors, st.fork_gen)?
+            }
+        };
         st.pending_errors = [0; ERROR_KINDS];
-        st.emitted = 0;
-        if let Some(p) = file.region.words_ptr(format::H_ERRORS * 8, ERROR_KINDS) {
-            self.header_ptr.store(p.cast_mut(), Ordering::Relaxed);
-            self.header_gen.store(st.generation, Ordering::Release);
-        }
+        self.cache_header(&file);
         st.file = Some(file);
         Ok(())
     }
 
-    /// Writes the records of families `emitted..upto`. On growth failure the rest stays
-    /// pending (counted and logged once).
-    fn emit_families(&self, st: &mut WriterState, upto: usize) -> Result<(), ()> {
-        while st.emitted < upto {
-            let id = st.emitted;
-            let desc = Arc::clone(&st.families[id]);
+    /// Renames the current (resumed slot) file to an ordinary writer name and opens a new
+    /// slot file. The old file stays mapped and locked until this process exits (handles
+    /// may still hold pointers into it), then it is an ordinary dead file.
+    fn retire_slot(&self, st: &mut WriterState, folded: &dyn Fn(u64) -> bool) -> Result<(), Error> {
+        if let Some(old) = st.file.take() {
+            let name = format!(
+                "{WRITER_PREFIX}{}-{:016x}{STORE_EXT}",
+                sys::current_pid(),
+                old.writer_id
+            );
+            let to = self.config.dir.join(&name);
+            std::fs::rename(&old.path, &to).map_err(|e| Error::io("renaming", &old.path, e))?;
+            tracing::warn!(
+                from = %old.path.display(),
+                to = %to.display(),
+                "worker slot file declares a metric differently (an earlier deployment): kept as an \
+                 ordinary file, and a new slot file started"
+            );
+            st.retired.push(old);
+        }
+        self.open_file(st, true, folded)?;
+        // Every handle of the process rebinds (to the new file) on its next write.
+        sys::bump_bind_epoch();
+        Ok(())
+    }
+
+    /// Writes the records of families `0..upto` that the current file lacks.
+    fn emit_families(&self, st: &mut WriterState, upto: usize) -> Result<(), EmitError> {
+        for fid in 0..upto {
+            let desc = Arc::clone(&st.families[fid]);
             let Some(file) = st.file.as_mut() else {
-                return Err(());
+                return Err(EmitError::Growth);
             };
-            let rec = desc.record(id as u32, 0);
-            let words = format::encode_family(&rec);
+            if file.ids.len() <= fid {
+                file.ids.resize(fid + 1, None);
+            }
+            if file.ids[fid].is_some() {
+                continue;
+            }
+            if let Some(&id) = file.by_name.get(&desc.name) {
+                if file.descs[id as usize].same_schema(&desc) {
+                    file.ids[fid] = Some(id);
+                    continue;
+                }
+                return Err(EmitError::Mismatch);
+            }
+            let id = file.descs.len() as u32;
+            let words = format::encode_family(&desc.record(id, 0));
             match file.append_with_values(1, words, format::FAMILY_STATS_WORD) {
                 Ok(off) => {
                     file.stats.push(off);
-                    st.emitted += 1;
+                    file.descs.push((*desc).clone());
+                    file.by_name.insert(desc.name.clone(), id);
+                    file.ids[fid] = Some(id);
                 }
                 Err(e) => {
                     self.growth_failed(st, &e.to_string());
-                    return Err(());
+                    return Err(EmitError::Growth);
                 }
             }
         }
@@ -290,13 +410,16 @@ impl Writer {
     }
 }
 
-/// This process's file: descriptor (holding the `flock`), mapping, and append cursor.
-struct WriterFile {
+/// Value slot offsets of one family's series, by label values.
+type SeriesOffsets = HashMap<Box<[Box<str>]>, usize>;
+
+/// This process's file: descriptor (holding the `flock`), mapping, cursor and index.
+pub(crate) struct WriterFile {
     path: PathBuf,
     file: ManuallyDrop<File>,
     fd_entry: Option<usize>,
     /// Fork generation that owns the descriptor.
-    generation: u64,
+    fork_gen: u64,
     writer_id: u64,
     region: Region,
     reserve: usize,
@@ -307,17 +430,32 @@ struct WriterFile {
     /// Free range of the current value block.
     values_next: usize,
     values_end: usize,
-    /// Statistics slot offset of each emitted family.
+    /// Process declaration index -> family id in this file.
+    ids: Vec<Option<u32>>,
+    /// Families of this file, by id, and by name.
+    descs: Vec<FamilyDesc>,
+    by_name: HashMap<String, u32>,
+    /// Statistics slot offset of each family of this file.
     stats: Vec<usize>,
+    /// Value slot offset of each series, by family id and label values.
+    series: HashMap<u32, SeriesOffsets>,
 }
 
 impl WriterFile {
-    fn create(config: &Config, pending: [u64; ERROR_KINDS], generation: u64) -> Result<WriterFile, Error> {
+    /// Creates `name` in the directory: initialised under a temporary name, locked, then
+    /// renamed into place, so readers never see a half-written file.
+    fn create(
+        config: &Config,
+        name: &str,
+        pending: [u64; ERROR_KINDS],
+        fork_gen: u64,
+    ) -> Result<WriterFile, Error> {
         let pid = sys::current_pid();
         let writer_id = sys::random_u64();
-        let name = format!("{WRITER_PREFIX}{pid}-{writer_id:016x}{STORE_EXT}");
-        let path = config.dir.join(&name);
-        let tmp = config.dir.join(format!("{TMP_PREFIX}{name}"));
+        let path = config.dir.join(name);
+        let tmp = config
+            .dir
+            .join(format!("{TMP_PREFIX}{}{STORE_EXT}", sys::random_u64()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -349,38 +487,226 @@ impl WriterFile {
             .map_err(|e| cleanup(Error::io("reserving space for", &tmp, e)))?;
         let region = Region::map_writer(&file, reserve, INITIAL_BYTES)
             .map_err(|e| cleanup(Error::io("mapping", &tmp, e)))?;
-        let mut wf = WriterFile {
-            path: path.clone(),
-            file: ManuallyDrop::new(file),
-            fd_entry: None,
-            generation,
-            writer_id,
-            region,
-            reserve,
-            used: HEADER_BYTES,
-            allocated: INITIAL_BYTES,
-            values_next: 0,
-            values_end: 0,
-            stats: Vec::new(),
-        };
-        wf.write_header(pid, writer_id, config.worker_id, pending);
+        let mut wf = WriterFile::from_parts(path.clone(), file, fork_gen, writer_id, region, reserve);
+        wf.allocated = INITIAL_BYTES;
+        wf.write_header(pid, writer_id, config.worker_id, pending, 0);
         let app = format::encode_application(&config.application);
         wf.append(&app)
             .map_err(|e| cleanup(Error::io("writing", &tmp, e)))?;
         wf.publish();
-        // Publish the fully initialised, locked file under its final name.
         std::fs::rename(&tmp, &path).map_err(|e| cleanup(Error::io("renaming", &tmp, e)))?;
-        let (addr, len) = wf.region.span();
-        wf.fd_entry = sys::register_writer(wf.file.as_raw_fd(), addr, len);
+        wf.register();
         Ok(wf)
     }
 
-    fn write_header(&self, pid: u32, writer_id: u64, worker: Option<u64>, pending: [u64; ERROR_KINDS]) {
+    fn from_parts(
+        path: PathBuf,
+        file: File,
+        fork_gen: u64,
+        writer_id: u64,
+        region: Region,
+        reserve: usize,
+    ) -> Self {
+        WriterFile {
+            path,
+            file: ManuallyDrop::new(file),
+            fd_entry: None,
+            fork_gen,
+            writer_id,
+            region,
+            reserve,
+            used: HEADER_BYTES,
+            allocated: 0,
+            values_next: 0,
+            values_end: 0,
+            ids: Vec::new(),
+            descs: Vec::new(),
+            by_name: HashMap::new(),
+            stats: Vec::new(),
+            series: HashMap::new(),
+        }
+    }
+
+    /// Records descriptor and mapping for detaching in fork children. Called in the gate.
+    fn register(&mut self) {
+        let (addr, len) = self.region.span();
+        self.fd_entry = sys::register_writer(self.file.as_raw_fd(), addr, len);
+    }
+
+    /// Takes worker slot `slot`: resumes its file if a previous worker left one that is
+    /// whole, or starts a new one. Called with the directory lock held.
+    fn acquire_slot(
+        config: &Config,
+        slot: u64,
+        pending: [u64; ERROR_KINDS],
+        fork_gen: u64,
+        folded: &dyn Fn(u64) -> bool,
+    ) -> Result<WriterFile, Error> {
+        let name = format!("{SLOT_PREFIX}{slot}{STORE_EXT}");
+        let path = config.dir.join(&name);
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return WriterFile::create(config, &name, pending, fork_gen);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(Error::Directory {
+                    path: config.dir.clone(),
+                    reason: format!("{name} is a symbolic link: refusing to follow it; remove it"),
+                    source: Some(e),
+                });
+            }
+            Err(e) => return Err(Error::io("opening", &path, e)),
+        };
+        let md = file.metadata().map_err(|e| Error::io("inspecting", &path, e))?;
+        if !md.is_file() {
+            return Err(Error::Directory {
+                path: config.dir.clone(),
+                reason: format!("{name} is not a regular file: remove it"),
+                source: None,
+            });
+        }
+        if !sys::try_flock(file.as_raw_fd(), true).map_err(|e| Error::io("locking", &path, e))? {
+            let pid = Region::map_reader(&file, (md.len() as usize).clamp(8, HEADER_BYTES))
+                .ok()
+                .and_then(|r| {
+                    r.word(format::H_PID * 8)
+                        .map(|w| w.load(Ordering::Relaxed) as u32)
+                })
+                .unwrap_or(0);
+            return Err(Error::SlotBusy {
+                dir: config.dir.clone(),
+                slot,
+                pid,
+            });
+        }
+        match WriterFile::resume(config, &path, file, fork_gen, folded) {
+            Ok(Some(wf)) => Ok(wf),
+            Ok(None) => WriterFile::create(config, &name, pending, fork_gen),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resumes a locked slot file. `Ok(None)`: the file cannot be resumed and was moved
+    /// out of the way (folded into the accumulator already, or not readable).
+    fn resume(
+        config: &Config,
+        path: &Path,
+        file: File,
+        fork_gen: u64,
+        folded: &dyn Fn(u64) -> bool,
+    ) -> Result<Option<WriterFile>, Error> {
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("inspecting", path, e))?
+            .len() as usize;
+        let reserve = config.max_file_size.max(INITIAL_BYTES).max(size);
+        let region = Region::map_writer(&file, reserve, size).map_err(|e| Error::io("mapping", path, e))?;
+        let parsed = parse::read_header(&region, size).and_then(|h| {
+            if h.accumulator() {
+                return Err(format::Corrupt("an accumulator under a slot name".into()));
+            }
+            let mut p = Parsed::new(false);
+            p.parse(&region, h.used)?;
+            Ok((h, p))
+        });
+        let (header, parsed) = match parsed {
+            Ok(x) => x,
+            Err(c) => {
+                let aside = path.with_extension(format!("corrupt-{:08x}.shm", sys::random_u64() as u32));
+                tracing::warn!(
+                    file = %path.display(),
+                    reason = %c,
+                    "worker slot file is not readable: moved aside to {}, starting a new one",
+                    aside.display()
+                );
+                std::fs::rename(path, &aside).map_err(|e| Error::io("renaming", path, e))?;
+                return Ok(None);
+            }
+        };
+        if folded(header.writer_id) {
+            // Its values are in the accumulator already (a compaction stopped before
+            // deleting it): continuing it would count them twice.
+            std::fs::remove_file(path).map_err(|e| Error::io("removing", path, e))?;
+            return Ok(None);
+        }
+        if parsed.application.as_deref() != Some(config.application.as_str()) {
+            return Err(Error::WrongApplication {
+                dir: config.dir.clone(),
+                owner: parsed.application.unwrap_or_default(),
+                requested: config.application.clone(),
+            });
+        }
+        let mut wf = WriterFile::from_parts(
+            path.to_path_buf(),
+            file,
+            fork_gen,
+            header.writer_id,
+            region,
+            reserve,
+        );
+        wf.used = header.used;
+        wf.allocated = size;
+        for fam in &parsed.families {
+            wf.by_name.insert(fam.rec.name.clone(), fam.rec.id);
+            wf.descs.push(FamilyDesc::from_record(&fam.rec));
+            wf.stats.push(fam.rec.stats_offset as usize);
+        }
+        for s in &parsed.series {
+            wf.series
+                .entry(s.family)
+                .or_default()
+                .insert(s.labels.clone(), s.offset);
+        }
+        // A new process: what it is doing now starts from zero (in-flight requests of a
+        // killed predecessor must not linger); counters, histograms and the other gauge
+        // modes go on.
+        for s in &parsed.series {
+            let fam = &parsed.families[s.family as usize].rec;
+            if fam.ty != MetricType::Gauge || !fam.mode.live_only() {
+                continue;
+            }
+            let word = |i: usize| wf.region.word(s.offset + i * 8);
+            if fam.mode.most_recent() {
+                if let (Some(seq), Some(v), Some(t)) = (word(MR_SEQ), word(MR_VALUE), word(MR_TIME)) {
+                    let cur = seq.load(Ordering::Relaxed);
+                    seq.store(cur + (cur & 1), Ordering::Relaxed);
+                    v.store(0, Ordering::Relaxed);
+                    t.store(0, Ordering::Relaxed);
+                }
+            } else if let Some(v) = word(0) {
+                v.store(0, Ordering::Relaxed);
+            }
+        }
+        if let Some(w) = wf.region.word(format::H_PID * 8) {
+            w.store(u64::from(sys::current_pid()), Ordering::Relaxed);
+        }
+        if let Some(w) = wf.region.word(format::H_START * 8) {
+            w.store(sys::unix_nanos(), Ordering::Relaxed);
+        }
+        wf.publish();
+        wf.register();
+        Ok(Some(wf))
+    }
+
+    fn write_header(
+        &self,
+        pid: u32,
+        writer_id: u64,
+        worker: Option<u64>,
+        pending: [u64; ERROR_KINDS],
+        flags: u32,
+    ) {
         let mut h = [0u64; format::HEADER_WORDS];
         h[format::H_MAGIC] = u64::from_le_bytes(format::MAGIC);
         h[format::H_VERSION] = u64::from(format::VERSION) | ((HEADER_BYTES as u64) << 32);
         h[format::H_USED] = 0;
-        h[format::H_PID] = u64::from(pid);
+        h[format::H_PID] = u64::from(pid) | (u64::from(flags) << 32);
         h[format::H_START] = sys::unix_nanos();
         h[format::H_WRITER_ID] = writer_id;
         h[format::H_WORKER] = worker.unwrap_or(format::NO_WORKER);
@@ -474,7 +800,7 @@ impl WriterFile {
 
 impl Drop for WriterFile {
     fn drop(&mut self) {
-        if self.generation == sys::fork_generation() {
+        if self.fork_gen == sys::fork_generation() {
             if let Some(e) = self.fd_entry {
                 sys::unregister_writer(e);
             }

@@ -71,10 +71,12 @@ def read_file(path):
     used = u64(b, 16)
     if used < 128 or used > len(b) or used % 8:
         raise Bad("used")
-    pid, _flags = halves(u64(b, 24))
-    info = {"pid": pid, "start": u64(b, 32), "writer": u64(b, 40),
+    pid, flags = halves(u64(b, 24))
+    if flags & ~1:
+        raise Bad("flags")
+    info = {"pid": pid, "start": u64(b, 32), "writer": u64(b, 40), "accumulator": bool(flags & 1),
             "errors": [u64(b, 56), u64(b, 64), u64(b, 72)],
-            "families": [], "series": [], "blocks": []}
+            "families": [], "series": [], "blocks": [], "folded": [], "removals": []}
 
     def in_block(off, nslots):
         return off % 8 == 0 and any(s <= off and off + nslots * 8 <= e for s, e in info["blocks"])
@@ -111,7 +113,9 @@ def read_file(path):
             fid, nvalues = halves(u64(b, pos + 8))
             voff = u64(b, pos + 16)
             fam = info["families"][fid]
-            if nvalues != len(fam["labels"]) or not in_block(voff, fam["nslots"]):
+            per_process = fam["type"] == "gauge" and fam["mode"] in ("all", "liveall")
+            want = len(fam["labels"]) + (1 if info["accumulator"] and per_process else 0)
+            if nvalues != want or not in_block(voff, fam["nslots"]):
                 raise Bad("series")
             o = pos + 24
             values = []
@@ -121,6 +125,36 @@ def read_file(path):
             info["series"].append((fid, voff, values))
         elif kind == 4:
             info["blocks"].append((pos + 8, end))
+        elif kind == 5:
+            if not info["accumulator"]:
+                raise Bad("folded outside accumulator")
+            n = u64(b, pos + 8)
+            info["folded"].extend(u64(b, pos + 16 + 8 * i) for i in range(n))
+        elif kind == 6:
+            time = u64(b, pos + 8)
+            flags, k = halves(u64(b, pos + 16))
+            n = u64(b, pos + 24)
+            family, o = read_string(b, pos + 32, end)
+            labels = []
+            for _ in range(k):
+                v, o = read_string(b, o, end)
+                labels.append(v)
+            baselines = {}
+            for _ in range(n):
+                writer = u64(b, o)
+                m = u64(b, o + 8)
+                o += 16
+                key = []
+                for _ in range(m):
+                    v, o = read_string(b, o, end)
+                    key.append(v)
+                s_ = u64(b, o)
+                values = [u64(b, o + 8 + 8 * i) for i in range(s_)]
+                o += 8 + 8 * s_
+                baselines[(writer, tuple(key))] = values
+            info["removals"].append({"time": time, "family": family,
+                                     "labels": None if flags & 1 else tuple(labels),
+                                     "baselines": baselines})
         elif not kind & (1 << 31):
             raise Bad("kind")
         pos = end
@@ -138,26 +172,51 @@ def merge(directory):
             info = read_file(path)
         except (Bad, KeyError, IndexError, UnicodeDecodeError, struct.error):
             continue
-        info["live"] = is_live(path)
+        if info["accumulator"] and name != "accumulator.shm":
+            continue
+        info["live"] = False if info["accumulator"] else is_live(path)
         files.append(info)
+    folded = {w for f in files if f["accumulator"] for w in f["folded"]}
+    files = [f for f in files if f["accumulator"] or f["writer"] not in folded]
     files.sort(key=lambda f: (not f["live"], -f["start"]))
     pid_count = {}
     for f in files:
-        pid_count[f["pid"]] = pid_count.get(f["pid"], 0) + 1
+        if not f["accumulator"]:
+            pid_count[f["pid"]] = pid_count.get(f["pid"], 0) + 1
 
     ref = {}
     for f in files:
         for fam in f["families"]:
             ref.setdefault(fam["name"], fam)
 
+    removals = {}
+    for f in files:
+        for r in f["removals"]:
+            removals.setdefault(r["family"], []).append(r)
+    for lst in removals.values():
+        lst.sort(key=lambda r: -r["time"])
+
+    def removal_for(family, labels):
+        for r in removals.get(family, []):
+            if r["labels"] is None or r["labels"] == labels:
+                return r
+        return None
+
     out = {}
     for name, r in ref.items():
         labels = list(r["labels"]) + (["pid"] if r["type"] == "gauge" and r["mode"] in ("all", "liveall") else [])
-        out[name] = {"type": r["type"], "mode": r["mode"], "labels": labels, "series": {}}
+        out[name] = {"type": r["type"], "mode": r["mode"], "labels": labels, "series": {}, "covered": set()}
 
+    folded_pids = set()
+    for f in files:
+        if f["accumulator"]:
+            for fid, _voff, values in f["series"]:
+                fam = f["families"][fid]
+                if fam["type"] == "gauge" and fam["mode"] in ("all", "liveall"):
+                    folded_pids.add(values[-1])
     for f in files:
         b = f["bytes"]
-        if pid_count[f["pid"]] > 1:
+        if pid_count.get(f["pid"], 0) > 1 or str(f["pid"]) in folded_pids:
             pid_label = "%d-%08x" % (f["pid"], f["writer"] >> 32)
         else:
             pid_label = str(f["pid"])
@@ -166,32 +225,46 @@ def merge(directory):
             r = ref[fam["name"]]
             if (fam["type"], fam["mode"], fam["labels"], fam["buckets"]) != (r["type"], r["mode"], r["labels"], r["buckets"]):
                 continue
-            series = out[fam["name"]]["series"]
+            o = out[fam["name"]]
+            series = o["series"]
             ty, mode = fam["type"], fam["mode"]
             if ty == "gauge" and mode.startswith("live") and not f["live"]:
                 continue
-            key = tuple(values) + ((pid_label,) if ty == "gauge" and mode in ("all", "liveall") else ())
+            per_process = ty == "gauge" and mode in ("all", "liveall")
+            key = tuple(values) + ((pid_label,) if per_process and not f["accumulator"] else ())
+            rem = removal_for(fam["name"], key[:len(fam["labels"])])
+            base = None
+            if rem is not None:
+                o["covered"].add(key)
+                base = rem["baselines"].get((f["writer"], key), [])
+            def bw(i):
+                return base[i] if base and i < len(base) else 0
+            def bf(i):
+                return struct.unpack("<d", struct.pack("<Q", bw(i)))[0]
             if ty == "counter":
-                series[key] = series.get(key, 0) + u64(b, voff)
+                series[key] = series.get(key, 0) + max(u64(b, voff) - bw(0), 0)
             elif ty == "counter_f64":
-                series[key] = series.get(key, 0.0) + f64(b, voff)
+                series[key] = series.get(key, 0.0) + max(f64(b, voff) - bf(0), 0.0)
             elif ty == "histogram":
                 n = len(fam["buckets"])
                 cur = series.setdefault(key, {"buckets": [0] * n, "sum": 0.0})
                 for i in range(n):
-                    cur["buckets"][i] += u64(b, voff + 8 * i)
-                cur["sum"] += f64(b, voff + 8 * n)
+                    cur["buckets"][i] += max(u64(b, voff + 8 * i) - bw(i), 0)
+                cur["sum"] += f64(b, voff + 8 * n) - bf(n)
             elif mode.endswith("mostrecent"):
                 v, t = f64(b, voff + 8), u64(b, voff + 16)
+                if base and len(base) > 2 and base[2] == t:
+                    continue
                 cur = series.get(key, (0.0, 0))
                 if t > cur[1]:
                     cur = (v, t)
                 series[key] = cur
             else:
+                if base and base[0] == u64(b, voff):
+                    continue
                 v = f64(b, voff)
-                if key not in series or mode in ("all", "liveall"):
-                    if key not in series:
-                        series[key] = v
+                if key not in series:
+                    series[key] = v
                 elif mode in ("min", "livemin"):
                     series[key] = min(series[key], v)
                 elif mode in ("max", "livemax"):
@@ -201,10 +274,16 @@ def merge(directory):
     for fam in out.values():
         items = []
         for key, v in sorted(fam["series"].items()):
+            if key in fam["covered"]:
+                if fam["type"] in ("counter", "counter_f64") and v == 0:
+                    continue
+                if fam["type"] == "histogram" and sum(v["buckets"]) == 0:
+                    continue
             if fam["mode"].endswith("mostrecent") and fam["type"] == "gauge":
                 v = v[0]
             items.append([list(key), v])
         fam["series"] = items
+        del fam["covered"]
     return out
 
 

@@ -35,16 +35,47 @@ fn fill(store: &Store, scale: u64) {
 #[test]
 fn independent_python_reader_agrees() {
     let dir = tempfile::tempdir().unwrap();
+    let open = || Store::builder(dir.path()).application("spec").open().unwrap();
     {
-        // A dead file (its store and handles are dropped).
-        let dead = Store::builder(dir.path()).application("spec").open().unwrap();
-        fill(&dead, 2);
+        // A writer that exits; the next store's opening folds it into the accumulator.
+        fill(&open(), 2);
+    }
+    {
+        let b = open();
+        fill(&b, 3);
+        let req = b.counter_family("req", "Requests", &["route", "code"]).unwrap();
+        assert!(req.remove(&["/a", "200"]).unwrap());
+        req.labels(&["/a", "200"]).inc();
     }
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let live = Store::builder(dir.path()).application("spec").open().unwrap();
+    let live = open();
     fill(&live, 5);
+    // A removal by a live process: baselines for the accumulator and for itself.
+    let g = live.gauge_family("g_max", "g", &["k"], GaugeMode::Max).unwrap();
+    g.remove(&["x"]).unwrap();
+    let h = live
+        .register::<shmetrics_core::Histogram>(
+            Opts::new("lat", "Latency")
+                .label_names(["route"])
+                .buckets(vec![0.25, 1.0]),
+        )
+        .unwrap();
+    h.clear().unwrap();
+    h.labels(&["/a"]).observe(0.5);
     let snap = live.snapshot().unwrap();
-    assert_eq!((snap.stats().live_files, snap.stats().dead_files), (1, 1));
+    let st = snap.stats();
+    assert_eq!(
+        (st.live_files, st.dead_files, st.accumulators),
+        (1, 0, 1),
+        "{st:?}"
+    );
+    // 6 + 3 folded, removed, 1 after; and 15 live, not covered by that removal's baseline.
+    assert_eq!(snap.counter("req", &[("route", "/a"), ("code", "200")]), Some(16));
+    assert_eq!(snap.gauge("g_max", &[("k", "x")]), None);
+    assert_eq!(
+        snap.histogram("lat", &[("route", "/a")]).unwrap().buckets,
+        vec![0, 1, 0]
+    );
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/format_reader.py");
     let out = std::process::Command::new("python3")
@@ -102,12 +133,8 @@ fn independent_python_reader_agrees() {
         let b: Vec<_> = p.iter().map(|(l, v)| (l.clone(), norm(v))).collect();
         assert_eq!(a, b, "family {name}");
     }
-    // The collision rule was exercised: both files have this process's pid.
+    // Per-process gauges: the folded writers' series (pid labels carried by the
+    // accumulator) and the live one's.
     let all = snap.family("g_all").unwrap();
-    assert_eq!(all.series.len(), 2);
-    assert!(
-        all.series
-            .iter()
-            .all(|s| s.labels[1].starts_with(&format!("{}-", std::process::id())))
-    );
+    assert_eq!(all.series.len(), 3, "{:?}", all.series);
 }

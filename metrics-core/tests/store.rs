@@ -5,6 +5,15 @@ use std::os::unix::fs::PermissionsExt;
 
 use shmetrics_core::{Error, GaugeMode, Histogram, OVERFLOW_LABEL_VALUE, Opts, Store};
 
+/// Tests that spawn processes, and tests that rely on a dropped store's file being dead at
+/// once, do not run together: until it execs, a spawned child holds duplicates of every
+/// descriptor, and so, for a moment, the lock of a file this process just let go of.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::builder(dir.path())
@@ -266,6 +275,7 @@ fn unusable_directories_fail_at_open_with_a_clear_error() {
 
 #[test]
 fn read_only_directory_fails_at_open() {
+    let _serial = serial();
     let base = tempfile::tempdir().unwrap();
     let ro = base.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -274,7 +284,7 @@ fn read_only_directory_fails_at_open() {
     if root {
         // Permission bits do not stop root: use a read-only mount instead.
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", "ro,size=64k,mode=0755", "tmpfs"])
             .arg(&ro)
             .stderr(std::process::Stdio::null())
             .status()
@@ -344,4 +354,139 @@ fn two_stores_in_two_directories_are_independent() {
     assert!(snap_a.family("only_b").is_none());
     assert_eq!(snap_b.counter("only_b", &[]), Some(2));
     assert!(snap_b.family("only_a").is_none());
+}
+
+#[test]
+fn a_directory_belongs_to_one_application() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckms = Store::builder(dir.path()).application("ckms").open().unwrap();
+    ckms.counter("c", "c").unwrap().inc();
+    let e = Store::builder(dir.path())
+        .application("delphix")
+        .open()
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongApplication { .. }));
+    let msg = e.to_string();
+    assert!(msg.contains("\"ckms\"") && msg.contains("\"delphix\""), "{msg}");
+    assert!(msg.contains("/dev/shm/prometheus/delphix"), "{msg}");
+    // The owner can open it again, from another store in the same process too.
+    Store::builder(dir.path()).application("ckms").open().unwrap();
+}
+
+#[test]
+fn world_writable_or_foreign_directories_are_refused_by_default() {
+    let _serial = serial();
+    let base = tempfile::tempdir().unwrap();
+    let open = base.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let e = Store::open(&open).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("writable by every user (mode 1777)"), "{msg}");
+    assert!(msg.contains("allow_shared_directory"), "{msg}");
+    Store::builder(&open).allow_shared_directory(true).open().unwrap();
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let other = base.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::os::unix::fs::chown(&other, Some(65534), None).unwrap();
+        let e = Store::open(&other).unwrap_err();
+        assert!(e.to_string().contains("belongs to user 65534"), "{e}");
+    } else {
+        eprintln!("foreign-owner case skipped: needs root to chown");
+    }
+}
+
+#[test]
+fn planted_symlinks_are_not_followed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let d = dir.path().join("store");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::symlink(&victim, d.join(".shmetrics.lock")).unwrap();
+    let e = Store::open(&d).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    std::fs::remove_file(d.join(".shmetrics.lock")).unwrap();
+
+    // A symlink planted where the accumulator goes: compaction replaces the link itself.
+    std::os::unix::fs::symlink(&victim, d.join("accumulator.shm")).unwrap();
+    {
+        let s = Store::builder(&d).compact_on_open(false).open().unwrap();
+        s.counter("c", "c").unwrap().inc_by(2);
+    }
+    let s = Store::open(&d).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        !std::fs::symlink_metadata(d.join("accumulator.shm"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(s.snapshot().unwrap().counter("c", &[]), Some(2));
+}
+
+#[test]
+fn scrapes_compact_dead_writers_past_the_threshold() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::builder(dir.path())
+            .application("t")
+            .compact_on_open(false)
+            .compact_threshold(3)
+            .open()
+            .unwrap()
+    };
+    for i in 0..5u64 {
+        // A store and all its handles dropped: its file is a dead writer's.
+        let s = open();
+        s.counter_family("jobs", "Jobs", &["q"])
+            .unwrap()
+            .labels(&["a"])
+            .inc_by(i + 1);
+    }
+    let s = open();
+    let first = s.snapshot().unwrap();
+    assert_eq!(first.counter("jobs", &[("q", "a")]), Some(15));
+    assert_eq!(first.stats().dead_files, 5, "{:?}", first.stats());
+    // That scrape found 5 > 3 dead files and folded them.
+    let second = s.snapshot().unwrap();
+    assert_eq!(second.counter("jobs", &[("q", "a")]), Some(15));
+    assert_eq!((second.stats().dead_files, second.stats().accumulators), (0, 1));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".shm"))
+        .collect();
+    assert_eq!(names, ["accumulator.shm"]);
+    // On demand: nothing left to do.
+    let c = s.compact().unwrap();
+    assert_eq!((c.folded, c.deleted, c.rewritten), (0, 0, false));
+}
+
+#[test]
+fn remove_and_clear_in_one_process() {
+    let (_d, s) = store();
+    let c = s.counter_family("jobs", "Jobs", &["q"]).unwrap();
+    c.labels(&["a"]).inc_by(3);
+    c.labels(&["b"]).inc_by(4);
+    assert!(!c.remove(&["nope"]).unwrap());
+    assert!(c.remove(&["x", "y"]).is_err());
+    assert!(c.remove(&["a"]).unwrap());
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.counter("jobs", &[("q", "a")]), None);
+    assert_eq!(snap.counter("jobs", &[("q", "b")]), Some(4));
+    c.clear().unwrap();
+    assert!(s.snapshot().unwrap().family("jobs").unwrap().series.is_empty());
+    c.labels(&["b"]).inc();
+    assert_eq!(s.snapshot().unwrap().counter("jobs", &[("q", "b")]), Some(1));
+    // The text exposition agrees.
+    let text = s.scrape().unwrap();
+    assert!(
+        text.contains("jobs_total{q=\"b\"} 1\n") && !text.contains("q=\"a\""),
+        "{text}"
+    );
 }

@@ -95,7 +95,7 @@ impl Sealed for Gauge {
         if desc.mode.most_recent() {
             Layout::MostRecent
         } else {
-            Layout::F64
+            Layout::Gauge
         }
     }
     fn from_cell(cell: Arc<Cell>, desc: &FamilyDesc) -> Self {

@@ -1,0 +1,484 @@
+//! Worker churn, compaction (and crashes in the middle of it), stable worker slots,
+//! directory ownership and directory safety, with real processes.
+//!
+//! Like `multiprocess.rs`, the binary is its own child: with `SHMETRICS_TEST_ROLE` set it
+//! runs one role instead of the tests.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
+use libtest_mimic::{Arguments, Failed, Trial};
+use shmetrics_core::{GaugeMode, MergedFamily, Reader, Store};
+
+type Test = fn() -> Result<(), Failed>;
+
+const TESTS: &[(&str, Test)] = &[
+    ("churn_2000_writers_leaves_bounded_files_and_exact_totals", churn),
+    (
+        "compaction_killed_at_each_step_loses_and_doubles_nothing",
+        compaction_crash,
+    ),
+    ("restarted_worker_resumes_its_slot_file", slots),
+    ("live_slot_cannot_be_shared", slot_busy),
+    ("slot_schema_change_retires_the_old_file", slot_schema_change),
+    (
+        "removed_series_disappear_from_every_workers_scrape",
+        removal_across_processes,
+    ),
+];
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE_VAR) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        run_role(&role, &args);
+        return;
+    }
+    let args = Arguments::from_args();
+    let tests = TESTS.iter().map(|(name, f)| Trial::test(*name, *f)).collect();
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn run_role(role: &str, args: &[String]) {
+    let dir = &args[0];
+    match role {
+        "churn" => role_churn(dir),
+        "writer" => role_writer(dir, args[1].parse().expect("amount")),
+        "compactor" => role_compactor(dir, &args[1]),
+        "slot" => role_slot(
+            dir,
+            args[1].parse().expect("slot"),
+            args[2].parse().expect("amount"),
+            &args[3],
+        ),
+        "remover" => role_remover(dir),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn builder(dir: &str) -> shmetrics_core::StoreBuilder {
+    Store::builder(dir).application("lifecycle-test")
+}
+
+/// Families only (no self-metrics), for comparing merges.
+fn families(dir: &Path) -> Result<Vec<MergedFamily>, Failed> {
+    Ok(Reader::new(dir)?.snapshot()?.families().to_vec())
+}
+
+fn entries(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Churn: 2,000 short-lived writers, one after another, each writing the same 50 series.
+
+const CHURN_WRITERS: u64 = 2000;
+const CHURN_SERIES: u64 = 50;
+
+fn role_churn(dir: &str) {
+    let store = builder(dir).open().expect("open");
+    let fam = store
+        .counter_family("churn_requests", "Requests", &["route"])
+        .expect("counter");
+    let h = store
+        .histogram_family("churn_seconds", "Latency", &["route"], &[0.1, 1.0])
+        .expect("histogram");
+    for i in 0..CHURN_SERIES {
+        let route = format!("/route/{i}");
+        fam.labels(&[&route]).inc();
+        h.labels(&[&route]).observe(0.5);
+    }
+}
+
+fn churn() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut max_entries = 0;
+    for i in 0..CHURN_WRITERS {
+        let mut p = RoleProc::spawn("churn", &[d]);
+        if !p.wait(Duration::from_secs(30)).success() {
+            return Err(format!("writer {i} failed").into());
+        }
+        max_entries = max_entries.max(entries(dir.path()).len());
+    }
+    // Each writer folds its dead predecessors when it opens the store: besides the lock
+    // file and the accumulator, at most the last writer's (dead) file is left.
+    let left = entries(dir.path());
+    if left.len() > 3 || max_entries > 4 {
+        return Err(format!(
+            "{} entries left ({left:?}), at most {max_entries} at once",
+            left.len()
+        )
+        .into());
+    }
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    for i in 0..CHURN_SERIES {
+        let route = format!("/route/{i}");
+        if snap.counter("churn_requests", &[("route", &route)]) != Some(CHURN_WRITERS) {
+            return Err(format!(
+                "{route}: {:?}",
+                snap.counter("churn_requests", &[("route", &route)])
+            )
+            .into());
+        }
+        let h = snap
+            .histogram("churn_seconds", &[("route", &route)])
+            .ok_or("no histogram")?;
+        if h.buckets != vec![0, CHURN_WRITERS, 0] || h.sum != 0.5 * CHURN_WRITERS as f64 {
+            return Err(format!("{route}: histogram {h:?}").into());
+        }
+    }
+    if snap.family("churn_requests").unwrap().series.len() as u64 != CHURN_SERIES {
+        return Err("series count".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. A compactor killed with SIGKILL at each step: the next merge is exact.
+
+fn role_writer(dir: &str, amount: u64) {
+    let store = builder(dir).open().expect("open");
+    let c = store.counter_family("jobs", "Jobs", &["queue"]).expect("counter");
+    c.labels(&["mail"]).inc_by(amount);
+    c.labels(&[&format!("only-{amount}")]).inc();
+    let f = store.counter_f64("bytes", "Bytes").expect("counter");
+    f.inc_by(amount as f64 * 0.5);
+    let h = store
+        .histogram("sizes", "Sizes", &[1.0, 10.0])
+        .expect("histogram");
+    h.observe(amount as f64);
+    for mode in [
+        GaugeMode::Sum,
+        GaugeMode::Max,
+        GaugeMode::Min,
+        GaugeMode::All,
+        GaugeMode::MostRecent,
+    ] {
+        store
+            .gauge(&format!("g_{mode}"), "g", mode)
+            .expect("gauge")
+            .set(amount as f64);
+    }
+    store
+        .gauge("in_flight", "g", GaugeMode::LiveSum)
+        .expect("gauge")
+        .set(1.0);
+    say("written");
+    wait_for_stdin_eof();
+}
+
+fn role_compactor(dir: &str, stop_at: &str) {
+    let store = builder(dir).compact_on_open(false).open().expect("open");
+    let stats = store
+        .compact_with_hook(&|step| {
+            if step == stop_at {
+                say(format!("at {step}"));
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        })
+        .expect("compaction");
+    say(format!("compacted {}", stats.folded));
+}
+
+/// Leaves `amounts.len()` dead writer files in `dir` (all alive at once, then all exit:
+/// none of them folds another).
+fn dead_writers(d: &str, amounts: &[u64]) {
+    let mut ws: Vec<RoleProc> = amounts
+        .iter()
+        .map(|a| RoleProc::spawn("writer", &[d, &a.to_string()]))
+        .collect();
+    for w in &mut ws {
+        w.expect("written", Duration::from_secs(30));
+    }
+    for w in &mut ws {
+        w.close_stdin();
+        assert!(w.wait(Duration::from_secs(10)).success());
+    }
+}
+
+fn compaction_crash() -> Result<(), Failed> {
+    for step in ["locked", "written", "renamed", "unlinked", "done"] {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().to_str().unwrap();
+        // An accumulator from an earlier compaction, then more dead writers.
+        dead_writers(d, &[3, 5]);
+        let mut c = RoleProc::spawn("compactor", &[d, "never"]);
+        c.expect("compacted", Duration::from_secs(30));
+        dead_writers(d, &[7, 11, 13]);
+        let expected = families(dir.path())?;
+        let before = entries(dir.path());
+
+        let mut c = RoleProc::spawn("compactor", &[d, step]);
+        c.expect(&format!("at {step}"), Duration::from_secs(30));
+        c.signal(libc::SIGKILL);
+        c.wait(Duration::from_secs(10));
+
+        let after_crash = families(dir.path())?;
+        if after_crash != expected {
+            return Err(format!(
+                "killed at {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after_crash:#?}\nfiles before {before:?} after {:?}",
+                entries(dir.path())
+            )
+            .into());
+        }
+        // The next compaction finishes the job; still exact, and the dead files are gone.
+        let mut c = RoleProc::spawn("compactor", &[d, "never"]);
+        c.expect("compacted", Duration::from_secs(30));
+        let after = families(dir.path())?;
+        if after != expected {
+            return Err(format!("after recovery from {step:?}: merge changed").into());
+        }
+        let left: Vec<String> = entries(dir.path())
+            .into_iter()
+            .filter(|n| n.starts_with("w-"))
+            .collect();
+        if !left.is_empty() {
+            return Err(format!("after recovery from {step:?}: writer files left {left:?}").into());
+        }
+        // Hand-checked values: 3+5+7+11+13.
+        let snap = Reader::new(dir.path())?.snapshot()?;
+        let sum = snap.gauge("g_sum", &[]);
+        if snap.counter("jobs", &[("queue", "mail")]) != Some(39) || sum != Some(39.0) {
+            return Err(format!(
+                "jobs {:?} g_sum {sum:?}",
+                snap.counter("jobs", &[("queue", "mail")])
+            )
+            .into());
+        }
+        if snap.gauge("g_max", &[]) != Some(13.0) || snap.gauge("g_min", &[]) != Some(3.0) {
+            return Err("min/max of folded gauges".into());
+        }
+        if snap.family("g_all").map(|f| f.series.len()) != Some(5) {
+            return Err("one all-mode series per folded writer".into());
+        }
+        if snap.family("in_flight").is_some_and(|f| !f.series.is_empty()) {
+            return Err("live gauges of dead writers must not come back".into());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Slots: a worker killed and restarted with the same id writes the same file.
+
+fn role_slot(dir: &str, slot: u64, amount: u64, schema: &str) {
+    let store = match builder(dir).worker_id(slot).open() {
+        Ok(s) => s,
+        Err(e) => {
+            say(format!("error {e}"));
+            return;
+        }
+    };
+    let buckets: &[f64] = if schema == "v2" { &[0.5, 5.0] } else { &[1.0, 10.0] };
+    let c = match store.counter_family("slot_jobs", "Jobs", &["queue"]) {
+        Ok(c) => c,
+        Err(e) => {
+            say(format!("error {e}"));
+            return;
+        }
+    };
+    let h = store
+        .histogram("slot_sizes", "Sizes", buckets)
+        .expect("histogram");
+    let busy = store
+        .gauge("slot_busy", "Busy", GaugeMode::LiveSum)
+        .expect("gauge");
+    busy.inc();
+    c.labels(&["mail"]).inc_by(amount);
+    h.observe(2.0);
+    let path = store.file_path().expect("file");
+    let ino = std::fs::metadata(&path).expect("stat").ino();
+    say(format!("ready {} {ino}", path.display()));
+    // Stays busy until killed (or told to go).
+    let _ = read_stdin_line();
+}
+
+fn slots() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut first = RoleProc::spawn("slot", &[d, "7", "100", "v1"]);
+    let a = first.expect("ready", Duration::from_secs(30));
+    first.signal(libc::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let mut second = RoleProc::spawn("slot", &[d, "7", "50", "v1"]);
+    let b = second.expect("ready", Duration::from_secs(30));
+    if a != b || !a.contains("slot-7.shm") {
+        return Err(
+            format!("restarted worker wrote {b}, first wrote {a}: expected the same slot file").into(),
+        );
+    }
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    if snap.counter("slot_jobs", &[("queue", "mail")]) != Some(150) {
+        return Err(format!(
+            "total {:?}, expected 150",
+            snap.counter("slot_jobs", &[("queue", "mail")])
+        )
+        .into());
+    }
+    if snap.histogram("slot_sizes", &[]).map(|h| h.count()) != Some(2) {
+        return Err("histogram of the slot".into());
+    }
+    // The killed predecessor's busy count did not linger.
+    if snap.gauge("slot_busy", &[]) != Some(1.0) {
+        return Err(format!(
+            "busy {:?}, expected 1 (only the live worker)",
+            snap.gauge("slot_busy", &[])
+        )
+        .into());
+    }
+    let files: Vec<String> = entries(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".shm"))
+        .collect();
+    if files != ["slot-7.shm"] {
+        return Err(format!("files {files:?}").into());
+    }
+    second.send("go");
+    second.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+fn slot_busy() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut first = RoleProc::spawn("slot", &[d, "3", "1", "v1"]);
+    first.expect("ready", Duration::from_secs(30));
+    let mut second = RoleProc::spawn("slot", &[d, "3", "1", "v1"]);
+    let msg = second.expect("error", Duration::from_secs(30));
+    let pid = first.pid().to_string();
+    if !msg.contains("worker slot 3") || !msg.contains(&pid) {
+        return Err(format!("second worker's error should name slot 3 and pid {pid}: {msg}").into());
+    }
+    // A planted symlink in place of a slot file is refused, not followed.
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"x")?;
+    std::os::unix::fs::symlink(&target, dir.path().join("slot-9.shm"))?;
+    let mut third = RoleProc::spawn("slot", &[d, "9", "1", "v1"]);
+    let msg = third.expect("error", Duration::from_secs(30));
+    if !msg.contains("symbolic link") {
+        return Err(format!("planted symlink: {msg}").into());
+    }
+    if std::fs::read(&target)? != b"x" {
+        return Err("the symlink's target was written".into());
+    }
+    first.send("go");
+    first.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+fn slot_schema_change() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut v1 = RoleProc::spawn("slot", &[d, "1", "10", "v1"]);
+    v1.expect("ready", Duration::from_secs(30));
+    v1.send("go");
+    v1.wait(Duration::from_secs(10));
+    // A new deployment changes the histogram's buckets: the old slot file is retired.
+    let mut v2 = RoleProc::spawn("slot", &[d, "1", "5", "v2"]);
+    v2.expect("ready", Duration::from_secs(30));
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    if snap.counter("slot_jobs", &[("queue", "mail")]) != Some(15) {
+        return Err(format!(
+            "jobs {:?}, expected 15",
+            snap.counter("slot_jobs", &[("queue", "mail")])
+        )
+        .into());
+    }
+    let h = snap.histogram("slot_sizes", &[]).ok_or("no histogram")?;
+    if snap.family("slot_sizes").unwrap().buckets != vec![0.5, 5.0, f64::INFINITY] || h.count() != 1 {
+        return Err(format!("the live declaration must win: {:?}", snap.family("slot_sizes")).into());
+    }
+    let names = entries(dir.path());
+    if !names.contains("slot-1.shm") || !names.iter().any(|n| n.starts_with("w-")) {
+        return Err(format!("expected the new slot file and the retired one: {names:?}").into());
+    }
+    v2.send("go");
+    v2.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// remove/clear across processes.
+
+fn role_remover(dir: &str) {
+    let store = builder(dir).open().expect("open");
+    let c = store.counter_family("jobs", "Jobs", &["queue"]).expect("counter");
+    let g = store
+        .gauge_family("depth", "Depth", &["queue"], GaugeMode::Max)
+        .expect("gauge");
+    c.labels(&["mail"]).inc_by(2);
+    c.labels(&["sms"]).inc_by(2);
+    g.labels(&["mail"]).set(4.0);
+    say("ready");
+    loop {
+        match read_stdin_line().as_str() {
+            "remove" => {
+                assert!(c.remove(&["mail"]).expect("remove"));
+                g.clear().expect("clear");
+                say("removed");
+            }
+            "inc" => {
+                c.labels(&["mail"]).inc();
+                say("done");
+            }
+            _ => return,
+        }
+    }
+}
+
+fn removal_across_processes() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut a = RoleProc::spawn("remover", &[d]);
+    let mut b = RoleProc::spawn("remover", &[d]);
+    a.expect("ready", Duration::from_secs(30));
+    b.expect("ready", Duration::from_secs(30));
+    let store_a_view = || Reader::new(dir.path()).unwrap().snapshot().unwrap();
+    if store_a_view().counter("jobs", &[("queue", "mail")]) != Some(4) {
+        return Err("before removal".into());
+    }
+    a.send("remove");
+    a.expect("removed", Duration::from_secs(30));
+    let s = store_a_view();
+    if s.counter("jobs", &[("queue", "mail")]).is_some() || s.gauge("depth", &[("queue", "mail")]).is_some() {
+        return Err(format!("removed series still shown: {:?}", s.family("jobs")).into());
+    }
+    if s.counter("jobs", &[("queue", "sms")]) != Some(4) {
+        return Err("other series must stay".into());
+    }
+    // The other process increments it again: it comes back with only the new count.
+    b.send("inc");
+    b.expect("done", Duration::from_secs(30));
+    if store_a_view().counter("jobs", &[("queue", "mail")]) != Some(1) {
+        return Err(format!(
+            "after re-increment: {:?}",
+            store_a_view().counter("jobs", &[("queue", "mail")])
+        )
+        .into());
+    }
+    // Both exit and are compacted: the removal still holds.
+    a.close_stdin();
+    b.close_stdin();
+    a.wait(Duration::from_secs(10));
+    b.wait(Duration::from_secs(10));
+    let store = builder(d).open()?;
+    let s = store.snapshot()?;
+    if s.counter("jobs", &[("queue", "mail")]) != Some(1) || s.counter("jobs", &[("queue", "sms")]) != Some(4)
+    {
+        return Err(format!("after compaction: {:?}", s.family("jobs")).into());
+    }
+    if s.stats().accumulators != 1 || s.stats().dead_files != 0 {
+        return Err(format!("expected everything folded: {:?}", s.stats()).into());
+    }
+    Ok(())
+}
