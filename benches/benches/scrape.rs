@@ -19,13 +19,18 @@ fn churn(c: &mut Criterion) {
     let files = std::fs::read_dir(churn_dir.path()).unwrap().count();
     assert!(files <= 3, "{files} files after churn");
     assert_eq!(
-        scraper.snapshot().unwrap().counter("churn_requests", &[("route", "/route/0")]),
+        scraper
+            .snapshot()
+            .unwrap()
+            .counter("churn_requests", &[("route", "/route/0")]),
         Some(2000)
     );
 
     let mut g = c.benchmark_group("scrape_churn");
     g.bench_function("one_live_writer_50_series", |b| b.iter(|| live.scrape().unwrap()));
-    g.bench_function("after_2000_dead_writers_50_series", |b| b.iter(|| scraper.scrape().unwrap()));
+    g.bench_function("after_2000_dead_writers_50_series", |b| {
+        b.iter(|| scraper.scrape().unwrap())
+    });
     g.finish();
 }
 

@@ -17,19 +17,15 @@ use shmetrics_core::{GaugeMode, MergedFamily, Reader, Store};
 
 type Test = fn() -> Result<(), Failed>;
 
+#[rustfmt::skip]
 const TESTS: &[(&str, Test)] = &[
     ("churn_2000_writers_leaves_bounded_files_and_exact_totals", churn),
-    (
-        "compaction_killed_at_each_step_loses_and_doubles_nothing",
-        compaction_crash,
-    ),
+    ("compaction_killed_at_each_step_loses_and_doubles_nothing", compaction_crash),
     ("restarted_worker_resumes_its_slot_file", slots),
     ("live_slot_cannot_be_shared", slot_busy),
     ("slot_schema_change_retires_the_old_file", slot_schema_change),
-    (
-        "removed_series_disappear_from_every_workers_scrape",
-        removal_across_processes,
-    ),
+    ("removed_series_disappear_from_every_workers_scrape", removal_across_processes),
+    ("fork_child_of_a_slot_owner_writes_its_own_file", slot_fork),
 ];
 
 fn main() {
@@ -56,6 +52,7 @@ fn run_role(role: &str, args: &[String]) {
             &args[3],
         ),
         "remover" => role_remover(dir),
+        "slotfork" => role_slot_fork(dir),
         other => panic!("unknown role {other}"),
     }
 }
@@ -479,6 +476,48 @@ fn removal_across_processes() -> Result<(), Failed> {
     }
     if s.stats().accumulators != 1 || s.stats().dead_files != 0 {
         return Err(format!("expected everything folded: {:?}", s.stats()).into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The slot belongs to the process that opened the store: a child it forks writes a file
+// of its own, and nothing is counted twice.
+
+fn role_slot_fork(dir: &str) {
+    let store = builder(dir).worker_id(4).open().expect("open");
+    let c = store.counter("forked_jobs", "Jobs").expect("counter");
+    c.inc_by(10);
+    // SAFETY: this role process is single-threaded.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        c.inc_by(5);
+        let path = store.file_path().expect("child file");
+        say(format!("child {}", path.display()));
+        // SAFETY: leave the child without running the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    c.inc();
+    say(format!("parent {}", store.file_path().expect("file").display()));
+}
+
+fn slot_fork() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut p = RoleProc::spawn("slotfork", &[d]);
+    let child = p.expect("child", Duration::from_secs(30));
+    let parent = p.expect("parent", Duration::from_secs(30));
+    p.wait(Duration::from_secs(10));
+    if !parent.ends_with("slot-4.shm") || child.ends_with("slot-4.shm") || !child.contains("/w-") {
+        return Err(format!("parent wrote {parent}, child {child}").into());
+    }
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    if snap.counter("forked_jobs", &[]) != Some(16) {
+        return Err(format!("total {:?}, expected 16", snap.counter("forked_jobs", &[])).into());
     }
     Ok(())
 }

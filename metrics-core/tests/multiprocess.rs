@@ -22,26 +22,15 @@ const BOUNDS: [f64; 3] = [0.3, 1.0, 5.0];
 
 type Test = fn() -> Result<(), Failed>;
 
+#[rustfmt::skip]
 const TESTS: &[(&str, Test)] = &[
-    (
-        "exact_under_concurrency_4_processes_x_4_threads",
-        exact_under_concurrency,
-    ),
-    (
-        "sigkill_keeps_everything_recorded",
-        sigkill_keeps_everything_recorded,
-    ),
+    ("exact_under_concurrency_4_processes_x_4_threads", exact_under_concurrency),
+    ("sigkill_keeps_everything_recorded", sigkill_keeps_everything_recorded),
     ("fork_child_writes_its_own_file", fork_child_writes_its_own_file),
     ("gauge_modes_with_live_and_dead_writers", gauge_modes),
     ("full_filesystem_is_an_error_not_a_signal", full_filesystem),
-    (
-        "conflicting_declaration_of_a_live_process_fails",
-        cross_process_conflict,
-    ),
-    (
-        "same_pid_in_two_containers_keeps_two_files",
-        same_pid_in_two_containers,
-    ),
+    ("conflicting_declaration_of_a_live_process_fails", cross_process_conflict),
+    ("same_pid_in_two_containers_keeps_two_files", same_pid_in_two_containers),
     ("fork_while_another_thread_creates_series", fork_storm),
 ];
 
