@@ -97,6 +97,7 @@ mod dirlock;
 mod error;
 mod family;
 mod format;
+pub mod http;
 mod metrics;
 mod names;
 mod parse;
@@ -105,6 +106,9 @@ mod region;
 mod snapshot;
 mod store;
 mod sys;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 pub use compact::CompactionStats;

@@ -4,15 +4,13 @@
 //! Like `multiprocess.rs`, the binary is its own child: with `SHMETRICS_TEST_ROLE` set it
 //! runs one role instead of the tests.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 use libtest_mimic::{Arguments, Failed, Trial};
+use shmetrics_core::testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 use shmetrics_core::{GaugeMode, MergedFamily, Reader, Store};
 
 type Test = fn() -> Result<(), Failed>;

@@ -4,13 +4,11 @@
 //! The binary is its own child: with `SHMETRICS_TEST_ROLE` set it runs one role (a
 //! single-threaded process, so it may fork) instead of the tests.
 
-mod common;
-
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use common::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 use libtest_mimic::{Arguments, Failed, Trial};
+use shmetrics_core::testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 use shmetrics_core::{Counter, Family, GaugeMode, Histogram, Reader, Store, Value};
 
 const PROCS: usize = 4;

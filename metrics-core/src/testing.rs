@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: child processes in "roles" of this very test
-//! binary, line protocol on their stdout, bounded waits, and real signals.
-#![allow(dead_code)]
+//! Helpers for multi-process tests (feature `testing`; not part of the stable API): child
+//! processes in "roles" of the running test binary, a line protocol on their stdout,
+//! bounded waits, and real signals.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 pub const ROLE_VAR: &str = "SHMETRICS_TEST_ROLE";
 
 /// A child process running a role of the current test binary.
+#[derive(Debug)]
 pub struct RoleProc {
+    /// The child process.
     pub child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
@@ -60,6 +62,7 @@ impl RoleProc {
         }
     }
 
+    /// The child's pid.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

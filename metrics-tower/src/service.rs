@@ -1,0 +1,71 @@
+//! [`Metrics`]: the service the layer produces.
+
+use std::task::{Context, Poll};
+
+use axum::extract::MatchedPath;
+use http::{Request, Response};
+use shmetrics_core::http::HttpMetrics;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::future::ResponseFuture;
+use crate::route::{Guard, Route, RouteSlot, is_grpc};
+
+/// Middleware recording request metrics (see [`MetricsLayer`](crate::MetricsLayer)).
+#[derive(Clone, Debug)]
+pub struct Metrics<S> {
+    inner: S,
+    metrics: HttpMetrics,
+}
+
+impl<S> Metrics<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, metrics: HttpMetrics) -> Self {
+        Metrics { inner, metrics }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Metrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if self.metrics.excluded(req.uri().path()) {
+            return ResponseFuture::new(self.inner.call(req), None);
+        }
+        let grpc = is_grpc(req.headers());
+        let route = match req.extensions().get::<MatchedPath>() {
+            // Inside the router (`Router::layer`): the route template is known now.
+            Some(m) if self.metrics.excluded(m.as_str()) => {
+                return ResponseFuture::new(self.inner.call(req), None);
+            }
+            Some(m) => Route::Matched(m.clone()),
+            // gRPC methods are a closed set: the path is the method (`/pkg.Service/Method`).
+            None if grpc => Route::Grpc(req.uri().clone()),
+            // Outside the router: `RouteLayer` inside it fills this slot when a route matches.
+            None => {
+                let slot = RouteSlot::default();
+                req.extensions_mut().insert(slot.clone());
+                Route::Slot(slot)
+            }
+        };
+        let tracker = self.metrics.start(req.method().as_str());
+        let guard = Guard::new(tracker, route, grpc);
+        ResponseFuture::new(self.inner.call(req), Some(guard))
+    }
+}
