@@ -1,12 +1,10 @@
 //! Two worker processes serving one store directory (each its own port): a scrape of
 //! either returns the same totals.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use shmetrics_core::testing::{ROLE_VAR, RoleProc, say, wait_for_stdin_eof};
+use shmetrics_core::testing::{ROLE_VAR, RoleProc, http_request, say, wait_for_stdin_eof};
 
 fn main() {
     if std::env::var(ROLE_VAR).is_ok() {
@@ -52,23 +50,9 @@ fn server(dir: &str) {
     });
 }
 
-/// One HTTP/1.1 request on a fresh loopback connection: (status, body).
 fn request(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (status, _, body) = http_request(([127, 0, 0, 1], port).into(), method, path, &[]);
+    (status, String::from_utf8(body).unwrap())
 }
 
 /// The `http_*` sample lines of an exposition.

@@ -1,0 +1,56 @@
+//! The `/metrics` resource and handler.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION};
+use actix_web::{HttpRequest, HttpResponse, Resource, web};
+use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
+
+/// A resource serving `endpoint` on `GET path`: a fresh registry per scrape,
+/// OpenMetrics, the bearer token and `ENABLE_METRICS` switch of
+/// [`MetricsEndpoint::from_env`], gzip when accepted. An ordinary resource: other
+/// middleware composes with it.
+///
+/// ```
+/// use actix_web::App;
+/// use shmetrics_core::http::MetricsEndpoint;
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+/// let endpoint = MetricsEndpoint::from_env(&store);
+/// let app = App::new().service(shmetrics_actix::metrics_resource("/metrics", endpoint));
+/// # let _ = app;
+/// ```
+pub fn metrics_resource(path: &str, endpoint: MetricsEndpoint) -> Resource {
+    web::resource(path)
+        .app_data(web::Data::new(endpoint))
+        .route(web::get().to(metrics_handler))
+}
+
+/// The `/metrics` handler; expects `web::Data<MetricsEndpoint>` in the app data (as
+/// [`metrics_resource`] sets up). The merge reads files, so it runs on the blocking pool.
+pub async fn metrics_handler(req: HttpRequest, endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v: &actix_web::http::header::HeaderValue| v.as_bytes().to_vec())
+    };
+    let auth = header(AUTHORIZATION);
+    let accept = header(ACCEPT_ENCODING);
+    let endpoint = endpoint.into_inner();
+    match web::block(move || endpoint.respond(auth.as_deref(), accept.as_deref())).await {
+        Ok(r) => into_response(r),
+        Err(e) => {
+            tracing::error!("scrape task failed: {e}");
+            HttpResponse::InternalServerError().body("scrape failed\n")
+        }
+    }
+}
+
+/// Turns the framework-neutral answer into an actix response.
+pub fn into_response(r: EndpointResponse) -> HttpResponse {
+    let mut res =
+        HttpResponse::build(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    for (name, value) in r.headers {
+        res.insert_header((name, value));
+    }
+    res.body(r.body)
+}
