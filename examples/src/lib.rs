@@ -1,1 +1,287 @@
-//! placeholder
+//! Shared parts of the multi-worker example servers (`examples/axum_workers.rs`,
+//! `examples/actix_workers.rs`): a supervisor that runs N worker processes on one port,
+//! the metrics directory, and logging.
+//!
+//! Like gunicorn or Sanic with `--workers`: the supervisor binds the port once and hands
+//! the listening socket to every worker (file descriptor 3, systemd's socket-activation
+//! convention), so the workers share one accept queue. A worker that dies is restarted
+//! with the same worker id, so it resumes its slot file in the store directory; SIGTERM
+//! or SIGINT stops all workers gracefully.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use command_fds::{CommandFdExt, FdMapping};
+use shmetrics_core::Store;
+
+/// Environment variable that turns the executable into worker `<id>`.
+pub const WORKER_VAR: &str = "SHMETRICS_EXAMPLE_WORKER";
+
+/// Command-line options of the example servers.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Worker processes (default 4).
+    pub workers: usize,
+    /// Port (default 10010).
+    pub port: u16,
+    /// Address to listen on (default 127.0.0.1; `0.0.0.0` in a container).
+    pub host: IpAddr,
+    /// Store directory (default: `PROMETHEUS_MULTIPROC_DIR`, then
+    /// `/dev/shm/prometheus/<application>`, then the temporary directory).
+    pub dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// Parses `--workers N --port P --host H --dir D` (and `--help`).
+    pub fn from_args(application: &str) -> Result<Options, String> {
+        let mut o = Options {
+            workers: 4,
+            port: 10010,
+            host: IpAddr::from([127, 0, 0, 1]),
+            dir: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+            match a.as_str() {
+                "--workers" => {
+                    o.workers = value("--workers")?
+                        .parse()
+                        .map_err(|e| format!("--workers: {e}"))?
+                }
+                "--port" => o.port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
+                "--host" => o.host = value("--host")?.parse().map_err(|e| format!("--host: {e}"))?,
+                "--dir" => o.dir = Some(value("--dir")?.into()),
+                "-h" | "--help" => {
+                    return Err(format!(
+                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR]\n\
+                         DIR defaults to $PROMETHEUS_MULTIPROC_DIR, then /dev/shm/prometheus/{application}.\n\
+                         METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off."
+                    ));
+                }
+                other => return Err(format!("unknown argument {other:?} (try --help)")),
+            }
+        }
+        if o.workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        Ok(o)
+    }
+}
+
+/// The store directory: `--dir`, `PROMETHEUS_MULTIPROC_DIR`, `/dev/shm/prometheus/<app>`,
+/// or (without `/dev/shm`) the temporary directory.
+pub fn metrics_dir(options: &Options, application: &str) -> PathBuf {
+    if let Some(d) = &options.dir {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os(shmetrics_core::ENV_DIR).filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    base.join("prometheus").join(application)
+}
+
+/// Logs to stderr through `tracing` (`RUST_LOG`, default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+/// What a worker gets from the supervisor.
+#[derive(Debug)]
+pub struct Worker {
+    /// Worker id (0..N), stable across restarts.
+    pub id: u64,
+    /// The shared listening socket.
+    pub listener: TcpListener,
+    /// The store, opened with the worker id as its slot.
+    pub store: Store,
+}
+
+/// Runs the example: as the supervisor, or (when started by it) as a worker, which
+/// calls `worker_main`.
+pub fn main(
+    application: &str,
+    worker_main: fn(Worker) -> Result<(), Box<dyn std::error::Error>>,
+) -> ExitCode {
+    init_logging();
+    if let Ok(id) = std::env::var(WORKER_VAR) {
+        return match run_worker(application, &id, worker_main) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("worker {id}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let options = match Options::from_args(application) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match supervise(application, &options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_worker(
+    application: &str,
+    id: &str,
+    worker_main: fn(Worker) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let id: u64 = id.parse()?;
+    let listener = listenfd::ListenFd::from_env()
+        .take_tcp_listener(0)?
+        .ok_or("no listening socket from the supervisor (LISTEN_FDS)")?;
+    let dir = std::env::var_os(shmetrics_core::ENV_DIR)
+        .ok_or("PROMETHEUS_MULTIPROC_DIR not set by the supervisor")?;
+    let store = Store::builder(dir)
+        .application(application)
+        .worker_id(id)
+        .open()?;
+    tracing::info!(worker = id, pid = std::process::id(), "worker started");
+    worker_main(Worker { id, listener, store })
+}
+
+/// The supervisor: binds, starts the workers, restarts the ones that die, and stops
+/// them all on SIGTERM or SIGINT.
+fn supervise(application: &str, options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = metrics_dir(options, application);
+    // Create and check the directory now: a clear error before any worker starts.
+    Store::builder(&dir).application(application).open()?;
+    let addr = SocketAddr::new(options.host, options.port);
+    let listener = bind(addr)?;
+    tracing::info!(
+        "{application}: {} workers on http://{addr} (metrics at /metrics), metrics directory {}",
+        options.workers,
+        dir.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+
+    let spawn = |id: usize| -> std::io::Result<Child> {
+        let fd: OwnedFd = listener.try_clone()?.into();
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(std::env::args_os().skip(1))
+            .env(WORKER_VAR, id.to_string())
+            .env(shmetrics_core::ENV_DIR, &dir)
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID");
+        cmd.fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .map_err(std::io::Error::other)?;
+        cmd.spawn()
+    };
+    let mut workers: Vec<(Child, Instant)> = Vec::with_capacity(options.workers);
+    for id in 0..options.workers {
+        workers.push((spawn(id)?, Instant::now()));
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        for (id, (child, started)) in workers.iter_mut().enumerate() {
+            let Some(status) = child.try_wait()? else { continue };
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            tracing::warn!(worker = id, pid = child.id(), %status, "worker exited; restarting it");
+            // A worker that dies at once, again and again, is not restarted in a hot loop.
+            if started.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            *child = spawn(id)?;
+            *started = Instant::now();
+        }
+    }
+    tracing::info!("stopping {} workers", workers.len());
+    for (child, _) in &workers {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (child, _) in &mut workers {
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(pid = child.id(), "worker did not stop in time; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Longest `/slow` delay.
+pub const MAX_SLOW_MS: u64 = 10_000;
+
+/// The `/metrics` endpoint of the examples: `METRICS_AUTH_TOKEN`, `ENABLE_METRICS`, and a
+/// build-info gauge of the caller's own in the same exposition.
+pub fn metrics_endpoint(store: &Store, application: &'static str) -> shmetrics_core::http::MetricsEndpoint {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct BuildLabels {
+        application: &'static str,
+        version: &'static str,
+    }
+    shmetrics_core::http::MetricsEndpoint::from_env(store).registry(move |registry| {
+        let info = Family::<BuildLabels, Gauge>::default();
+        info.get_or_create(&BuildLabels {
+            application,
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+        registry.register(
+            "shmetrics_example_build_info",
+            "Build of the example server",
+            info,
+        );
+    })
+}
+
+/// Request metrics of the examples: `/metrics` itself is not counted.
+pub fn http_metrics(store: &Store) -> shmetrics_core::Result<shmetrics_core::http::HttpMetrics> {
+    shmetrics_core::http::HttpMetrics::builder(store)
+        .exclude("/metrics")
+        .build()
+}

@@ -187,3 +187,29 @@ pub fn http_request(
     let status = head[9..12].parse().expect("status");
     (status, head, out[split..].to_vec())
 }
+
+/// Makes sure Python's `prometheus_client` is importable by `python3`, installing it with
+/// pip (for the current user) if it is not. Panics with instructions if that fails.
+pub fn ensure_python_prometheus_client() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let importable = || {
+            Command::new("python3")
+                .args(["-c", "import prometheus_client"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if importable() {
+            return;
+        }
+        let _ = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "--user", "prometheus-client"])
+            .status();
+        assert!(
+            importable(),
+            "these tests need python3 with prometheus-client: python3 -m pip install prometheus-client"
+        );
+    });
+}

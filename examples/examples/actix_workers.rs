@@ -1,0 +1,71 @@
+//! A multi-worker actix-web service with one `/metrics` for all workers.
+//!
+//! ```sh
+//! cargo run --release --example actix_workers -- --workers 4 --port 10010
+//! ```
+//!
+//! Same routes as `axum_workers`: `GET /health`, `GET /users/{id}` (JSON), `POST /orders`
+//! (201), `GET /error` (500), `GET /slow?ms=N` (N capped at 10,000), `GET /metrics`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use serde::Deserialize;
+use shmetrics_examples::{MAX_SLOW_MS, Worker, http_metrics, metrics_endpoint};
+
+const APPLICATION: &str = "actix-workers";
+
+fn main() -> ExitCode {
+    shmetrics_examples::main(APPLICATION, worker)
+}
+
+#[derive(Deserialize)]
+struct Slow {
+    ms: Option<u64>,
+}
+
+static ORDERS: AtomicU64 = AtomicU64::new(0);
+
+fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = shmetrics_actix::Metrics::from_metrics(http_metrics(&w.store)?);
+    let endpoint = metrics_endpoint(&w.store, APPLICATION);
+    actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            App::new()
+                .wrap(metrics.clone())
+                .service(shmetrics_actix::metrics_resource("/metrics", endpoint.clone()))
+                .route("/health", web::get().to(|| async { "ok" }))
+                .service(web::resource("/users/{id}").route(web::get().to(
+                    |id: web::Path<String>| async move {
+                        HttpResponse::Ok()
+                            .json(serde_json::json!({ "id": *id, "name": format!("user {id}") }))
+                    },
+                )))
+                .service(web::resource("/orders").route(web::post().to(|| async {
+                    let id = ORDERS.fetch_add(1, Ordering::Relaxed) + 1;
+                    HttpResponse::Created()
+                        .json(serde_json::json!({ "order": id, "pid": std::process::id() }))
+                })))
+                .service(web::resource("/error").route(web::get().to(|| async {
+                    HttpResponse::InternalServerError().json(serde_json::json!({ "error": "boom" }))
+                })))
+                .service(
+                    web::resource("/slow").route(web::get().to(|q: web::Query<Slow>| async move {
+                        let ms = q.ms.unwrap_or(100).min(MAX_SLOW_MS);
+                        actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+                        HttpResponse::Ok().json(serde_json::json!({ "slept_ms": ms }))
+                    })),
+                )
+        })
+        // One thread per worker process, as Sanic and gunicorn workers.
+        .workers(1)
+        // A client that goes away stops its handler (recorded as 499, as with axum).
+        .h1_allow_half_closed(false)
+        .listen(w.listener)?
+        .run()
+        .await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,100 @@
+//! A multi-worker axum service with one `/metrics` for all workers.
+//!
+//! ```sh
+//! cargo run --release --example axum_workers -- --workers 4 --port 10010
+//! curl localhost:10010/users/42
+//! curl localhost:10010/metrics
+//! ```
+//!
+//! Routes: `GET /health`, `GET /users/{id}` (JSON), `POST /orders` (201), `GET /error`
+//! (500), `GET /slow?ms=N` (N capped at 10,000), `GET /metrics`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shmetrics_examples::{MAX_SLOW_MS, Worker, http_metrics, metrics_endpoint};
+use shmetrics_tower::{MetricsLayer, metrics_route};
+
+const APPLICATION: &str = "axum-workers";
+
+fn main() -> ExitCode {
+    shmetrics_examples::main(APPLICATION, worker)
+}
+
+#[derive(Deserialize)]
+struct Slow {
+    ms: Option<u64>,
+}
+
+static ORDERS: AtomicU64 = AtomicU64::new(0);
+
+/// The app of one worker process.
+fn app(store: &shmetrics_core::Store) -> shmetrics_core::Result<Router> {
+    Ok(Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<String>| async move {
+                Json(serde_json::json!({ "id": id, "name": format!("user {id}") }))
+            }),
+        )
+        .route(
+            "/orders",
+            post(|| async {
+                let id = ORDERS.fetch_add(1, Ordering::Relaxed) + 1;
+                (
+                    StatusCode::CREATED,
+                    Json(serde_json::json!({ "order": id, "pid": std::process::id() })),
+                )
+            }),
+        )
+        .route(
+            "/error",
+            get(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(serde_json::json!({ "error": "boom" })),
+                )
+            }),
+        )
+        .route(
+            "/slow",
+            get(|Query(q): Query<Slow>| async move {
+                let ms = q.ms.unwrap_or(100).min(MAX_SLOW_MS);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Json(serde_json::json!({ "slept_ms": ms }))
+            }),
+        )
+        .route("/metrics", metrics_route(metrics_endpoint(store, APPLICATION)))
+        .layer(MetricsLayer::from_metrics(http_metrics(store)?)))
+}
+
+fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
+    let app = app(&w.store)?;
+    // One thread per worker process, as Sanic and gunicorn workers.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        w.listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(w.listener)?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("worker stopping");
+            })
+            .await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# End-to-end run of both multi-worker examples under a real Prometheus on loopback (see
+# scripts/e2e_prometheus.py for what is checked). Installs Prometheus (Debian package) if
+# it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v prometheus >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+fi
+cargo build -q -p shmetrics-examples --example axum_workers --example actix_workers
+for example in axum_workers actix_workers; do
+  timeout 300 python3 scripts/e2e_prometheus.py --binary "target/debug/examples/$example"
+done

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""End to end: a multi-worker example server and a real Prometheus, on loopback.
+
+Starts the example (4 worker processes on one port, bearer-protected /metrics), a
+Prometheus scraping it every second, sends a known number of requests per route, kills
+one worker with SIGKILL midway (the supervisor restarts it), then asks Prometheus:
+
+* the sum of http_requests_total per route and status equals the responses the client
+  received;
+* no counter ever went down (no resets, and the total never decreased between scrapes);
+* the in-flight gauge is back to 0;
+* every query of the Grafana dashboard and of the alert rules evaluates.
+
+The rule for requests in flight at the kill: a request the killed worker was handling
+gets no response (the client sees the connection reset) and is not counted either, because
+a request is recorded when its response body has been handed to the server, which a
+killed handler never does. So received == counted, route by route; the requests that failed
+are reported apart (they are the /slow requests the killed worker was sleeping in).
+"""
+
+import argparse
+import collections
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def request(port, method, path, timeout=20):
+    """Status of one request on a fresh connection, or None if it got no response."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c.request(method, path, headers={"Connection": "close", "Content-Length": "0"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        return r.status
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def wait(what, ok, timeout=30, step=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = ok()
+        if v:
+            return v
+        time.sleep(step)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+class Prometheus:
+    def __init__(self, port):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def get(self, path, **params):
+        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.load(r)
+
+    def query(self, expr, **extra):
+        r = self.get("/api/v1/query", query=expr, **extra)
+        if r.get("status") != "success":
+            raise SystemExit(f"query failed: {expr}: {r}")
+        return r["data"]["result"]
+
+    def ready(self):
+        try:
+            with urllib.request.urlopen(self.base + "/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+    name = os.path.basename(args.binary)
+    work = tempfile.mkdtemp(prefix=f"e2e-{name}-")
+    token = secrets.token_hex(16)
+    app_port, prom_port = free_port(), free_port()
+    failures = []
+
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=os.path.join(work, "store"),
+               METRICS_AUTH_TOKEN=token, RUST_LOG="warn")
+    log = open(os.path.join(work, "server.log"), "w")
+    server = subprocess.Popen([args.binary, "--workers", str(args.workers), "--port", str(app_port),
+                               "--host", "127.0.0.1"], env=env, stdout=log, stderr=log)
+    received = collections.Counter()  # (route, status) -> responses
+    errors = collections.Counter()    # route -> requests without a response
+    lock = threading.Lock()
+
+    def send(method, path, route):
+        status = request(app_port, method, path)
+        with lock:
+            if status is None:
+                errors[route] += 1
+            else:
+                received[(route, str(status))] += 1
+
+    try:
+        wait("the server", lambda: request(app_port, "GET", "/nope-start") == 404)
+        received[("unmatched", "404")] += 1
+        wait(f"{args.workers} workers", lambda: len(children(server.pid)) == args.workers)
+        unauth = request(app_port, "GET", "/metrics")
+        if unauth != 401:
+            failures.append(f"/metrics without the token answered {unauth}, expected 401")
+
+        # Prometheus, scraping every second with the bearer token.
+        token_file = os.path.join(work, "token")
+        with open(token_file, "w") as f:
+            f.write(token)
+        config = os.path.join(work, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: api
+    metrics_path: /metrics
+    authorization:
+      type: Bearer
+      credentials_file: {token_file}
+    static_configs:
+      - targets: ["127.0.0.1:{app_port}"]
+""")
+        prom_log = open(os.path.join(work, "prometheus.log"), "w")
+        prom = subprocess.Popen(["prometheus", f"--config.file={config}",
+                                 f"--storage.tsdb.path={os.path.join(work, 'data')}",
+                                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                                stdout=prom_log, stderr=prom_log)
+        p = Prometheus(prom_port)
+        try:
+            wait("Prometheus", p.ready)
+            wait("the first scrape", lambda: any(r["value"][1] == "1" for r in p.query('up{job="api"}')))
+
+            # The traffic: a known number of requests per route, from 4 client threads.
+            plan = ([("GET", "/health", "/health")] * 100
+                    + [("GET", f"/users/{i}", "/users/{id}") for i in range(200)]
+                    + [("POST", "/orders", "/orders")] * 60
+                    + [("GET", "/error", "/error")] * 40
+                    + [("GET", "/slow?ms=20", "/slow")] * 30
+                    + [("GET", f"/nope/{i}", "unmatched") for i in range(50)])
+            plan = plan[::2] + plan[1::2]  # interleave the routes
+
+            def run(items):
+                for it in items:
+                    send(*it)
+
+            def batch(items):
+                ts = [threading.Thread(target=run, args=(items[i::4],)) for i in range(4)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+
+            half = len(plan) // 2
+            batch(plan[:half])
+
+            # Midway: requests in flight on every worker, then SIGKILL one worker.
+            slow = [threading.Thread(target=send, args=("GET", "/slow?ms=3000", "/slow")) for _ in range(12)]
+            for t in slow:
+                t.start()
+            time.sleep(0.7)
+            victim = children(server.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            print(f"{name}: killed worker {victim} with SIGKILL")
+            wait("the restarted worker",
+                 lambda: len(children(server.pid)) == args.workers and victim not in children(server.pid))
+            batch(plan[half:])
+            for t in slow:
+                t.join()
+            end = time.time()
+
+            # Until Prometheus has scraped after the last response.
+            wait("a scrape after the traffic", lambda: any(
+                float(r["value"][1]) > end + 1 for r in p.query('timestamp(up{job="api"})')), timeout=30)
+            wait("a successful scrape after the traffic", lambda: any(
+                r["value"][1] == "1" for r in p.query('up{job="api"}')), timeout=30)
+
+            counted = {(r["metric"]["path"], r["metric"]["status"]): int(float(r["value"][1]))
+                       for r in p.query('sum by (path, status) (http_requests_total{job="api"})')}
+            keys = sorted(set(counted) | set(received))
+            print(f"{name}: {'route':<14} {'status':>6} {'received':>9} {'counted':>8}")
+            for k in keys:
+                print(f"{name}: {k[0]:<14} {k[1]:>6} {received.get(k, 0):>9} {counted.get(k, 0):>8}")
+                if received.get(k, 0) != counted.get(k, 0):
+                    failures.append(f"{k}: client received {received.get(k, 0)}, Prometheus counted {counted.get(k, 0)}")
+            print(f"{name}: requests without a response (in flight on the killed worker): {dict(errors)}")
+            if set(errors) - {"/slow"}:
+                failures.append(f"requests other than /slow failed: {dict(errors)}")
+            if sum(errors.values()) == 0:
+                failures.append("no request was in flight on the killed worker: the kill did not test anything")
+
+            resets = p.query('sum(resets(http_requests_total{job="api"}[10m]))')
+            if resets and float(resets[0]["value"][1]) != 0:
+                failures.append(f"http_requests_total went down {resets[0]['value'][1]} times")
+            rng = p.get("/api/v1/query_range", query='sum(http_requests_total{job="api"})',
+                        start=str(end - 120), end=str(time.time()), step="1")
+            for series in rng["data"]["result"]:
+                values = [float(v) for _, v in series["values"]]
+                if any(b < a for a, b in zip(values, values[1:])):
+                    failures.append(f"the total decreased between scrapes: {values}")
+                print(f"{name}: total over {len(values)} scrapes: {int(values[0])} .. {int(values[-1])}, never decreasing")
+            in_flight = p.query('sum(http_requests_in_flight{job="api"})')
+            if not in_flight or float(in_flight[0]["value"][1]) != 0:
+                failures.append(f"in-flight gauge is {in_flight}, expected 0")
+
+            # Every dashboard and alert query runs against real data.
+            exprs = []
+            dash = json.load(open(os.path.join(ROOT, "examples/stack/grafana/provisioning/dashboards/shmetrics.json")))
+            exprs += [t["expr"] for pnl in dash["panels"] for t in pnl.get("targets", [])]
+            rules = open(os.path.join(ROOT, "examples/stack/prometheus/alerts.yml")).read()
+            exprs += [m.strip() for m in re.findall(r"expr: \|\n((?:          .*\n)+)", rules)]
+            exprs += re.findall(r"expr: ([^|\n].*)", rules)
+            for e in exprs:
+                e = e.replace("$__rate_interval", "1m").replace("$job", ".*")
+                try:
+                    p.query(e)
+                except SystemExit as err:
+                    failures.append(str(err))
+            print(f"{name}: {len(exprs)} dashboard and alert queries evaluate")
+            for m in ("shmetrics_live_files", "shmetrics_scrape_duration_seconds", "shmetrics_store_errors_total"):
+                if not p.query(m + '{job="api"}'):
+                    failures.append(f"self-metric {m} missing")
+        finally:
+            prom.send_signal(signal.SIGTERM)
+            prom.wait(timeout=30)
+
+        # Graceful stop: SIGTERM to the supervisor stops every worker.
+        workers = children(server.pid)
+        server.send_signal(signal.SIGTERM)
+        rc = server.wait(timeout=30)
+        if rc != 0:
+            failures.append(f"supervisor exited with {rc} on SIGTERM")
+        left = [w for w in workers if os.path.exists(f"/proc/{w}")]
+        if left:
+            failures.append(f"workers still running after the supervisor stopped: {left}")
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+
+    if failures:
+        print(f"{name}: FAILED")
+        for f in failures:
+            print(f"  - {f}")
+        print(f"  (logs in {work})")
+        sys.exit(1)
+    print(f"{name}: ok")
+
+
+if __name__ == "__main__":
+    main()
