@@ -213,3 +213,42 @@ pub fn ensure_python_prometheus_client() {
         );
     });
 }
+
+/// A counter that is a bare `AtomicU64` in a shared file mapping: the floor a store
+/// handle is measured against in the benches.
+#[derive(Debug)]
+pub struct RawMmapCounter {
+    _file: std::fs::File,
+    map: memmap2::MmapRaw,
+}
+
+impl RawMmapCounter {
+    /// One page of a new file in `dir`, mapped shared.
+    pub fn new(dir: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("raw-counter"))?;
+        file.set_len(4096)?;
+        let map = memmap2::MmapOptions::new().len(4096).map_raw(&file)?;
+        Ok(RawMmapCounter { _file: file, map })
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        // SAFETY: the mapping is 4096 bytes of a file of that size, page-aligned, alive as
+        // long as `self`; the first word is only ever accessed through this atomic.
+        let a = unsafe { std::sync::atomic::AtomicU64::from_ptr(self.map.as_mut_ptr().cast::<u64>()) };
+        a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The value.
+    pub fn get(&self) -> u64 {
+        // SAFETY: as in `inc`.
+        let a = unsafe { std::sync::atomic::AtomicU64::from_ptr(self.map.as_mut_ptr().cast::<u64>()) };
+        a.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -92,7 +92,7 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u16> {
 /// use tower_layer::Layer;
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let store = shmetrics_core::Store::open(dir.path())?;
-/// let router = Router::new()
+/// let router: Router = Router::new()
 ///     .route("/users/{id}", get(|| async { "user" }))
 ///     .layer(RouteLayer);
 /// // E.g. to count requests that no route matched with their own middleware stack:
