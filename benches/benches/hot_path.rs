@@ -73,7 +73,12 @@ impl Sh {
                 .counter_family("http_requests", "Requests", &["method", "path", "status"])
                 .unwrap(),
             latency: store
-                .histogram_family("http_request_duration_seconds", "Latency", &["method", "path"], &DEFAULT_BUCKETS)
+                .histogram_family(
+                    "http_request_duration_seconds",
+                    "Latency",
+                    &["method", "path"],
+                    &DEFAULT_BUCKETS,
+                )
                 .unwrap(),
         }
     }
@@ -87,7 +92,9 @@ impl Sh {
 
 fn store_dir() -> tempfile::TempDir {
     // RAM, as in production, where there is a /dev/shm.
-    tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap()
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap()
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -100,7 +107,9 @@ fn hot_path(c: &mut Criterion) {
     let counter = store.counter("prebound", "Pre-bound").unwrap();
     g.bench_function("shmetrics_prebound", |b| b.iter(|| black_box(&counter).inc()));
     let pc_counter = PcCounter::<u64>::default();
-    g.bench_function("prometheus_client_prebound", |b| b.iter(|| black_box(&pc_counter).inc()));
+    g.bench_function("prometheus_client_prebound", |b| {
+        b.iter(|| black_box(&pc_counter).inc())
+    });
     g.finish();
 
     let sh = Sh::new(&store);
@@ -139,6 +148,19 @@ fn hot_path(c: &mut Criterion) {
     });
     g.finish();
 
+    // The HTTP middlewares' shared core: one request tracked and recorded.
+    let mut g = c.benchmark_group("http_request_tracker");
+    let http = shmetrics_core::http::HttpMetrics::new(&store).unwrap();
+    g.bench_function("start_status_record", |b| {
+        b.iter(|| {
+            let mut t = http.start(black_box("GET"));
+            t.set_route(black_box("/users/{id}"));
+            t.set_status(200);
+            t.finish();
+        })
+    });
+    g.finish();
+
     // Two threads hammering the same series: time per operation and thread (wall clock).
     let mut g = c.benchmark_group("two_threads_same_series");
     fn two_threads(iters: u64, op: &(dyn Fn(u64) + Sync)) -> Duration {
@@ -154,7 +176,9 @@ fn hot_path(c: &mut Criterion) {
         });
         start.elapsed()
     }
-    g.bench_function("raw_atomic_on_mmap_page", |b| b.iter_custom(|n| two_threads(n, &|_| raw.inc())));
+    g.bench_function("raw_atomic_on_mmap_page", |b| {
+        b.iter_custom(|n| two_threads(n, &|_| raw.inc()))
+    });
     g.bench_function("shmetrics_labelled_counter_and_histogram", |b| {
         b.iter_custom(|n| two_threads(n, &|i| sh.record((i % 500) as f64 * 0.001)))
     });

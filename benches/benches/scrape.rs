@@ -18,7 +18,9 @@ fn matrix(c: &mut Criterion) {
     let mut g = c.benchmark_group("scrape");
     for writers in [1usize, 8, 64] {
         for series in [100usize, 1_000, 10_000] {
-            let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+            let dir = tempfile::tempdir_in("/dev/shm")
+                .or_else(|_| tempfile::tempdir())
+                .unwrap();
             // Live writers: stores and families stay alive for the whole measurement.
             let mut keep = Vec::with_capacity(writers);
             for w in 0..writers {
@@ -27,7 +29,8 @@ fn matrix(c: &mut Criterion) {
                     .counter_family("http_requests", "Requests", &["method", "path", "status"])
                     .unwrap();
                 for i in 0..series {
-                    fam.labels(&["GET", &format!("/route/{i}"), "200"]).inc_by(w as u64 + 1);
+                    fam.labels(&["GET", &format!("/route/{i}"), "200"])
+                        .inc_by(w as u64 + 1);
                 }
                 keep.push((store, fam));
             }
@@ -41,7 +44,9 @@ fn matrix(c: &mut Criterion) {
             });
             let mut warm = Reader::new(dir.path()).unwrap();
             warm.snapshot().unwrap();
-            g.bench_function(BenchmarkId::new("repeated", &id), |b| b.iter(|| encode(warm.snapshot().unwrap())));
+            g.bench_function(BenchmarkId::new("repeated", &id), |b| {
+                b.iter(|| encode(warm.snapshot().unwrap()))
+            });
             drop(keep);
         }
     }

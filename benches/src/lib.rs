@@ -1,6 +1,8 @@
 //! Benches of shmetrics (see `benches/` and `BENCHMARKS.md`). This library holds the
 //! fixtures they share.
 
+pub mod noop;
+
 use shmetrics_core::{Store, StoreBuilder};
 
 /// Series per writer in the churn benches (as in the churn test).

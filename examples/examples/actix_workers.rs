@@ -28,44 +28,61 @@ struct Slow {
 
 static ORDERS: AtomicU64 = AtomicU64::new(0);
 
+/// The routes, the same with and without the metrics middleware.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(|| async { "ok" }))
+        .service(
+            web::resource("/users/{id}").route(web::get().to(|id: web::Path<String>| async move {
+                HttpResponse::Ok().json(serde_json::json!({ "id": *id, "name": format!("user {id}") }))
+            })),
+        )
+        .service(web::resource("/orders").route(web::post().to(|| async {
+            let id = ORDERS.fetch_add(1, Ordering::Relaxed) + 1;
+            HttpResponse::Created().json(serde_json::json!({ "order": id, "pid": std::process::id() }))
+        })))
+        .service(web::resource("/error").route(web::get().to(|| async {
+            HttpResponse::InternalServerError().json(serde_json::json!({ "error": "boom" }))
+        })))
+        .service(
+            web::resource("/slow").route(web::get().to(|q: web::Query<Slow>| async move {
+                let ms = q.ms.unwrap_or(100).min(MAX_SLOW_MS);
+                actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
+                HttpResponse::Ok().json(serde_json::json!({ "slept_ms": ms }))
+            })),
+        );
+}
+
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = shmetrics_actix::Metrics::from_metrics(http_metrics(&w.store)?);
     let endpoint = metrics_endpoint(&w.store, APPLICATION);
+    let measured = w.options.metrics;
     actix_web::rt::System::new().block_on(async move {
-        HttpServer::new(move || {
-            App::new()
-                .wrap(metrics.clone())
-                .service(shmetrics_actix::metrics_resource("/metrics", endpoint.clone()))
-                .route("/health", web::get().to(|| async { "ok" }))
-                .service(web::resource("/users/{id}").route(web::get().to(
-                    |id: web::Path<String>| async move {
-                        HttpResponse::Ok()
-                            .json(serde_json::json!({ "id": *id, "name": format!("user {id}") }))
-                    },
-                )))
-                .service(web::resource("/orders").route(web::post().to(|| async {
-                    let id = ORDERS.fetch_add(1, Ordering::Relaxed) + 1;
-                    HttpResponse::Created()
-                        .json(serde_json::json!({ "order": id, "pid": std::process::id() }))
-                })))
-                .service(web::resource("/error").route(web::get().to(|| async {
-                    HttpResponse::InternalServerError().json(serde_json::json!({ "error": "boom" }))
-                })))
-                .service(
-                    web::resource("/slow").route(web::get().to(|q: web::Query<Slow>| async move {
-                        let ms = q.ms.unwrap_or(100).min(MAX_SLOW_MS);
-                        actix_web::rt::time::sleep(Duration::from_millis(ms)).await;
-                        HttpResponse::Ok().json(serde_json::json!({ "slept_ms": ms }))
-                    })),
-                )
-        })
-        // One thread per worker process, as Sanic and gunicorn workers.
-        .workers(1)
-        // A client that goes away stops its handler (recorded as 499, as with axum).
-        .h1_allow_half_closed(false)
-        .listen(w.listener)?
-        .run()
-        .await?;
+        // One thread per worker process, as Sanic and gunicorn workers; a client that goes
+        // away stops its handler (recorded as 499, as with axum).
+        macro_rules! serve {
+            ($server:expr) => {
+                $server
+                    .workers(1)
+                    .h1_allow_half_closed(false)
+                    .listen(w.listener)?
+                    .run()
+                    .await?
+            };
+        }
+        if measured {
+            serve!(HttpServer::new(move || {
+                App::new()
+                    .wrap(metrics.clone())
+                    .service(shmetrics_actix::metrics_resource("/metrics", endpoint.clone()))
+                    .configure(routes)
+            }));
+        } else {
+            serve!(HttpServer::new(move || {
+                App::new()
+                    .service(shmetrics_actix::metrics_resource("/metrics", endpoint.clone()))
+                    .configure(routes)
+            }));
+        }
         Ok(())
     })
 }

@@ -34,9 +34,9 @@ struct Slow {
 
 static ORDERS: AtomicU64 = AtomicU64::new(0);
 
-/// The app of one worker process.
-fn app(store: &shmetrics_core::Store) -> shmetrics_core::Result<Router> {
-    Ok(Router::new()
+/// The app of one worker process (`measured`: with the metrics layer).
+fn app(store: &shmetrics_core::Store, measured: bool) -> shmetrics_core::Result<Router> {
+    let routes = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route(
             "/users/{id}",
@@ -71,12 +71,16 @@ fn app(store: &shmetrics_core::Store) -> shmetrics_core::Result<Router> {
                 Json(serde_json::json!({ "slept_ms": ms }))
             }),
         )
-        .route("/metrics", metrics_route(metrics_endpoint(store, APPLICATION)))
-        .layer(MetricsLayer::from_metrics(http_metrics(store)?)))
+        .route("/metrics", metrics_route(metrics_endpoint(store, APPLICATION)));
+    Ok(if measured {
+        routes.layer(MetricsLayer::from_metrics(http_metrics(store)?))
+    } else {
+        routes
+    })
 }
 
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&w.store)?;
+    let app = app(&w.store, w.options.metrics)?;
     // One thread per worker process, as Sanic and gunicorn workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -34,6 +34,9 @@ pub struct Options {
     /// Store directory (default: `PROMETHEUS_MULTIPROC_DIR`, then
     /// `/dev/shm/prometheus/<application>`, then the temporary directory).
     pub dir: Option<PathBuf>,
+    /// Whether requests are measured (`--no-metrics` serves without the metrics
+    /// middleware, to measure its overhead).
+    pub metrics: bool,
 }
 
 impl Options {
@@ -44,6 +47,7 @@ impl Options {
             port: 10010,
             host: IpAddr::from([127, 0, 0, 1]),
             dir: None,
+            metrics: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -57,9 +61,10 @@ impl Options {
                 "--port" => o.port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
                 "--host" => o.host = value("--host")?.parse().map_err(|e| format!("--host: {e}"))?,
                 "--dir" => o.dir = Some(value("--dir")?.into()),
+                "--no-metrics" => o.metrics = false,
                 "-h" | "--help" => {
                     return Err(format!(
-                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR]\n\
+                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics]\n\
                          DIR defaults to $PROMETHEUS_MULTIPROC_DIR, then /dev/shm/prometheus/{application}.\n\
                          METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off."
                     ));
@@ -113,6 +118,8 @@ pub struct Worker {
     pub listener: TcpListener,
     /// The store, opened with the worker id as its slot.
     pub store: Store,
+    /// The supervisor's options.
+    pub options: Options,
 }
 
 /// Runs the example: as the supervisor, or (when started by it) as a worker, which
@@ -153,6 +160,7 @@ fn run_worker(
     worker_main: fn(Worker) -> Result<(), Box<dyn std::error::Error>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let id: u64 = id.parse()?;
+    let options = Options::from_args(application)?;
     let listener = listenfd::ListenFd::from_env()
         .take_tcp_listener(0)?
         .ok_or("no listening socket from the supervisor (LISTEN_FDS)")?;
@@ -163,7 +171,12 @@ fn run_worker(
         .worker_id(id)
         .open()?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
-    worker_main(Worker { id, listener, store })
+    worker_main(Worker {
+        id,
+        listener,
+        store,
+        options,
+    })
 }
 
 /// The supervisor: binds, starts the workers, restarts the ones that die, and stops

@@ -5,9 +5,13 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_web::Error;
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::Uri;
+use actix_web::{Error, HttpRequest};
 use pin_project_lite::pin_project;
 use shmetrics_core::Store;
 use shmetrics_core::http::{HttpMetrics, RequestTracker};
@@ -57,15 +61,26 @@ where
         ready(Ok(MetricsMiddleware {
             service,
             metrics: self.metrics.clone(),
+            routed: Rc::new(RefCell::new(None)),
         }))
     }
 }
 
 /// The middleware service of [`Metrics`].
-#[derive(Debug)]
 pub struct MetricsMiddleware<S> {
     service: S,
     metrics: HttpMetrics,
+    /// A request of this app that completed: its resource map resolves the route of a
+    /// request dropped before its response (routing is done, but the request is gone).
+    routed: Rc<RefCell<Option<HttpRequest>>>,
+}
+
+impl<S> std::fmt::Debug for MetricsMiddleware<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsMiddleware")
+            .field("metrics", &self.metrics)
+            .finish()
+    }
 }
 
 impl<S, B> Service<ServiceRequest> for MetricsMiddleware<S>
@@ -81,20 +96,104 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         if self.metrics.excluded(req.path()) {
-            return MetricsResponse::new(self.service.call(req), None);
-        }
-        // The resource map knows the route before routing runs, so a request dropped in
-        // its handler still gets its template.
-        let pattern = req.match_pattern();
-        if pattern.as_deref().is_some_and(|p| self.metrics.excluded(p)) {
-            return MetricsResponse::new(self.service.call(req), None);
+            return MetricsResponse::new(self.service.call(req), None, None);
         }
         let mut tracker = self.metrics.start(req.method().as_str());
-        if let Some(p) = pattern {
-            tracker.set_route(p);
+        // The route is read off the routed request when the response comes (no second
+        // match). Until one request has completed there is no resource map to resolve a
+        // request dropped before its response with, so the first ones match now.
+        if self.routed.borrow().is_none() {
+            if let Some(p) = req.match_pattern().map(|p| normalize_pattern(&p)) {
+                if self.metrics.excluded(&p) {
+                    tracker.cancel();
+                    return MetricsResponse::new(self.service.call(req), None, None);
+                }
+                tracker.set_route(&p);
+            }
         }
-        MetricsResponse::new(self.service.call(req), Some(tracker))
+        let dropped = DropRoute {
+            uri: req.uri().clone(),
+            routed: Rc::clone(&self.routed),
+        };
+        MetricsResponse::new(self.service.call(req), Some(tracker), Some(dropped))
     }
+}
+
+/// What resolves the route of a request dropped before its response.
+struct DropRoute {
+    uri: Uri,
+    routed: Rc<RefCell<Option<HttpRequest>>>,
+}
+
+/// A resource pattern as the router's segments give it: `{id:\d+}` becomes `{id}` and a
+/// tail `{tail}*` becomes `{tail}` (so both ways of learning a route give one series).
+fn normalize_pattern(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    let mut depth = 0usize;
+    let mut in_name = false;
+    let mut chars = p.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' => {
+                depth += 1;
+                if depth == 1 {
+                    in_name = true;
+                    out.push('{');
+                }
+            }
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    out.push('}');
+                    in_name = false;
+                    if chars.peek() == Some(&'*') {
+                        chars.next();
+                    }
+                }
+            }
+            ':' if depth == 1 => in_name = false,
+            c if depth == 0 || in_name => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The route template of a routed request, rebuilt from the segments the router captured
+/// (`/users/42` with `id` = `42` gives `/users/{id}`); `None` if no resource matched.
+fn routed_template(req: &HttpRequest, buf: &mut String) -> bool {
+    let info = req.match_info();
+    if !info.unprocessed().is_empty() {
+        return false;
+    }
+    let path = info.as_str();
+    buf.clear();
+    let base = path.as_ptr() as usize;
+    let mut at = 0;
+    let mut segments: [(usize, usize, &str); 8] = [(0, 0, ""); 8];
+    let mut n = 0;
+    for (name, value) in info.iter() {
+        let start = (value.as_ptr() as usize).wrapping_sub(base);
+        // Only captured segments are slices of the path; static items are not.
+        if start <= path.len() && start + value.len() <= path.len() && n < segments.len() {
+            segments[n] = (start, start + value.len(), name);
+            n += 1;
+        }
+    }
+    let segments = &mut segments[..n];
+    segments.sort_unstable_by_key(|s| s.0);
+    for (start, end, name) in segments.iter() {
+        if *start < at {
+            continue;
+        }
+        buf.push_str(&path[at..*start]);
+        buf.push('{');
+        buf.push_str(name);
+        buf.push('}');
+        at = *end;
+    }
+    buf.push_str(&path[at..]);
+    true
 }
 
 pin_project! {
@@ -107,7 +206,26 @@ pin_project! {
         #[pin]
         fut: S::Future,
         tracker: Option<RequestTracker>,
+        dropped: Option<DropRoute>,
         _body: PhantomData<B>,
+    }
+
+    impl<S, B> PinnedDrop for MetricsResponse<S, B>
+    where
+        S: Service<ServiceRequest>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let (Some(t), Some(d)) = (this.tracker.as_mut(), this.dropped.as_ref()) {
+                // Dropped before the response: resolve the route with an earlier request's
+                // resource map (it is the same app's).
+                if !t.has_route() {
+                    if let Some(p) = d.routed.borrow().as_ref().and_then(|r| r.resource_map().match_pattern(d.uri.path())) {
+                        t.set_route(&normalize_pattern(&p));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -115,10 +233,11 @@ impl<S, B> MetricsResponse<S, B>
 where
     S: Service<ServiceRequest>,
 {
-    fn new(fut: S::Future, tracker: Option<RequestTracker>) -> Self {
+    fn new(fut: S::Future, tracker: Option<RequestTracker>, dropped: Option<DropRoute>) -> Self {
         MetricsResponse {
             fut,
             tracker,
+            dropped,
             _body: PhantomData,
         }
     }
@@ -156,8 +275,44 @@ where
         };
         let mut tracker = this.tracker.take();
         if let Some(t) = &mut tracker {
+            if !t.has_route() {
+                thread_local! {
+                    static TEMPLATE: RefCell<String> = const { RefCell::new(String::new()) };
+                }
+                TEMPLATE.with_borrow_mut(|buf| {
+                    if routed_template(res.request(), buf) {
+                        t.set_route(buf);
+                    }
+                });
+            }
             t.set_status(res.status().as_u16());
         }
+        if let Some(d) = this.dropped.as_ref() {
+            // The first completed request lends its resource map to dropped ones.
+            if d.routed.borrow().is_none() {
+                *d.routed.borrow_mut() = Some(res.request().clone());
+            }
+        }
         Poll::Ready(Ok(res.map_body(move |_, body| MetricsBody::new(body, tracker))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_pattern;
+
+    #[test]
+    fn patterns_normalize_to_segment_names() {
+        for (p, want) in [
+            ("/users/{id}", "/users/{id}"),
+            (r"/orders/{id:\d+}", "/orders/{id}"),
+            (r"/codes/{code:[A-Z]{3}}/x", "/codes/{code}/x"),
+            ("/files/{tail}*", "/files/{tail}"),
+            ("/files/{tail:.*}", "/files/{tail}"),
+            ("/static", "/static"),
+            ("/a/{x}/b/{y:[0-9]+}", "/a/{x}/b/{y}"),
+        ] {
+            assert_eq!(normalize_pattern(p), want, "{p}");
+        }
     }
 }

@@ -108,3 +108,49 @@ async fn middleware_records_route_templates_and_errors() {
     assert_eq!(c("unmatched", "404"), Some(1));
     assert_eq!(snap.gauge("http_requests_in_flight", &[]), Some(0.0));
 }
+
+#[actix_web::test]
+async fn route_templates_of_scopes_regexes_and_tails() {
+    let (_d, store) = store();
+    let app =
+        test::init_service(
+            App::new()
+                .wrap(shmetrics_actix::Metrics::new(&store).unwrap())
+                .service(web::scope("/api").service(
+                    web::resource("/users/{id}/posts/{post}").route(web::get().to(|| async { "post" })),
+                ))
+                .service(web::resource(r"/orders/{id:\d+}").route(web::get().to(|| async { "order" })))
+                .service(web::resource("/files/{tail:.*}").route(web::get().to(|| async { "file" })))
+                .service(web::resource("/static").route(web::get().to(|| async { "static" }))),
+        )
+        .await;
+    // The first request of a worker (here one with a regex) is matched up front; the
+    // later ones are read off the router: both give the same template.
+    for uri in [
+        "/orders/12",
+        "/api/users/7/posts/99",
+        "/api/users/8/posts/100",
+        "/orders/12",
+        "/orders/x",
+        "/files/a/b/c.txt",
+        "/static",
+        "/api/nope",
+    ] {
+        let res = test::call_service(&app, test::TestRequest::get().uri(uri).to_request()).await;
+        test::read_body(res).await;
+    }
+    let snap = store.snapshot().unwrap();
+    let c =
+        |p: &str, s: &str| snap.counter("http_requests", &[("method", "GET"), ("path", p), ("status", s)]);
+    assert_eq!(
+        c("/api/users/{id}/posts/{post}", "200"),
+        Some(2),
+        "{:#?}",
+        snap.family("http_requests")
+    );
+    assert_eq!(c("/orders/{id}", "200"), Some(2));
+    assert_eq!(c("/files/{tail}", "200"), Some(1));
+    assert_eq!(c("/static", "200"), Some(1));
+    assert_eq!(c("unmatched", "404"), Some(2));
+    assert_eq!(snap.family("http_requests").unwrap().series.len(), 5);
+}

@@ -57,6 +57,25 @@ struct Owned<M> {
     entries: Vec<*mut Entry<M>>,
 }
 
+/// Equality of two byte strings, inline for the short ones label values usually are
+/// (a call to `memcmp` per label costs more than the comparison itself).
+#[inline(always)]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
 pub(crate) struct FamilyCore<M: Metric> {
     pub(crate) desc: Arc<FamilyDesc>,
     id: u32,
@@ -129,7 +148,10 @@ impl<M: Metric> FamilyCore<M> {
             let e = unsafe { &*p };
             if e.hash == hash
                 && e.labels.len() == values.len()
-                && e.labels.iter().zip(values).all(|(a, b)| **a == **b)
+                && e.labels
+                    .iter()
+                    .zip(values)
+                    .all(|(a, b)| bytes_eq(a.as_bytes(), b.as_bytes()))
             {
                 return Some(&e.metric);
             }
@@ -348,5 +370,60 @@ impl<M: Metric> std::fmt::Debug for Family<M> {
             .field("labels", &self.core.desc.labels)
             .field("series", &self.series_count())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_eq;
+
+    #[test]
+    fn short_string_equality_matches_the_plain_one() {
+        let words = [
+            "",
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "abc",
+            "abd",
+            "xbc",
+            "GET",
+            "PUT",
+            "POST",
+            "/a/b",
+            "/a/c",
+            "200",
+            "201",
+            "404",
+            "abcdefg",
+            "abcdefh",
+            "bbcdefg",
+            "/users/{id}",
+            "/users/{ix}",
+            "/orders/{id}/items",
+            "/orders/{id}/itemz",
+            "0123456789abcdef",
+            "0123456789abcdeF",
+            "é",
+            "ü",
+            "日本",
+            "日本語",
+        ];
+        for a in words {
+            for b in words {
+                assert_eq!(bytes_eq(a.as_bytes(), b.as_bytes()), a == b, "{a:?} {b:?}");
+            }
+        }
+        // Every length up to 40, a difference at every position.
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(bytes_eq(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x40;
+                assert!(!bytes_eq(&a, &b), "len {n} pos {i}");
+            }
+        }
     }
 }

@@ -31,9 +31,9 @@
 //! # Ok::<(), shmetrics_core::Error>(())
 //! ```
 
+use quanta::Instant;
 use std::io::Write;
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use subtle::ConstantTimeEq;
@@ -56,20 +56,28 @@ pub const DROPPED_STATUS: u16 = 499;
 /// Most constant labels per layer.
 pub const MAX_CONST_LABELS: usize = 16;
 
-/// The standard methods (RFC 9110 and PATCH); others are recorded as [`OTHER_METHOD`].
+/// `method` label values: the standard methods (RFC 9110 and PATCH), then `OTHER`.
+const METHODS: [&str; 10] = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    OTHER_METHOD,
+];
+
+fn method_index(method: &str) -> u8 {
+    METHODS[..9].iter().position(|m| *m == method).unwrap_or(9) as u8
+}
+
+/// The `method` label of a request method: itself if standard (RFC 9110 and PATCH),
+/// [`OTHER_METHOD`] otherwise.
 pub fn method_label(method: &str) -> &'static str {
-    match method {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "CONNECT" => "CONNECT",
-        "OPTIONS" => "OPTIONS",
-        "TRACE" => "TRACE",
-        "PATCH" => "PATCH",
-        _ => OTHER_METHOD,
-    }
+    METHODS[usize::from(method_index(method))]
 }
 
 static CODES: LazyLock<Box<[Box<str>]>> = LazyLock::new(|| (0..1000).map(|c| c.to_string().into()).collect());
@@ -222,6 +230,7 @@ impl HttpMetricsBuilder {
                 requests,
                 duration,
                 in_flight,
+                cache: RouteCache::new(),
                 const_values,
                 method: self.method,
                 path: self.path,
@@ -240,11 +249,165 @@ pub struct HttpMetrics {
     inner: Arc<Inner>,
 }
 
+/// Slots of the route cache (direct-mapped).
+const ROUTE_CACHE_SLOTS: usize = 512;
+/// Statuses one route entry keeps counters for (others use the family directly).
+const ENTRY_STATUSES: usize = 16;
+/// `StatusSlot::key` states: empty, being filled, filled (low 16 bits: the status).
+const SLOT_EMPTY: u32 = 0;
+const SLOT_PENDING: u32 = 1 << 16;
+const SLOT_READY: u32 = 2 << 16;
+
+/// One status's request counter in a route entry, filled once.
+#[derive(Debug)]
+struct StatusSlot {
+    key: std::sync::atomic::AtomicU32,
+    counter: std::sync::atomic::AtomicPtr<Counter>,
+}
+
+/// Handles of one (route, method): resolved once, reused by every request of the route.
+#[derive(Debug)]
+struct RouteEntry {
+    route: Box<str>,
+    method: u8,
+    duration: Histogram,
+    statuses: [StatusSlot; ENTRY_STATUSES],
+}
+
+impl RouteEntry {
+    /// The request counter for `status`, resolving (and keeping) it on first use.
+    #[inline]
+    fn counter(&self, m: &Inner, status: u16) -> Option<&Counter> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        for slot in &self.statuses {
+            let key = slot.key.load(Acquire);
+            if key == SLOT_READY | u32::from(status) {
+                // SAFETY: READY is stored (Release) after the pointer, which points to a
+                // counter owned by this entry until the entry is dropped, and the entry
+                // outlives `&self`.
+                return Some(unsafe { &*slot.counter.load(Acquire) });
+            }
+            if key == SLOT_EMPTY {
+                if slot
+                    .key
+                    .compare_exchange(SLOT_EMPTY, SLOT_PENDING | u32::from(status), AcqRel, Acquire)
+                    .is_err()
+                {
+                    return None; // another thread is filling it: use the family this time
+                }
+                let c = m.request_counter(self.method, &self.route, status).clone();
+                slot.counter.store(Box::into_raw(Box::new(c)), Release);
+                slot.key.store(SLOT_READY | u32::from(status), Release);
+                // SAFETY: just published; owned by this entry until it is dropped.
+                return Some(unsafe { &*slot.counter.load(Acquire) });
+            }
+        }
+        None
+    }
+}
+
+impl Drop for RouteEntry {
+    fn drop(&mut self) {
+        for slot in &mut self.statuses {
+            let p = *slot.counter.get_mut();
+            if !p.is_null() {
+                // SAFETY: allocated by `counter` with `Box::into_raw`, freed once, here.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+}
+
+/// Reuses the label handles of known routes ("label handles for known routes are
+/// reused"): a request of a route seen before costs one short hash and one compare of
+/// its template instead of two family lookups. A slot is filled once and never replaced
+/// (entries are freed with the metrics), so readers take no lock; a route that collides
+/// with a filled slot uses the families directly.
+struct RouteCache {
+    slots: Box<[std::sync::atomic::AtomicPtr<RouteEntry>]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl RouteCache {
+    fn new() -> Self {
+        RouteCache {
+            slots: (0..ROUTE_CACHE_SLOTS)
+                .map(|_| std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The entry of (route, method), created on first use; `None` if its slot holds
+    /// another route.
+    #[inline]
+    fn entry(&self, m: &Inner, route: &str, method: u8) -> Option<*const RouteEntry> {
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let mut h = self.hasher.build_hasher();
+        h.write(route.as_bytes());
+        h.write_u8(method);
+        let slot = &self.slots[h.finish() as usize & (ROUTE_CACHE_SLOTS - 1)];
+        let p = slot.load(Acquire);
+        if !p.is_null() {
+            // SAFETY: non-null slots hold entries published (Release) fully built and
+            // never freed before the cache is dropped, which cannot happen while `&self`
+            // is borrowed.
+            let e = unsafe { &*p };
+            return (e.method == method && *e.route == *route).then_some(p.cast_const());
+        }
+        let entry = Box::into_raw(Box::new(RouteEntry {
+            route: route.into(),
+            method,
+            duration: m.duration_histogram(method, route).clone(),
+            statuses: std::array::from_fn(|_| StatusSlot {
+                key: std::sync::atomic::AtomicU32::new(SLOT_EMPTY),
+                counter: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            }),
+        }));
+        match slot.compare_exchange(std::ptr::null_mut(), entry, AcqRel, Acquire) {
+            Ok(_) => Some(entry.cast_const()),
+            Err(other) => {
+                // SAFETY: `entry` was never published; this is its only owner.
+                drop(unsafe { Box::from_raw(entry) });
+                // SAFETY: as above, for the entry another thread published.
+                let e = unsafe { &*other };
+                (e.method == method && *e.route == *route).then_some(other.cast_const())
+            }
+        }
+    }
+}
+
+impl Drop for RouteCache {
+    fn drop(&mut self) {
+        for s in self.slots.iter() {
+            let p = s.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::AcqRel);
+            if !p.is_null() {
+                // SAFETY: allocated by `entry` with `Box::into_raw`, published once, and
+                // freed once, here, with exclusive access (`&mut self`).
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RouteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let used = self
+            .slots
+            .iter()
+            .filter(|s| !s.load(std::sync::atomic::Ordering::Relaxed).is_null())
+            .count();
+        f.debug_struct("RouteCache").field("used", &used).finish()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     requests: Family<Counter>,
     duration: Family<Histogram>,
     in_flight: Gauge,
+    cache: RouteCache,
     const_values: Vec<String>,
     method: bool,
     path: bool,
@@ -252,6 +415,48 @@ struct Inner {
     status_class: bool,
     exclude: Vec<String>,
     unmatched: Arc<str>,
+}
+
+impl Inner {
+    /// Label values of a series: the enabled ones of (method, path, status), then the
+    /// constant labels. Returns the buffer and the count.
+    #[inline]
+    fn labels<'a>(
+        &'a self,
+        method: u8,
+        route: &'a str,
+        status: Option<u16>,
+    ) -> ([&'a str; 3 + MAX_CONST_LABELS], usize) {
+        let mut buf: [&str; 3 + MAX_CONST_LABELS] = [""; 3 + MAX_CONST_LABELS];
+        let mut n = 0;
+        if self.method {
+            buf[n] = METHODS[usize::from(method)];
+            n += 1;
+        }
+        if self.path {
+            buf[n] = route;
+            n += 1;
+        }
+        if let (true, Some(code)) = (self.status, status) {
+            buf[n] = status_label(code, self.status_class);
+            n += 1;
+        }
+        for v in &self.const_values {
+            buf[n] = v;
+            n += 1;
+        }
+        (buf, n)
+    }
+
+    fn request_counter(&self, method: u8, route: &str, status: u16) -> &Counter {
+        let (buf, n) = self.labels(method, route, Some(status));
+        self.requests.labels(&buf[..n])
+    }
+
+    fn duration_histogram(&self, method: u8, route: &str) -> &Histogram {
+        let (buf, n) = self.labels(method, route, None);
+        self.duration.labels(&buf[..n])
+    }
 }
 
 impl HttpMetrics {
@@ -290,10 +495,11 @@ impl HttpMetrics {
         self.inner.in_flight.inc();
         RequestTracker {
             metrics: Arc::clone(&self.inner),
-            method: method_label(method),
+            started: Instant::now(),
+            entry: None,
             route: None,
             status: None,
-            started: Instant::now(),
+            method: method_index(method),
             done: false,
         }
     }
@@ -303,27 +509,67 @@ impl HttpMetrics {
 ///
 /// Carry it into the response body, so that latency covers the body and a client that
 /// goes away mid-response is still recorded; it is also the in-flight drop guard.
-#[derive(Debug)]
 pub struct RequestTracker {
     metrics: Arc<Inner>,
-    method: &'static str,
+    started: Instant,
+    /// The route's cached handles, once the route is known (owned by `metrics`).
+    entry: Option<std::ptr::NonNull<RouteEntry>>,
+    /// The route, when it had no cache entry.
     route: Option<Arc<str>>,
     status: Option<u16>,
-    started: Instant,
+    /// Index into `METHODS` (kept small: trackers travel inside futures and bodies).
+    method: u8,
     done: bool,
+}
+
+// SAFETY: `entry` points into `metrics`' route cache, whose entries are shared, immutable
+// but for atomics, and live as long as `metrics` (an `Arc` this tracker holds); every
+// other field is `Send + Sync`.
+unsafe impl Send for RequestTracker {}
+// SAFETY: see `Send`.
+unsafe impl Sync for RequestTracker {}
+
+impl std::fmt::Debug for RequestTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTracker")
+            .field("method", &METHODS[usize::from(self.method)])
+            .field("route", &self.route_str())
+            .field("status", &self.status)
+            .field("elapsed", &self.started.elapsed())
+            .finish()
+    }
 }
 
 impl RequestTracker {
     /// The route template that matched (`/users/{id}`). Without one, the request is
     /// recorded as unmatched.
     #[inline]
-    pub fn set_route(&mut self, route: impl Into<Arc<str>>) {
-        self.route = Some(route.into());
+    pub fn set_route(&mut self, route: &str) {
+        match self.metrics.cache.entry(&self.metrics, route, self.method) {
+            Some(e) => {
+                self.entry = std::ptr::NonNull::new(e.cast_mut());
+                self.route = None;
+            }
+            None => {
+                self.entry = None;
+                self.route = Some(route.into());
+            }
+        }
     }
 
     /// Whether a route was set.
     pub fn has_route(&self) -> bool {
-        self.route.is_some()
+        self.entry.is_some() || self.route.is_some()
+    }
+
+    fn entry(&self) -> Option<&RouteEntry> {
+        // SAFETY: entries live in `self.metrics`' route cache until it is dropped, and
+        // `self` holds `self.metrics`.
+        self.entry.map(|e| unsafe { e.as_ref() })
+    }
+
+    fn route_str(&self) -> Option<&str> {
+        self.entry().map(|e| &*e.route).or(self.route.as_deref())
     }
 
     /// The response status (HTTP status, or gRPC status code for gRPC).
@@ -337,55 +583,60 @@ impl RequestTracker {
         self.status
     }
 
+    /// Forgets the request without recording it (it turned out to be excluded); the
+    /// in-flight gauge goes back down.
+    pub fn cancel(mut self) {
+        if !self.done {
+            self.done = true;
+            self.metrics.in_flight.dec();
+        }
+    }
+
     /// Records the request now.
     pub fn finish(mut self) {
         self.record(None);
     }
 
     /// Records the request now, with `route` (when it is `Some`) instead of the route set
-    /// before. Adapters that keep the route in their own form (axum's `MatchedPath`) use
-    /// it to avoid a copy per request. Later calls, and the drop, do nothing.
+    /// before: for adapters that learn the route late. Later calls, and the drop, do
+    /// nothing.
     #[inline]
     pub fn record(&mut self, route: Option<&str>) {
         if self.done {
             return;
         }
+        let elapsed = self.started.elapsed();
+        if let Some(r) = route {
+            self.set_route(r);
+        }
+        if self.entry.is_none() && self.route.is_none() {
+            // No route: the one shared unmatched value, cached like a route.
+            let unmatched = Arc::clone(&self.metrics.unmatched);
+            self.set_route(&unmatched);
+        }
         self.done = true;
         let m = &*self.metrics;
-        let elapsed = self.started.elapsed();
-        let route: &str = route.or(self.route.as_deref()).unwrap_or(&m.unmatched);
-        if m.exclude.iter().any(|e| e == route) {
+        let code = self.status.unwrap_or(DROPPED_STATUS);
+        let route = self.route_str().unwrap_or(&m.unmatched);
+        if !m.exclude.is_empty() && m.exclude.iter().any(|e| e == route) {
             // An excluded route, known only now (the layer sits outside the router).
             m.in_flight.dec();
             return;
         }
-        let status = status_label(self.status.unwrap_or(DROPPED_STATUS), m.status_class);
-        let mut buf: [&str; 3 + MAX_CONST_LABELS] = [""; 3 + MAX_CONST_LABELS];
-        let mut n = 0;
-        if m.method {
-            buf[n] = self.method;
-            n += 1;
+        let key = if m.status_class { code / 100 * 100 } else { code };
+        match self.entry() {
+            Some(e) => {
+                match e.counter(m, key) {
+                    Some(c) => c.inc(),
+                    None => m.request_counter(self.method, route, code).inc(),
+                }
+                e.duration.observe_duration(elapsed);
+            }
+            None => {
+                m.request_counter(self.method, route, code).inc();
+                m.duration_histogram(self.method, route).observe_duration(elapsed);
+            }
         }
-        if m.path {
-            buf[n] = route;
-            n += 1;
-        }
-        let duration_prefix = n;
-        if m.status {
-            buf[n] = status;
-            n += 1;
-        }
-        for v in &m.const_values {
-            buf[n] = v;
-            n += 1;
-        }
-        m.requests.labels(&buf[..n]).inc();
-        // The duration labels: the same without status.
-        if m.status {
-            buf.copy_within(duration_prefix + 1..n, duration_prefix);
-            n -= 1;
-        }
-        m.duration.labels(&buf[..n]).observe_duration(elapsed);
         m.in_flight.dec();
     }
 }

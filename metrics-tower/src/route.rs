@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::MatchedPath;
-use http::{HeaderMap, Request, Uri};
+use http::{HeaderMap, Request};
 use shmetrics_core::http::RequestTracker;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -24,12 +24,12 @@ impl RouteSlot {
 
 #[derive(Debug)]
 pub(crate) enum Route {
-    /// Known at the request (the layer runs inside the router).
-    Matched(MatchedPath),
+    /// Known at the request (the layer runs inside the router): given to the tracker.
+    Known,
     /// Filled by `RouteLayer` when the router matches.
     Slot(RouteSlot),
-    /// gRPC: the method path.
-    Grpc(Uri),
+    /// gRPC: the method path (a route unless the method turns out not to exist).
+    Grpc(Arc<str>),
 }
 
 /// A request being tracked, with where its route comes from.
@@ -57,11 +57,11 @@ impl Drop for Guard {
             self.tracker.set_status(GRPC_CANCELLED);
         }
         let route = match &self.route {
-            Route::Matched(m) => Some(m.as_str()),
+            Route::Known => None,
             Route::Slot(s) => s.get(),
             // An unknown method is answered UNIMPLEMENTED: its path is not a route.
             Route::Grpc(_) if self.tracker.status() == Some(GRPC_UNIMPLEMENTED) => None,
-            Route::Grpc(uri) => Some(uri.path()),
+            Route::Grpc(path) => Some(&**path),
         };
         self.tracker.record(route);
     }

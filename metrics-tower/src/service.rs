@@ -48,15 +48,21 @@ where
         if self.metrics.excluded(req.uri().path()) {
             return ResponseFuture::new(self.inner.call(req), None);
         }
-        let grpc = is_grpc(req.headers());
+        // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
+        let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
+        let mut tracker = self.metrics.start(req.method().as_str());
         let route = match req.extensions().get::<MatchedPath>() {
             // Inside the router (`Router::layer`): the route template is known now.
             Some(m) if self.metrics.excluded(m.as_str()) => {
+                tracker.cancel();
                 return ResponseFuture::new(self.inner.call(req), None);
             }
-            Some(m) => Route::Matched(m.clone()),
+            Some(m) => {
+                tracker.set_route(m.as_str());
+                Route::Known
+            }
             // gRPC methods are a closed set: the path is the method (`/pkg.Service/Method`).
-            None if grpc => Route::Grpc(req.uri().clone()),
+            None if grpc => Route::Grpc(req.uri().path().into()),
             // Outside the router: `RouteLayer` inside it fills this slot when a route matches.
             None => {
                 let slot = RouteSlot::default();
@@ -64,7 +70,6 @@ where
                 Route::Slot(slot)
             }
         };
-        let tracker = self.metrics.start(req.method().as_str());
         let guard = Guard::new(tracker, route, grpc);
         ResponseFuture::new(self.inner.call(req), Some(guard))
     }

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Whole-server throughput of the 2-worker examples, metrics on vs off, under wrk on
+# loopback: requests per second and p99 latency of GET /users/42. Rounds alternate on and
+# off (the machine is shared and noisy); the medians and their ratio are printed.
+#
+#   scripts/bench-server.sh [rounds (3)] [seconds per run (10)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+secs=${2:-10}
+command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build -q --release -p shmetrics-examples --example axum_workers --example actix_workers
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+run() { # example mode -> "rps p99_ms"
+  local example=$1 mode=$2 flag="" pid
+  [ "$mode" = off ] && flag=--no-metrics
+  PROMETHEUS_MULTIPROC_DIR="$work/store-$example" RUST_LOG=error \
+    "target/release/examples/$example" --workers 2 --port "$port" $flag &
+  pid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.05; done
+  wrk -t2 -c32 -d2s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
+  wrk -t2 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/users/42" >"$work/wrk.txt"
+  kill -TERM "$pid"; wait "$pid" || true
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$work/wrk.txt")
+  echo "$rps $p99"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+for example in axum_workers actix_workers; do
+  : >"$work/on"; : >"$work/off"
+  for r in $(seq "$rounds"); do
+    for mode in on off; do
+      out=$(run "$example" "$mode")
+      echo "$example round $r metrics $mode: $out (requests/s, p99 ms)"
+      echo "$out" >>"$work/$mode"
+    done
+  done
+  on_rps=$(cut -d' ' -f1 "$work/on" | median); off_rps=$(cut -d' ' -f1 "$work/off" | median)
+  on_p99=$(cut -d' ' -f2 "$work/on" | median); off_p99=$(cut -d' ' -f2 "$work/off" | median)
+  ratio=$(python3 -c "print(f'{$on_rps / $off_rps * 100:.1f}')")
+  echo "$example: median requests/s on $on_rps, off $off_rps (on/off $ratio %); median p99 on ${on_p99} ms, off ${off_p99} ms"
+done
