@@ -267,14 +267,6 @@ pub(crate) struct FamilyRecord {
     pub stats_offset: u64,
 }
 
-/// A series record, decoded (label values stay as raw words until merged).
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct SeriesRecord {
-    pub family: u32,
-    pub value_offset: u64,
-    pub labels: Vec<String>,
-}
-
 /// Builds one record as a sequence of little-endian words.
 pub(crate) struct RecordBuf {
     words: Vec<u64>,
@@ -599,26 +591,89 @@ pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
     })
 }
 
-/// Decodes a series record body.
-pub(crate) fn decode_series(body: &[u64]) -> Result<SeriesRecord, Corrupt> {
-    let mut c = Cursor::new(body);
-    let (family, nlabels) = c.halves()?;
-    if nlabels as usize > MAX_LABELS {
-        return Err(corrupt!("{nlabels} label values"));
+/// A series record body, validated, read in place: label values are slices of the
+/// record's bytes (no allocation).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeriesView<'a> {
+    pub family: u32,
+    pub value_offset: u64,
+    /// The label strings (length word, bytes, padding; repeated).
+    labels: &'a [u8],
+    count: usize,
+}
+
+/// Reads and validates a series record body (the words after its header word).
+pub(crate) fn view_series(body: &[u64]) -> Result<SeriesView<'_>, Corrupt> {
+    let (first, rest) = body.split_first().ok_or_else(|| corrupt!("record ends early"))?;
+    let (family, count) = (*first as u32, (*first >> 32) as usize);
+    if count > MAX_LABELS + 1 {
+        return Err(corrupt!("{count} label values"));
     }
-    let value_offset = c.word()?;
-    let mut labels = Vec::with_capacity(nlabels as usize);
-    for _ in 0..nlabels {
-        labels.push(c.string(MAX_RECORD_BYTES)?);
+    let (value_offset, rest) = rest.split_first().ok_or_else(|| corrupt!("record ends early"))?;
+    let labels: &[u8] = bytemuck::cast_slice(rest);
+    let mut pos = 0;
+    for _ in 0..count {
+        let (_, next) = view_string(labels, pos)?;
+        pos = next;
     }
-    if !c.at_end() {
+    if pos != labels.len() {
         return Err(corrupt!("trailing words in series record"));
     }
-    Ok(SeriesRecord {
+    Ok(SeriesView {
         family,
-        value_offset,
+        value_offset: *value_offset,
         labels,
+        count,
     })
+}
+
+/// The string at byte `pos` of `bytes` (length word, bytes, zero padding to 8), and the
+/// position after it.
+fn view_string(bytes: &[u8], pos: usize) -> Result<(&str, usize), Corrupt> {
+    let len_bytes: [u8; 8] = bytes
+        .get(pos..pos + 8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt!("record ends early"))?;
+    let len = u64::from_le_bytes(len_bytes);
+    if len > MAX_RECORD_BYTES as u64 {
+        return Err(corrupt!("string of {len} bytes exceeds {MAX_RECORD_BYTES}"));
+    }
+    let len = len as usize;
+    let start = pos + 8;
+    let end = start + len.div_ceil(8) * 8;
+    let padded = bytes
+        .get(start..end)
+        .ok_or_else(|| corrupt!("string runs past its record"))?;
+    if padded[len..].iter().any(|b| *b != 0) {
+        return Err(corrupt!("non-zero string padding"));
+    }
+    let s = std::str::from_utf8(&padded[..len]).map_err(|_| corrupt!("string is not UTF-8"))?;
+    Ok((s, end))
+}
+
+impl<'a> SeriesView<'a> {
+    /// Number of label values.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The label values, in order.
+    pub(crate) fn labels(&self) -> impl Iterator<Item = &'a str> + Clone + 'a {
+        let bytes = self.labels;
+        let mut pos = 0;
+        (0..self.count).map(move |_| {
+            // Every string was checked by `view_series` (lengths in range, padding, UTF-8)
+            // over these same immutable bytes; only the walk is repeated here.
+            let len_bytes: [u8; 8] = bytes[pos..pos + 8].try_into().unwrap_or([0; 8]);
+            let len = u64::from_le_bytes(len_bytes) as usize;
+            let start = pos + 8;
+            pos = start + len.div_ceil(8) * 8;
+            let raw = &bytes[start..start + len];
+            // SAFETY: `raw` is exactly a string `view_series` validated as UTF-8 (the view
+            // can only be built by `view_series`, and borrows the bytes immutably).
+            unsafe { std::str::from_utf8_unchecked(raw) }
+        })
+    }
 }
 
 /// Decodes the application record body.
@@ -656,13 +711,16 @@ mod tests {
     #[test]
     fn series_round_trip_and_truncation() {
         let words = encode_series(7, 1024, &["GET", "/a\"b\\c\n", "日本"]);
-        let s = decode_series(&words[1..]).unwrap();
+        let s = view_series(&words[1..]).unwrap();
         assert_eq!(s.family, 7);
         assert_eq!(s.value_offset, 1024);
-        assert_eq!(s.labels, vec!["GET", "/a\"b\\c\n", "日本"]);
+        assert_eq!(s.labels().collect::<Vec<_>>(), vec!["GET", "/a\"b\\c\n", "日本"]);
         for cut in 1..words.len() - 1 {
-            assert!(decode_series(&words[1..cut]).is_err(), "cut at {cut}");
+            assert!(view_series(&words[1..cut]).is_err(), "cut at {cut}");
         }
+        let mut bad = words.clone();
+        bad[4] = 0xfffe; // invalid UTF-8 in the first label
+        assert!(view_series(&bad[1..]).is_err());
     }
 
     #[test]

@@ -85,12 +85,15 @@ pub(crate) struct ParsedFamily {
     pub slots: usize,
 }
 
-/// A series as found in a file.
+/// A series as found in a file. Its label values stay in the file (read back with
+/// [`Parsed::read_series`]): a scrape of thousands of series allocates none of them.
 #[derive(Debug, Clone)]
 pub(crate) struct ParsedSeries {
     pub family: u32,
     pub offset: usize,
-    pub labels: Box<[Box<str>]>,
+    /// Byte offset of the series record's body (after its header word), and its words.
+    pub record: usize,
+    pub record_words: usize,
 }
 
 /// One baseline of a removal: a file's values of a series when it was removed.
@@ -194,17 +197,17 @@ impl Parsed {
                 self.families.push(ParsedFamily { rec, slots });
             }
             format::REC_SERIES => {
-                let rec = format::decode_series(body)?;
+                let rec = format::view_series(body)?;
                 let fam = self
                     .families
                     .get(rec.family as usize)
                     .ok_or_else(|| corrupt!("series of unknown family {} at {at}", rec.family))?;
                 let want = self.series_label_count(&fam.rec);
-                if rec.labels.len() != want {
+                if rec.len() != want {
                     return Err(corrupt!(
                         "series of {:?} with {} label values, expected {want}",
                         fam.rec.name,
-                        rec.labels.len()
+                        rec.len()
                     ));
                 }
                 if !in_block(&self.blocks, rec.value_offset, fam.slots) {
@@ -213,7 +216,8 @@ impl Parsed {
                 self.series.push(ParsedSeries {
                     family: rec.family,
                     offset: rec.value_offset as usize,
-                    labels: rec.labels.into_iter().map(String::into_boxed_str).collect(),
+                    record: at + 8,
+                    record_words: body.len(),
                 });
             }
             format::REC_VALUES => self.blocks.push((at + 8, at + len)),
@@ -230,6 +234,29 @@ impl Parsed {
             k => return Err(corrupt!("unknown record kind {k} at {at}")),
         }
         Ok(())
+    }
+}
+
+impl Parsed {
+    /// Reads a series record back from the file into `buf` and views it (validated when
+    /// parsed; records never change).
+    pub(crate) fn read_series<'b>(
+        region: &Region,
+        s: &ParsedSeries,
+        buf: &'b mut Vec<u64>,
+    ) -> Result<format::SeriesView<'b>, Corrupt> {
+        buf.clear();
+        if !region.copy_words(s.record, s.record_words, buf) {
+            return Err(corrupt!("series record out of range"));
+        }
+        format::view_series(buf)
+    }
+
+    /// A series' label values, owned.
+    pub(crate) fn series_labels(region: &Region, s: &ParsedSeries) -> Result<Box<[Box<str>]>, Corrupt> {
+        let mut buf = Vec::new();
+        let view = Parsed::read_series(region, s, &mut buf)?;
+        Ok(view.labels().map(Box::from).collect())
     }
 }
 

@@ -83,7 +83,11 @@ struct IndexFamily {
     desc: FamilyDesc,
     epoch: u64,
     keys: Vec<Arc<[Box<str>]>>,
-    by_key: HashMap<Arc<[Box<str>]>, usize>,
+    /// Hash of each key, and the table finding a key's index from borrowed label values
+    /// (a lookup allocates nothing; only a new key does).
+    hashes: Vec<u64>,
+    table: hashbrown::HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
     acc: Vec<Acc>,
     seen: Vec<bool>,
     covered: Vec<bool>,
@@ -505,6 +509,7 @@ impl Reader {
                 targets.push(if skip { None } else { Some(i) });
             }
             cf.series_merged.resize(cf.parsed.series.len(), None);
+            let mut record = Vec::new();
             for (s, cache) in cf.parsed.series.iter().zip(cf.series_merged.iter_mut()) {
                 let Some(fi) = targets[s.family as usize] else {
                     continue;
@@ -513,8 +518,12 @@ impl Reader {
                 let idx = match *cache {
                     Some((idx, epoch)) if epoch == fam.epoch => idx,
                     _ => {
+                        // Records never change: read the label values back from the file.
+                        let Ok(view) = Parsed::read_series(region, s, &mut record) else {
+                            continue;
+                        };
                         let pid = (!accumulator).then_some(cf.pid_label.as_str());
-                        let idx = fam.key_index(&s.labels, pid);
+                        let idx = fam.key_index(view.labels(), view.len(), pid);
                         *cache = Some((idx, fam.epoch));
                         idx
                     }
@@ -733,7 +742,9 @@ impl IndexFamily {
             desc,
             epoch,
             keys: Vec::new(),
-            by_key: HashMap::new(),
+            hashes: Vec::new(),
+            table: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             acc: Vec::new(),
             seen: Vec::new(),
             covered: Vec::new(),
@@ -772,22 +783,36 @@ impl IndexFamily {
 
     /// Index of the merged series for `labels` (`pid`: the file's pid label, for
     /// per-process gauges of ordinary files; accumulator series carry it already).
-    fn key_index(&mut self, labels: &[Box<str>], pid: Option<&str>) -> usize {
+    fn key_index<'a>(
+        &mut self,
+        labels: impl Iterator<Item = &'a str> + Clone,
+        count: usize,
+        pid: Option<&'a str>,
+    ) -> usize {
+        use std::hash::{BuildHasher, Hasher};
         let per_process = self.desc.ty == MetricType::Gauge && self.desc.mode.per_process();
-        let key: Arc<[Box<str>]> = match pid {
-            Some(pid) if per_process => labels
-                .iter()
-                .cloned()
-                .chain(std::iter::once(Box::from(pid)))
-                .collect(),
-            _ => labels.into(),
-        };
-        if let Some(&i) = self.by_key.get(&key) {
+        let extra = if per_process { pid } else { None };
+        let count = count + usize::from(extra.is_some());
+        let parts = labels.chain(extra);
+        let mut h = self.hasher.build_hasher();
+        for l in parts.clone() {
+            h.write(l.as_bytes());
+            h.write_u8(0xff);
+        }
+        let hash = h.finish();
+        let keys = &self.keys;
+        let found = self.table.find(hash, |&i| {
+            let k = &keys[i];
+            k.len() == count && k.iter().map(|b| &**b).eq(parts.clone())
+        });
+        if let Some(&i) = found {
             return i;
         }
         let i = self.keys.len();
-        self.keys.push(Arc::clone(&key));
-        self.by_key.insert(key, i);
+        self.keys.push(parts.map(Box::from).collect());
+        self.hashes.push(hash);
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, i, |&j| hashes[j]);
         self.acc.push(self.zero());
         self.seen.push(false);
         self.covered.push(false);
@@ -969,7 +994,10 @@ impl Reader {
                 if fam.rec.name != family {
                     continue;
                 }
-                let own_labels = &s.labels[..fam.rec.labels.len()];
+                let Ok(series_labels) = Parsed::series_labels(region, s) else {
+                    continue;
+                };
+                let own_labels = &series_labels[..fam.rec.labels.len().min(series_labels.len())];
                 if labels.is_some_and(|l| l != own_labels) {
                     continue;
                 }
@@ -980,7 +1008,7 @@ impl Reader {
                 }
                 // The key the merge uses: label values, plus the pid label for per-process
                 // gauges of ordinary files.
-                let mut key: Vec<Box<str>> = s.labels.to_vec();
+                let mut key: Vec<Box<str>> = series_labels.to_vec();
                 if fam.rec.ty == MetricType::Gauge && fam.rec.mode.per_process() && !cf.header.accumulator() {
                     key.push(cf.pid_label_now(&self.files).into());
                 }
@@ -998,12 +1026,16 @@ impl Reader {
 /// The `pid` label values of per-process gauge series in accumulators.
 fn accumulator_pid_labels<'a>(files: impl Iterator<Item = &'a CachedFile>) -> HashSet<String> {
     let mut out = HashSet::new();
+    let mut record = Vec::new();
     for cf in files.filter(|c| c.corrupt.is_none() && !c.folded && c.header.accumulator()) {
+        let Some(region) = &cf.region else { continue };
         for s in &cf.parsed.series {
             let fam = &cf.parsed.families[s.family as usize].rec;
             if fam.ty == MetricType::Gauge && fam.mode.per_process() {
-                if let Some(pid) = s.labels.last() {
-                    out.insert(pid.to_string());
+                if let Ok(view) = Parsed::read_series(region, s, &mut record) {
+                    if let Some(pid) = view.labels().last() {
+                        out.insert(pid.to_string());
+                    }
                 }
             }
         }

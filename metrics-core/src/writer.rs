@@ -658,10 +658,9 @@ impl WriterFile {
             wf.stats.push(fam.rec.stats_offset as usize);
         }
         for s in &parsed.series {
-            wf.series
-                .entry(s.family)
-                .or_default()
-                .insert(s.labels.clone(), s.offset);
+            let labels = Parsed::series_labels(&wf.region, s)
+                .map_err(|c| Error::io("reading", path, io::Error::other(c.0)))?;
+            wf.series.entry(s.family).or_default().insert(labels, s.offset);
         }
         // A new process: what it is doing now starts from zero (in-flight requests of a
         // killed predecessor must not linger); counters, histograms and the other gauge
