@@ -106,6 +106,7 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
+        .with_writer(std::io::stderr)
         .try_init();
 }
 

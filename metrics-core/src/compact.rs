@@ -185,6 +185,7 @@ fn build_accumulator(config: &Config, view: &crate::reader::FoldView, folded: &[
                     w.extend(buckets.iter().copied());
                     w.push(sum.to_bits());
                 }
+                Acc::Summary { .. } => {} // Python files only: never folded
             }
         }
         w.extend(format::encode_family(

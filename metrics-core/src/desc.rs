@@ -232,6 +232,7 @@ impl FamilyDesc {
             MetricType::Counter => "counter (integer)".to_string(),
             MetricType::CounterF64 => "counter (float)".to_string(),
             MetricType::Gauge => format!("gauge (mode {})", self.mode),
+            MetricType::Summary => "summary".to_string(),
             MetricType::Histogram => {
                 let b: Vec<String> = self
                     .buckets

@@ -103,6 +103,9 @@ pub enum MetricType {
     Gauge,
     /// Histogram with fixed buckets (one u64 per bucket, then the f64 sum).
     Histogram,
+    /// Summary of a count and a sum, without quantiles: only read from Python
+    /// `prometheus_client` files, never stored by this crate.
+    Summary,
 }
 
 impl MetricType {
@@ -112,6 +115,7 @@ impl MetricType {
             MetricType::CounterF64 => 2,
             MetricType::Gauge => 3,
             MetricType::Histogram => 4,
+            MetricType::Summary => 0,
         }
     }
 
@@ -243,6 +247,7 @@ pub(crate) fn series_slots(ty: MetricType, mode: GaugeMode, buckets: usize) -> u
         MetricType::Gauge if mode.most_recent() => 3,
         MetricType::Gauge => 1,
         MetricType::Histogram => buckets + 1,
+        MetricType::Summary => 2,
     }
 }
 

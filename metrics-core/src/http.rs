@@ -38,13 +38,13 @@ use std::sync::{Arc, LazyLock};
 use prometheus_client::registry::Registry;
 use subtle::ConstantTimeEq;
 
+use crate::Opts;
 use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::format::GaugeMode;
 use crate::metrics::{Counter, Gauge, Histogram};
 use crate::names::DEFAULT_BUCKETS;
 use crate::store::{CONTENT_TYPE, Store};
-use crate::{Opts, encode};
 
 /// `path` label value of requests that no route matched.
 pub const UNMATCHED: &str = "unmatched";
@@ -763,11 +763,7 @@ impl MetricsEndpoint {
         if let Some(f) = &self.extra {
             f(&mut registry);
         }
-        let body = match self
-            .store
-            .scrape_into(&mut registry)
-            .and_then(|()| encode(&registry))
-        {
+        let body = match self.store.snapshot().and_then(|s| s.encode(registry)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("scrape failed: {e}");

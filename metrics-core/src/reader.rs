@@ -22,7 +22,9 @@ use crate::error::Error;
 use crate::format::{
     Corrupt, ERROR_KINDS, ErrorKind, GaugeMode, MR_SEQ, MR_TIME, MR_VALUE, MetricType, corrupt,
 };
+use crate::keys::KeyTable;
 use crate::parse::{self, Header, Parsed, Removal};
+use crate::python::{self, PyReader};
 use crate::region::Region;
 use crate::snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 use crate::sys;
@@ -47,6 +49,8 @@ pub struct Reader {
     files: BTreeMap<OsString, CachedFile>,
     foreign_logged: HashSet<OsString>,
     index: MergeIndex,
+    python: PyReader,
+    conflicts_logged: HashSet<String>,
     lock: Option<DirLock>,
     /// Files of this process's own writer: live without probing.
     pub(crate) own_writers: Vec<u64>,
@@ -82,12 +86,7 @@ struct MergeIndex {
 struct IndexFamily {
     desc: FamilyDesc,
     epoch: u64,
-    keys: Vec<Arc<[Box<str>]>>,
-    /// Hash of each key, and the table finding a key's index from borrowed label values
-    /// (a lookup allocates nothing; only a new key does).
-    hashes: Vec<u64>,
-    table: hashbrown::HashTable<usize>,
-    hasher: foldhash::fast::RandomState,
+    keys: KeyTable,
     acc: Vec<Acc>,
     seen: Vec<bool>,
     covered: Vec<bool>,
@@ -100,8 +99,19 @@ struct IndexFamily {
 pub(crate) enum Acc {
     U64(u64),
     F64(f64),
-    Gauge { v: f64, t: u64 },
-    Hist { buckets: Vec<u64>, sum: f64 },
+    Gauge {
+        v: f64,
+        t: u64,
+    },
+    Hist {
+        buckets: Vec<u64>,
+        sum: f64,
+    },
+    /// Python summaries only.
+    Summary {
+        count: f64,
+        sum: f64,
+    },
 }
 
 /// Which files a merge takes values from.
@@ -149,9 +159,13 @@ impl Reader {
                 });
             }
             Err(e) => {
+                let reason = match e.kind() {
+                    std::io::ErrorKind::NotFound => "does not exist".to_string(),
+                    _ => format!("cannot be read: {e}"),
+                };
                 return Err(Error::Directory {
                     path: dir,
-                    reason: "cannot be read (does it exist?)".into(),
+                    reason,
                     source: Some(e),
                 });
             }
@@ -161,6 +175,8 @@ impl Reader {
             files: BTreeMap::new(),
             foreign_logged: HashSet::new(),
             index: MergeIndex::default(),
+            python: PyReader::default(),
+            conflicts_logged: HashSet::new(),
             lock: None,
             own_writers: Vec::new(),
         })
@@ -187,10 +203,13 @@ impl Reader {
         let mut stats = ScrapeStats::default();
         let result = self.refresh(&mut stats);
         let families: Result<Vec<MergedFamily>, Error> = result.map(|()| {
-            self.merge(Scope::All, &mut stats)
+            let python = self.python.merge(&mut stats);
+            let native: Vec<FamilyOut> = self
+                .merge(Scope::All, &mut stats)
                 .iter()
-                .map(|f| f.snapshot())
-                .collect()
+                .map(|f| f.out())
+                .collect();
+            self.combine(native, python, &mut stats)
         });
         drop(guard);
         self.lock = lock;
@@ -198,6 +217,38 @@ impl Reader {
         stats.series = families.iter().map(|f| f.series.len()).sum();
         stats.duration = started.elapsed();
         Ok(Snapshot::new(families, stats))
+    }
+
+    /// Joins the native families and those of Python's files, sorted by name.
+    fn combine(
+        &mut self,
+        native: Vec<FamilyOut>,
+        python: Vec<FamilyOut>,
+        stats: &mut ScrapeStats,
+    ) -> Vec<MergedFamily> {
+        let mut out = native;
+        if !python.is_empty() {
+            let mut by_name: HashMap<String, usize> =
+                out.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
+            for py in python {
+                match by_name.get(&py.name) {
+                    None => {
+                        by_name.insert(py.name.clone(), out.len());
+                        out.push(py);
+                    }
+                    Some(&i) => {
+                        if let Err(why) = out[i].absorb(py) {
+                            stats.conflicts += 1;
+                            if self.conflicts_logged.insert(why.clone()) {
+                                tracing::warn!("prometheus_client family left out: {why}");
+                            }
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        out.into_iter().map(FamilyOut::into_merged).collect()
     }
 
     /// Refreshes and merges for a compaction (the caller holds the exclusive directory
@@ -303,6 +354,7 @@ impl Reader {
             source: Some(e),
         })?;
         let mut present: HashSet<OsString> = HashSet::new();
+        let mut py_listed = Vec::new();
         for entry in entries {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
@@ -311,6 +363,17 @@ impl Reader {
                 continue;
             }
             let path = entry.path();
+            if python::parse_file_name(&name_str).is_some() {
+                // lstat: a symlink is reported, never followed.
+                let Ok(md) = entry.metadata() else { continue };
+                py_listed.push(python::Listed {
+                    name: name.clone(),
+                    path,
+                    ident: (md.dev(), md.ino()),
+                    regular: md.file_type().is_file(),
+                });
+                continue;
+            }
             if !name_str.ends_with(STORE_EXT) {
                 stats.foreign_files += 1;
                 stats.foreign.push(path.clone());
@@ -336,6 +399,7 @@ impl Reader {
             }
         }
         self.files.retain(|name, _| present.contains(name));
+        self.python.sync(py_listed);
         let application = self.owner();
         for cf in self.files.values_mut() {
             cf.refresh(&self.own_writers, application.as_deref());
@@ -531,7 +595,7 @@ impl Reader {
                 let slots = cf.parsed.families[s.family as usize].slots;
                 let baseline = removals.baseline(
                     &fam.desc.name,
-                    &fam.keys[idx],
+                    fam.keys.key(idx),
                     cf.header.writer_id,
                     fam.desc.labels.len(),
                 );
@@ -741,10 +805,7 @@ impl IndexFamily {
         IndexFamily {
             desc,
             epoch,
-            keys: Vec::new(),
-            hashes: Vec::new(),
-            table: hashbrown::HashTable::new(),
-            hasher: foldhash::fast::RandomState::default(),
+            keys: KeyTable::new(),
             acc: Vec::new(),
             seen: Vec::new(),
             covered: Vec::new(),
@@ -762,6 +823,7 @@ impl IndexFamily {
                 buckets: vec![0; self.desc.buckets.len()],
                 sum: 0.0,
             },
+            MetricType::Summary => Acc::Summary { count: 0.0, sum: 0.0 },
         }
     }
 
@@ -789,30 +851,13 @@ impl IndexFamily {
         count: usize,
         pid: Option<&'a str>,
     ) -> usize {
-        use std::hash::{BuildHasher, Hasher};
         let per_process = self.desc.ty == MetricType::Gauge && self.desc.mode.per_process();
         let extra = if per_process { pid } else { None };
         let count = count + usize::from(extra.is_some());
-        let parts = labels.chain(extra);
-        let mut h = self.hasher.build_hasher();
-        for l in parts.clone() {
-            h.write(l.as_bytes());
-            h.write_u8(0xff);
-        }
-        let hash = h.finish();
-        let keys = &self.keys;
-        let found = self.table.find(hash, |&i| {
-            let k = &keys[i];
-            k.len() == count && k.iter().map(|b| &**b).eq(parts.clone())
-        });
-        if let Some(&i) = found {
+        let (i, new) = self.keys.index(labels.chain(extra), count);
+        if !new {
             return i;
         }
-        let i = self.keys.len();
-        self.keys.push(parts.map(Box::from).collect());
-        self.hashes.push(hash);
-        let hashes = &self.hashes;
-        self.table.insert_unique(hash, i, |&j| hashes[j]);
         self.acc.push(self.zero());
         self.seen.push(false);
         self.covered.push(false);
@@ -878,6 +923,7 @@ impl IndexFamily {
                 }
                 *sum += f64::from_bits(raw(n)) - f64::from_bits(base(n));
             }
+            Acc::Summary { .. } => {} // never stored natively
         }
         self.seen[idx] = true;
     }
@@ -893,45 +939,167 @@ impl IndexFamily {
                     Acc::U64(v) => *v == 0,
                     Acc::F64(v) => *v == 0.0,
                     Acc::Hist { buckets, .. } => buckets.iter().all(|b| *b == 0),
-                    Acc::Gauge { .. } => false,
+                    Acc::Gauge { .. } | Acc::Summary { .. } => false,
                 };
                 if empty {
                     return None;
                 }
             }
-            Some((&self.keys[i], a))
+            Some((self.keys.key(i), a))
         })
     }
 
-    fn snapshot(&self) -> MergedFamily {
+    fn out(&self) -> FamilyOut {
         let mut label_names = self.desc.labels.clone();
         if self.desc.ty == MetricType::Gauge && self.desc.mode.per_process() {
             label_names.push("pid".into());
         }
+        FamilyOut {
+            name: self.desc.name.clone(),
+            help: self.desc.help.clone(),
+            ty: self.desc.ty,
+            mode: self.desc.mode,
+            label_names,
+            buckets: self.desc.buckets.clone(),
+            series: self.visible().map(|(k, a)| (Arc::clone(k), a.clone())).collect(),
+        }
+    }
+}
+
+/// A merged family before it becomes a [`MergedFamily`]: native, from Python files, or both.
+pub(crate) struct FamilyOut {
+    pub name: String,
+    pub help: String,
+    pub ty: MetricType,
+    pub mode: GaugeMode,
+    /// Label names, `pid` last for per-process gauges.
+    pub label_names: Vec<String>,
+    pub buckets: Vec<f64>,
+    pub series: Vec<(Arc<[Box<str>]>, Acc)>,
+}
+
+impl FamilyOut {
+    fn into_merged(self) -> MergedFamily {
         let mut series: Vec<MergedSeries> = self
-            .visible()
-            .map(|(k, a)| MergedSeries {
-                labels: Arc::clone(k),
+            .series
+            .into_iter()
+            .map(|(labels, a)| MergedSeries {
+                labels,
                 value: match a {
-                    Acc::U64(v) => Value::Counter(*v),
-                    Acc::F64(v) => Value::CounterF64(*v),
-                    Acc::Gauge { v, .. } => Value::Gauge(*v),
-                    Acc::Hist { buckets, sum } => Value::Histogram(HistogramValue {
-                        buckets: buckets.clone(),
-                        sum: *sum,
-                    }),
+                    Acc::U64(v) => Value::Counter(v),
+                    Acc::F64(v) => Value::CounterF64(v),
+                    Acc::Gauge { v, .. } => Value::Gauge(v),
+                    Acc::Hist { buckets, sum } => Value::Histogram(HistogramValue { buckets, sum }),
+                    Acc::Summary { count, sum } => Value::Summary { count, sum },
                 },
             })
             .collect();
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
         MergedFamily {
-            name: self.desc.name.clone(),
-            help: self.desc.help.clone(),
-            metric_type: self.desc.ty,
-            mode: self.desc.mode,
-            label_names,
-            buckets: self.desc.buckets.clone(),
+            name: self.name,
+            help: self.help,
+            metric_type: self.ty,
+            mode: self.mode,
+            label_names: self.label_names,
+            buckets: self.buckets,
             series,
+        }
+    }
+
+    /// Adds the series of `py`, the family of the same name in Python's files, to this
+    /// native family: counters and histograms add up, gauges combine by their mode.
+    /// Refused (and nothing changes) unless both declare the same type, gauge mode,
+    /// histogram bounds and label names.
+    fn absorb(&mut self, py: FamilyOut) -> Result<(), String> {
+        let same_type = match (self.ty, py.ty) {
+            (MetricType::Counter | MetricType::CounterF64, MetricType::CounterF64) => true,
+            (MetricType::Gauge, MetricType::Gauge) => self.mode == py.mode,
+            (MetricType::Histogram, MetricType::Histogram) => self.buckets == py.buckets,
+            _ => false,
+        };
+        let describe = |f: &FamilyOut| match f.ty {
+            MetricType::Gauge => format!("a {} gauge with labels {:?}", f.mode, f.label_names),
+            MetricType::Histogram => format!(
+                "a histogram with bounds {:?} and labels {:?}",
+                f.buckets, f.label_names
+            ),
+            t => format!("a {t:?} with labels {:?}", f.label_names),
+        };
+        // Where each native label's value sits in the Python key.
+        let order: Option<Vec<usize>> = self
+            .label_names
+            .iter()
+            .map(|n| py.label_names.iter().position(|p| p == n))
+            .collect();
+        let order = match order {
+            Some(o) if same_type && py.label_names.len() == self.label_names.len() => o,
+            _ => {
+                return Err(format!(
+                    "{} is {} in shmetrics files and {} in prometheus_client files",
+                    self.name,
+                    describe(self),
+                    describe(&py)
+                ));
+            }
+        };
+        if self.ty == MetricType::Counter {
+            self.ty = MetricType::CounterF64;
+            for (_, a) in &mut self.series {
+                if let Acc::U64(v) = *a {
+                    *a = Acc::F64(v as f64);
+                }
+            }
+        }
+        let mut at: HashMap<Arc<[Box<str>]>, usize> = self
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (Arc::clone(k), i))
+            .collect();
+        for (labels, acc) in py.series {
+            let key: Arc<[Box<str>]> = order.iter().map(|&i| labels[i].clone()).collect();
+            match at.get(&key) {
+                Some(&i) => self.series[i].1.absorb(acc, self.mode),
+                None => {
+                    at.insert(Arc::clone(&key), self.series.len());
+                    self.series.push((key, acc));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Acc {
+    /// Combines another source's merged value of the same series into this one.
+    fn absorb(&mut self, other: Acc, mode: GaugeMode) {
+        match (self, other) {
+            (Acc::F64(a), Acc::F64(b)) => *a += b,
+            (Acc::U64(a), Acc::U64(b)) => *a = a.wrapping_add(b),
+            (Acc::Gauge { v, t }, Acc::Gauge { v: bv, t: bt }) => match mode {
+                GaugeMode::Min | GaugeMode::LiveMin => *v = v.min(bv),
+                GaugeMode::Max | GaugeMode::LiveMax => *v = v.max(bv),
+                GaugeMode::Sum | GaugeMode::LiveSum => *v += bv,
+                GaugeMode::MostRecent | GaugeMode::LiveMostRecent => {
+                    if bt > *t {
+                        (*v, *t) = (bv, bt);
+                    }
+                }
+                // One series per process: the same pid in both is the same process seen
+                // twice (it cannot be two live processes); keep the native value.
+                GaugeMode::All | GaugeMode::LiveAll => {}
+            },
+            (Acc::Hist { buckets, sum }, Acc::Hist { buckets: b, sum: s }) => {
+                for (x, y) in buckets.iter_mut().zip(b) {
+                    *x = x.wrapping_add(y);
+                }
+                *sum += s;
+            }
+            (Acc::Summary { count, sum }, Acc::Summary { count: c, sum: s }) => {
+                *count += c;
+                *sum += s;
+            }
+            _ => {}
         }
     }
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, text};
 use prometheus_client::metrics::MetricType as PcMetricType;
+use prometheus_client::registry::Registry;
 
 use crate::format::{GaugeMode, MetricType};
 use crate::names::escape_help;
@@ -27,6 +28,13 @@ pub enum Value {
     Gauge(f64),
     /// Histogram: buckets and sum added over all processes.
     Histogram(HistogramValue),
+    /// Summary (Python files only): count and sum added over all processes.
+    Summary {
+        /// Number of observations.
+        count: f64,
+        /// Sum of the observations.
+        sum: f64,
+    },
 }
 
 /// A merged histogram.
@@ -124,8 +132,15 @@ pub struct ScrapeStats {
     pub store_errors: Vec<(&'static str, u64)>,
     /// Lookups sent to the overflow series, per family.
     pub overflow: Vec<(String, u64)>,
-    /// (file, family) pairs skipped because the file declares the family differently.
+    /// (file, family) pairs skipped because the file declares the family differently
+    /// (also Python entries, and Python families declared differently from the native
+    /// family of the same name).
     pub conflicts: u64,
+    /// Python `prometheus_client` files (`*.db`) merged.
+    pub python_files: u64,
+    /// Python entries skipped because they cannot be exposed: names that are not valid
+    /// Prometheus names, or samples that do not belong to the file's metric type.
+    pub python_skipped: u64,
 }
 
 /// The merged metrics of a directory.
@@ -201,6 +216,89 @@ fn pc_type(t: MetricType) -> PcMetricType {
         MetricType::Counter | MetricType::CounterF64 => PcMetricType::Counter,
         MetricType::Gauge => PcMetricType::Gauge,
         MetricType::Histogram => PcMetricType::Histogram,
+        MetricType::Summary => PcMetricType::Unknown,
+    }
+}
+
+impl Snapshot {
+    /// The OpenMetrics exposition of `registry` (your own metrics, if any) followed by
+    /// this snapshot, ending with `# EOF`. What [`Store::scrape`](crate::Store::scrape)
+    /// and the `/metrics` endpoints serve.
+    ///
+    /// Python summaries keep their `summary` type here. prometheus-client has no summary
+    /// type, so a snapshot registered as a collector
+    /// ([`Store::scrape_into`](crate::Store::scrape_into)) writes each of them as two
+    /// gauges, `<name>_count` and `<name>_sum`: the same series, another `# TYPE`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// store.counter("jobs", "Jobs done").unwrap().inc();
+    /// let mut reader = shmetrics_core::Reader::new(dir.path())?;
+    /// let text = reader.snapshot()?.encode(Default::default())?;
+    /// assert!(text.contains("jobs_total 1\n") && text.ends_with("# EOF\n"));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn encode(mut self, mut registry: Registry) -> crate::Result<String> {
+        let (summaries, families) = std::mem::take(&mut self.families)
+            .into_iter()
+            .partition(|f| f.metric_type == MetricType::Summary);
+        self.families = families;
+        let estimate = 64 + self.stats.series * 64;
+        registry.register_collector(Box::new(self));
+        let mut body = String::with_capacity(estimate);
+        text::encode_registry(&mut body, &registry).map_err(|_| crate::Error::Encode)?;
+        for fam in &summaries {
+            write_summary(&mut body, fam);
+        }
+        text::encode_eof(&mut body).map_err(|_| crate::Error::Encode)?;
+        Ok(body)
+    }
+}
+
+/// Writes a summary family (count and sum, no quantiles) as OpenMetrics text.
+fn write_summary(out: &mut String, fam: &MergedFamily) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {} {}", fam.name, escape_help(&fam.help));
+    let _ = writeln!(out, "# TYPE {} summary", fam.name);
+    for s in &fam.series {
+        let Value::Summary { count, sum } = s.value else {
+            continue;
+        };
+        for (suffix, v) in [("_count", count), ("_sum", sum)] {
+            out.push_str(&fam.name);
+            out.push_str(suffix);
+            if !fam.label_names.is_empty() {
+                out.push('{');
+                for (i, (n, v)) in fam.label_names.iter().zip(s.labels.iter()).enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(n);
+                    out.push_str("=\"");
+                    for c in v.chars() {
+                        match c {
+                            '\\' => out.push_str("\\\\"),
+                            '"' => out.push_str("\\\""),
+                            '\n' => out.push_str("\\n"),
+                            c => out.push(c),
+                        }
+                    }
+                    out.push('"');
+                }
+                out.push('}');
+            }
+            out.push(' ');
+            match v {
+                v if v.is_nan() => out.push_str("NaN"),
+                v if v == f64::INFINITY => out.push_str("+Inf"),
+                v if v == f64::NEG_INFINITY => out.push_str("-Inf"),
+                v => {
+                    let _ = write!(out, "{v:?}");
+                }
+            }
+            out.push('\n');
+        }
     }
 }
 
@@ -208,6 +306,31 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for fam in &self.families {
             let help = escape_help(&fam.help);
+            if fam.metric_type == MetricType::Summary {
+                // No summary type in prometheus-client: the same series as two gauges.
+                for (suffix, count) in [("_count", true), ("_sum", false)] {
+                    let name = format!("{}{suffix}", fam.name);
+                    let mut metric = encoder.encode_descriptor(&name, &help, None, PcMetricType::Gauge)?;
+                    for s in &fam.series {
+                        let Value::Summary { count: c, sum } = s.value else {
+                            continue;
+                        };
+                        let v = Value::Gauge(if count { c } else { sum });
+                        let labels: Vec<(&str, &str)> = fam
+                            .label_names
+                            .iter()
+                            .map(String::as_str)
+                            .zip(s.labels.iter().map(|v| &**v))
+                            .collect();
+                        if labels.is_empty() {
+                            encode_value(&mut metric, &v, &[])?;
+                        } else {
+                            encode_value(&mut metric.encode_family(&labels)?, &v, &[])?;
+                        }
+                    }
+                }
+                continue;
+            }
             let mut metric = encoder.encode_descriptor(&fam.name, &help, None, pc_type(fam.metric_type))?;
             for s in &fam.series {
                 let labels: Vec<(&str, &str)> = fam
@@ -243,13 +366,14 @@ fn encode_value(
             let pairs: Vec<(f64, u64)> = bounds.iter().copied().zip(h.buckets.iter().copied()).collect();
             series.encode_histogram::<NoLabelSet>(h.sum, h.count(), &pairs, None)
         }
+        Value::Summary { .. } => Ok(()), // written by the caller
     }
 }
 
 impl Snapshot {
     fn encode_self(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let gauges: [(&str, &str, f64); 7] = [
+        let gauges: [(&str, &str, f64); 9] = [
             (
                 "shmetrics_scrape_duration_seconds",
                 "Time this scrape spent reading and merging the store's files.",
@@ -276,6 +400,16 @@ impl Snapshot {
                 s.foreign_files as f64,
             ),
             ("shmetrics_series", "Series in this exposition.", s.series as f64),
+            (
+                "shmetrics_python_files",
+                "Python prometheus_client multiprocess files (*.db) merged.",
+                s.python_files as f64,
+            ),
+            (
+                "shmetrics_python_skipped_entries",
+                "Entries of Python files skipped: names Prometheus does not accept, or samples foreign to the file's type.",
+                s.python_skipped as f64,
+            ),
             (
                 "shmetrics_mapped_bytes",
                 "Bytes of store files mapped by the scraping process.",

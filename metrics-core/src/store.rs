@@ -625,9 +625,7 @@ impl Store {
     /// The OpenMetrics exposition of the merged directory (serve it with
     /// [`CONTENT_TYPE`]), built in a fresh registry.
     pub fn scrape(&self) -> Result<String> {
-        let mut registry = Registry::default();
-        self.scrape_into(&mut registry)?;
-        encode(&registry)
+        self.snapshot()?.encode(Registry::default())
     }
 }
 

@@ -1,0 +1,76 @@
+//! Interning of series keys (label values) for a merge.
+//!
+//! A merge looks up the same keys over and over, from borrowed label values read out of
+//! files; a lookup hashes the parts and allocates nothing, only a new key does.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+/// The distinct keys of one merged family, each with a dense index.
+pub(crate) struct KeyTable {
+    keys: Vec<Arc<[Box<str>]>>,
+    hashes: Vec<u64>,
+    table: hashbrown::HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl KeyTable {
+    pub(crate) fn new() -> Self {
+        KeyTable {
+            keys: Vec::new(),
+            hashes: Vec::new(),
+            table: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The key with index `i`.
+    pub(crate) fn key(&self, i: usize) -> &Arc<[Box<str>]> {
+        &self.keys[i]
+    }
+
+    /// Index of the key made of `parts` (`count` of them), and whether it was just added.
+    pub(crate) fn index<'a>(
+        &mut self,
+        parts: impl Iterator<Item = &'a str> + Clone,
+        count: usize,
+    ) -> (usize, bool) {
+        let mut h = self.hasher.build_hasher();
+        for l in parts.clone() {
+            h.write(l.as_bytes());
+            h.write_u8(0xff);
+        }
+        let hash = h.finish();
+        let keys = &self.keys;
+        let found = self.table.find(hash, |&i| {
+            let k = &keys[i];
+            k.len() == count && k.iter().map(|b| &**b).eq(parts.clone())
+        });
+        if let Some(&i) = found {
+            return (i, false);
+        }
+        let i = self.keys.len();
+        self.keys.push(parts.map(Box::from).collect());
+        self.hashes.push(hash);
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, i, |&j| hashes[j]);
+        (i, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyTable;
+
+    #[test]
+    fn interns_by_value() {
+        let mut t = KeyTable::new();
+        assert_eq!(t.index(["a", "b"].into_iter(), 2), (0, true));
+        assert_eq!(t.index(["a", "c"].into_iter(), 2), (1, true));
+        assert_eq!(t.index(["a", "b"].into_iter(), 2), (0, false));
+        // The separator keeps ("ab", "") and ("a", "b") apart.
+        assert_eq!(t.index(["ab", ""].into_iter(), 2), (2, true));
+        assert_eq!(t.index(["a"].into_iter(), 1), (3, true));
+        assert_eq!(&**t.key(1), &["a".into(), "c".into()] as &[Box<str>]);
+    }
+}

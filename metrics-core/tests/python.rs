@@ -1,0 +1,509 @@
+//! Interop with Python's `prometheus_client` multiprocess files: real Python worker
+//! processes write a directory; shmetrics' merge of it must equal Python's own
+//! `MultiProcessCollector`, sample by sample (both parsed by Python's strict OpenMetrics
+//! parser / collector, then compared here).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use prometheus_client::registry::Registry;
+use serde_json::Value as Json;
+use shmetrics_core::testing::ensure_python_prometheus_client;
+use shmetrics_core::{GaugeMode, Opts, Reader, Store};
+
+fn helper() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python_multiprocess.py")
+}
+
+/// Runs the helper with `args` (and `pythonpath` first on the module path), returns stdout.
+fn python(args: &[&str], pythonpath: Option<&Path>) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(helper()).args(args);
+    if let Some(p) = pythonpath {
+        cmd.env("PYTHONPATH", p);
+    }
+    let out = cmd.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "python3 {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A Python worker process that keeps its metrics files open until dropped.
+struct PyWorker {
+    child: Child,
+    pid: u32,
+}
+
+impl PyWorker {
+    fn start(dir: &Path, id: usize, pythonpath: Option<&Path>) -> PyWorker {
+        let mut cmd = Command::new("python3");
+        cmd.arg(helper())
+            .args(["worker", &id.to_string()])
+            .env("PROMETHEUS_MULTIPROC_DIR", dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(p) = pythonpath {
+            cmd.env("PYTHONPATH", p);
+        }
+        let mut child = cmd.spawn().expect("python3 worker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("worker output");
+        assert!(line.starts_with("ready"), "worker {id} said {line:?}");
+        let pid = child.id();
+        PyWorker { child, pid }
+    }
+
+    /// Lets the worker exit normally and waits for it.
+    fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().expect("wait");
+        assert!(status.success());
+    }
+
+    /// SIGKILL, as an OOM kill would.
+    fn kill(mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// shmetrics' merge of `dir` (without its self-metrics), as Python's strict parser (of
+/// the current client) reads it.
+fn shmetrics_view(dir: &Path) -> Json {
+    let text = Reader::new(dir)
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .without_self_metrics()
+        .encode(Registry::default())
+        .unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    serde_json::from_str(&python(&["parse", file.path().to_str().unwrap()], None)).unwrap()
+}
+
+fn python_view(dir: &Path, pythonpath: Option<&Path>) -> Json {
+    serde_json::from_str(&python(&["collect", dir.to_str().unwrap()], pythonpath)).unwrap()
+}
+
+fn close(a: &Json, b: &Json) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
+}
+
+/// Compares the two views family by family, sample by sample; panics with every
+/// difference.
+fn assert_same(ours: &Json, theirs: &Json) {
+    let ours = ours.as_object().unwrap();
+    let theirs = theirs.as_object().unwrap();
+    let mut diffs = Vec::new();
+    for (name, t) in theirs {
+        let Some(o) = ours.get(name) else {
+            diffs.push(format!("family {name} missing"));
+            continue;
+        };
+        for field in ["type", "help"] {
+            if o[field] != t[field] {
+                diffs.push(format!(
+                    "{name}: {field} {} here, {} in Python",
+                    o[field], t[field]
+                ));
+            }
+        }
+        let key = |s: &Json| format!("{}{}", s[0], s[1]);
+        let os: BTreeMap<String, &Json> = o["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (key(s), &s[2]))
+            .collect();
+        let ts: BTreeMap<String, &Json> = t["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (key(s), &s[2]))
+            .collect();
+        for (k, tv) in &ts {
+            match os.get(k) {
+                None => diffs.push(format!("{name}: sample {k} missing")),
+                Some(ov) if !close(ov, tv) => diffs.push(format!("{name}: {k} = {ov} here, {tv} in Python")),
+                _ => {}
+            }
+        }
+        for k in os.keys().filter(|k| !ts.contains_key(*k)) {
+            diffs.push(format!("{name}: extra sample {k}"));
+        }
+    }
+    for name in ours.keys().filter(|n| !theirs.contains_key(*n)) {
+        diffs.push(format!("extra family {name}"));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+fn samples(view: &Json) -> usize {
+    view.as_object()
+        .unwrap()
+        .values()
+        .map(|f| f["samples"].as_array().unwrap().len())
+        .sum()
+}
+
+/// Every type and gauge mode, awkward label values, three workers alive, one exited
+/// normally and marked dead by its supervisor, one SIGKILLed and never marked.
+#[test]
+fn same_merge_as_python_collector() {
+    ensure_python_prometheus_client();
+    let dir = tempfile::tempdir().unwrap();
+    // Started one after another: `mostrecent` gauges have a defined latest writer.
+    let workers: Vec<PyWorker> = (0..5).map(|i| PyWorker::start(dir.path(), i, None)).collect();
+    let mut workers = workers.into_iter();
+    let (w0, w1, w2, w3, w4) = (
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+        workers.next().unwrap(),
+    );
+    let ours = shmetrics_view(dir.path());
+    let theirs = python_view(dir.path(), None);
+    assert_same(&ours, &theirs);
+    assert!(samples(&theirs) > 100, "{} samples", samples(&theirs));
+    assert_eq!(theirs.as_object().unwrap().len(), 17);
+
+    let pid3 = w3.pid;
+    w3.finish();
+    python(
+        &["mark-dead", dir.path().to_str().unwrap(), &pid3.to_string()],
+        None,
+    );
+    w4.kill();
+    let ours = shmetrics_view(dir.path());
+    let theirs = python_view(dir.path(), None);
+    assert_same(&ours, &theirs);
+    // The worker marked dead left the live gauges; its counters still count.
+    let livesum = ours["g_livesum"]["samples"].as_array().unwrap();
+    let a = livesum.iter().find(|s| s[1]["kind"] == "a").unwrap();
+    assert_eq!(a[2].as_f64(), Some(10.0 - 20.0 + 30.0 + 50.0));
+    let s = Reader::new(dir.path()).unwrap().snapshot().unwrap();
+    assert_eq!(s.counter("jobs", &[]), None, "Python counters are floats");
+    assert_eq!(
+        s.get("jobs", &[]),
+        Some(&shmetrics_core::Value::CounterF64(
+            10.0 + 20.0 + 30.0 + 40.0 + 50.0
+        ))
+    );
+    assert_eq!(s.stats().corrupt_files, 0);
+    assert_eq!(s.stats().python_skipped, 0);
+    assert!(s.stats().python_files >= 5 * 4);
+    drop((w0, w1, w2));
+}
+
+/// Files of prometheus_client 0.17 (no timestamp in entries) merge as that version's own
+/// collector merges them.
+#[test]
+fn files_of_clients_before_0_18() {
+    ensure_python_prometheus_client();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prometheus-client-0.17.1");
+    if !cache.join("prometheus_client").is_dir() {
+        let wheels = tempfile::tempdir().unwrap();
+        let ok = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "prometheus-client==0.17.1",
+                "-d",
+            ])
+            .arg(wheels.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip download prometheus-client==0.17.1 failed (needs PyPI)");
+        let wheel = std::fs::read_dir(wheels.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let tmp = cache.with_extension("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        let ok = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&tmp)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot unpack {}", wheel.display());
+        let _ = std::fs::rename(&tmp, &cache);
+    }
+    let old = Some(cache.as_path());
+    let version = Command::new("python3")
+        .args([
+            "-c",
+            "import prometheus_client.mmap_dict as m; print(hasattr(m, '_pack_two_doubles'))",
+        ])
+        .env("PYTHONPATH", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        "False",
+        "0.17 layout expected"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let workers: Vec<PyWorker> = (0..3).map(|i| PyWorker::start(dir.path(), i, old)).collect();
+    let ours = shmetrics_view(dir.path());
+    let theirs = python_view(dir.path(), old);
+    assert_same(&ours, &theirs);
+    assert!(samples(&theirs) > 60, "{} samples", samples(&theirs));
+    assert!(
+        !ours.as_object().unwrap().contains_key("g_mostrecent"),
+        "0.17 has no mostrecent mode"
+    );
+    drop(workers);
+}
+
+/// A directory where Python workers and shmetrics processes write side by side: both
+/// merge into one exposition, families of the same name add up.
+#[test]
+fn python_and_native_files_merge() {
+    ensure_python_prometheus_client();
+    let dir = tempfile::tempdir().unwrap();
+    let py: Vec<PyWorker> = (0..2).map(|i| PyWorker::start(dir.path(), i, None)).collect();
+    let store = Store::open(dir.path()).unwrap();
+    // The same counter as Python's `requests` (integer here, float there).
+    let requests = store
+        .register::<shmetrics_core::Counter>(
+            Opts::new("requests", "Requests").label_names(["method", "path"]),
+        )
+        .unwrap();
+    requests.labels(&["GET", "plain"]).inc_by(100);
+    requests.labels(&["DELETE", "/x"]).inc();
+    // Labels in another order than Python's sorted ones.
+    let g = store
+        .register::<shmetrics_core::Gauge>(
+            Opts::new("g_livesum", "Live sum")
+                .label_names(["kind"])
+                .mode(GaugeMode::LiveSum),
+        )
+        .unwrap();
+    g.labels(&["a"]).set(1000.0);
+    let mostrecent = store
+        .register::<shmetrics_core::Gauge>(
+            Opts::new("g_mostrecent", "Most recent")
+                .label_names(["kind"])
+                .mode(GaugeMode::MostRecent),
+        )
+        .unwrap();
+    mostrecent.labels(&["b"]).set(-7.0); // later than any Python write
+    store.counter("native_jobs", "Native only").unwrap().inc_by(3);
+    // Declared differently from Python's `latency_seconds` histogram: Python's is left out.
+    store
+        .gauge("latency_seconds", "A gauge here", GaugeMode::Max)
+        .unwrap()
+        .set(1.0);
+
+    let s = Reader::new(dir.path()).unwrap().snapshot().unwrap();
+    use shmetrics_core::Value;
+    // Python: worker 0 adds 1, worker 1 adds 2 for "plain".
+    assert_eq!(
+        s.get("requests", &[("method", "GET"), ("path", "plain")]),
+        Some(&Value::CounterF64(103.0))
+    );
+    assert_eq!(
+        s.get("requests", &[("method", "DELETE"), ("path", "/x")]),
+        Some(&Value::CounterF64(1.0))
+    );
+    assert_eq!(
+        s.get("requests", &[("method", "POST"), ("path", "/orders")]),
+        Some(&Value::CounterF64(1.5))
+    );
+    assert_eq!(s.gauge("g_livesum", &[("kind", "a")]), Some(1000.0 + 10.0 - 20.0));
+    assert_eq!(s.gauge("g_mostrecent", &[("kind", "b")]), Some(-7.0));
+    assert_eq!(s.counter("native_jobs", &[]), Some(3));
+    assert_eq!(s.get("jobs", &[]), Some(&Value::CounterF64(30.0)));
+    assert_eq!(s.gauge("latency_seconds", &[]), Some(1.0));
+    assert_eq!(s.stats().conflicts, 1);
+    assert_eq!(
+        s.family("payload_bytes").unwrap().metric_type,
+        shmetrics_core::MetricType::Summary
+    );
+
+    // The whole exposition parses strictly and keeps the summary type.
+    let text = store.scrape().unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let parsed: Json =
+        serde_json::from_str(&python(&["parse", file.path().to_str().unwrap()], None)).unwrap();
+    assert_eq!(parsed["payload_bytes"]["type"], "summary");
+    assert_eq!(parsed["native_jobs"]["type"], "counter");
+    assert_eq!(
+        parsed["shmetrics_python_files"]["samples"][0][2].as_f64(),
+        Some(s.stats().python_files as f64)
+    );
+    // Registered as a collector, a summary becomes two gauges with the same samples.
+    let mut registry = Registry::default();
+    store.scrape_into(&mut registry).unwrap();
+    let text = shmetrics_core::encode(&registry).unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let parsed: Json =
+        serde_json::from_str(&python(&["parse", file.path().to_str().unwrap()], None)).unwrap();
+    assert_eq!(parsed["payload_bytes_count"]["type"], "gauge");
+    assert_eq!(
+        parsed["payload_bytes_sum"]["samples"].as_array().unwrap().len(),
+        1
+    );
+    drop(py);
+}
+
+fn write_entry(out: &mut Vec<u8>, key: &str, value: f64, ts: f64) {
+    out.extend_from_slice(&(key.len() as i32).to_ne_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.resize(out.len() + 8 - (key.len() + 4) % 8, b' ');
+    out.extend_from_slice(&value.to_ne_bytes());
+    out.extend_from_slice(&ts.to_ne_bytes());
+}
+
+fn py_file(entries: &[(&str, f64)]) -> Vec<u8> {
+    let mut body = vec![0u8; 8];
+    for (k, v) in entries {
+        write_entry(&mut body, k, *v, 0.0);
+    }
+    let used = body.len() as i32;
+    body[..4].copy_from_slice(&used.to_ne_bytes());
+    body.resize(body.len().max(4096), 0);
+    body
+}
+
+/// Truncated, corrupt and foreign Python-named files are skipped and counted; the good
+/// files are still served.
+#[test]
+fn corrupt_python_files_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = py_file(&[(r#"["jobs", "jobs_total", {}, "Jobs"]"#, 2.0)]);
+    std::fs::write(dir.path().join("counter_1.db"), &good).unwrap();
+    std::fs::write(dir.path().join("counter_2.db"), &good).unwrap();
+    // Used length past the end of the file.
+    let mut truncated = good.clone();
+    truncated.truncate(20);
+    std::fs::write(dir.path().join("counter_3.db"), &truncated).unwrap();
+    // Random bytes.
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.path().join("gauge_all_4.db"), &noise).unwrap();
+    // A key that is not prometheus_client's.
+    std::fs::write(dir.path().join("counter_5.db"), py_file(&[("{not json", 1.0)])).unwrap();
+    // An entry whose length runs past the used length.
+    let mut overrun = good.clone();
+    overrun[8..12].copy_from_slice(&1000i32.to_ne_bytes());
+    std::fs::write(dir.path().join("histogram_6.db"), &overrun).unwrap();
+    // Names Prometheus does not accept: skipped entries, the file's other entries count.
+    std::fs::write(
+        dir.path().join("counter_7.db"),
+        py_file(&[
+            (r#"["caf\u00e9", "caf\u00e9_total", {}, ""]"#, 1.0),
+            (r#"["jobs", "jobs_total", {}, "Jobs"]"#, 5.0),
+        ]),
+    )
+    .unwrap();
+    // A gauge key in a counter file.
+    std::fs::write(
+        dir.path().join("counter_8.db"),
+        py_file(&[(r#"["t", "t", {}, ""]"#, 1.0)]),
+    )
+    .unwrap();
+    // Not a Python name: foreign, as before.
+    std::fs::write(dir.path().join("cache.db"), b"x").unwrap();
+    // Empty (a writer between creating and sizing it): nothing, not corrupt.
+    std::fs::write(dir.path().join("summary_9.db"), b"").unwrap();
+    // A symlink is never followed.
+    std::os::unix::fs::symlink(dir.path().join("counter_1.db"), dir.path().join("counter_10.db")).unwrap();
+
+    let mut reader = Reader::new(dir.path()).unwrap();
+    for _ in 0..2 {
+        let s = reader.snapshot().unwrap();
+        let st = s.stats();
+        let mut corrupt: Vec<String> = st
+            .corrupt
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        corrupt.sort();
+        assert_eq!(
+            corrupt,
+            [
+                "counter_10.db",
+                "counter_3.db",
+                "counter_5.db",
+                "gauge_all_4.db",
+                "histogram_6.db"
+            ],
+            "{:?}",
+            st.corrupt
+        );
+        assert_eq!(st.corrupt_files, 5);
+        assert_eq!(st.foreign_files, 1);
+        assert_eq!(st.python_files, 5);
+        assert_eq!(st.python_skipped, 2);
+        assert_eq!(s.get("jobs", &[]), Some(&shmetrics_core::Value::CounterF64(9.0)));
+        let reasons: Vec<&str> = st.corrupt.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(reasons.iter().any(|r| r.contains("used length")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("not JSON")), "{reasons:?}");
+    }
+}
+
+/// Random damage to a real Python file never panics: the file is merged or skipped.
+#[test]
+fn damaged_python_files_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let base = py_file(&[
+        (r#"["a", "a_total", {"x": "1"}, "A"]"#, 1.0),
+        (r#"["a", "a_total", {"x": "2"}, "A"]"#, 2.0),
+        (r#"["h", "h_bucket", {"le": "1.0"}, "H"]"#, 3.0),
+    ]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let dir = tempfile::tempdir().unwrap();
+    let mut reader = Reader::new(dir.path()).unwrap();
+    for i in 0..2000 {
+        let mut f = base.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..160);
+            f[at] = rng.random();
+        }
+        if i % 5 == 0 {
+            f.truncate(rng.random_range(0..200));
+        }
+        let kind = ["counter", "histogram", "gauge_max", "summary"][i % 4];
+        let path = dir.path().join(format!("{kind}_{i}.db"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(&f).unwrap();
+        drop(file);
+        let s = reader.snapshot().unwrap();
+        assert_eq!(s.stats().python_files + s.stats().corrupt_files, 1);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
