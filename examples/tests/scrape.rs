@@ -82,7 +82,7 @@ fn prints_a_mixed_directory() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.ends_with("# EOF\n"));
     assert!(text.contains("native_jobs_total 7\n"), "{text}");
-    assert!(text.contains("jobs_total 10.0\n"), "{text}");
+    assert!(text.contains("jobs_total 10\n"), "{text}");
     assert!(text.contains("shmetrics_corrupt_files 1.0\n"), "{text}");
     let parsed = parse_strict(&text);
     assert_eq!(parsed["payload_bytes"]["type"], "summary");

@@ -109,7 +109,7 @@ fn two_processes() -> Result<(), Failed> {
     for want in [
         r#"http_requests_total{method="GET",path="/whoami",status="200"} 200"#,
         r#"http_requests_total{method="GET",path="/users/{id}",status="200"} 100"#,
-        "http_requests_in_flight 0.0",
+        "http_requests_in_flight 0",
     ] {
         if !seen[0].iter().any(|l| l == want) {
             return Err(format!("missing {want:?} in\n{}", seen[0].join("\n")).into());

@@ -12,6 +12,8 @@ pub(crate) struct KeyTable {
     hashes: Vec<u64>,
     table: hashbrown::HashTable<usize>,
     hasher: foldhash::fast::RandomState,
+    /// Indices in key order, for as many keys as it covers (recomputed when keys are added).
+    order: Vec<u32>,
 }
 
 impl KeyTable {
@@ -21,7 +23,25 @@ impl KeyTable {
             hashes: Vec::new(),
             table: hashbrown::HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
+            order: Vec::new(),
         }
+    }
+
+    /// Sorts the key indices by key (label values), as an exposition lists series; only
+    /// when keys were added since the last time.
+    pub(crate) fn sort(&mut self) {
+        if self.order.len() != self.keys.len() {
+            let keys = &self.keys;
+            self.order = (0..keys.len() as u32).collect();
+            self.order
+                .sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+        }
+    }
+
+    /// Key indices in key order, as of the last [`sort`](KeyTable::sort).
+    pub(crate) fn sorted(&self) -> &[u32] {
+        debug_assert_eq!(self.order.len(), self.keys.len(), "sort() first");
+        &self.order
     }
 
     /// The key with index `i`.
@@ -72,5 +92,10 @@ mod tests {
         assert_eq!(t.index(["ab", ""].into_iter(), 2), (2, true));
         assert_eq!(t.index(["a"].into_iter(), 1), (3, true));
         assert_eq!(&**t.key(1), &["a".into(), "c".into()] as &[Box<str>]);
+        t.sort();
+        assert_eq!(t.sorted(), &[3, 0, 1, 2]);
+        assert_eq!(t.index(["0"].into_iter(), 1), (4, true));
+        t.sort();
+        assert_eq!(t.sorted(), &[4, 3, 0, 1, 2]);
     }
 }

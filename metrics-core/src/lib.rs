@@ -85,6 +85,22 @@
 //! values combine (Python's ten modes: `all`, `liveall`, `min`, `livemin`, `max`,
 //! `livemax`, `sum`, `livesum`, `mostrecent`, `livemostrecent`). `all` and `liveall` show
 //! one series per process with a `pid` label; the others never add a label.
+//!
+//! ## Python workers in the same directory
+//!
+//! The reader also merges the `*.db` files that Python's `prometheus_client` writes in
+//! multiprocess mode (`counter_<pid>.db`, `gauge_<mode>_<pid>.db`, `histogram_<pid>.db`,
+//! `summary_<pid>.db`; clients 0.18 and later, and older ones), with the rules of its
+//! `MultiProcessCollector`: a Rust service or sidecar started with the same
+//! `PROMETHEUS_MULTIPROC_DIR` as Python workers serves one `/metrics` for both. A family
+//! both sides declare alike (same type, gauge mode, buckets, label names) adds up; one
+//! declared differently keeps the Rust declaration and is counted in
+//! `shmetrics_family_conflicts`. Python files are only read, never compacted or deleted,
+//! and their `live*` gauges follow Python's rule: a file counts while it exists (the
+//! supervisor's `mark_process_dead` removes it). Python summaries (count and sum) keep
+//! their `summary` type in [`Store::scrape`], the endpoints and [`Snapshot::encode`].
+//! [`Reader`] alone reads such a directory without writing to it; the `scrape` example
+//! prints it.
 
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]

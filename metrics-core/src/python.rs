@@ -29,15 +29,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::format::{Corrupt, GaugeMode, MetricType, corrupt};
 use crate::keys::KeyTable;
 use crate::names;
 use crate::reader::{Acc, FamilyOut};
+use crate::region::Region;
 use crate::snapshot::ScrapeStats;
 
 /// File name extension of Python's multiprocess files.
@@ -114,8 +116,8 @@ struct KeyInfo {
     label_names: Box<[Box<str>]>,
     /// Label values in the order of `label_names`.
     label_values: Box<[Box<str>]>,
-    /// The scrape that last met this key (old keys are dropped from the cache).
-    seen: u64,
+    /// The key itself.
+    bytes: Box<[u8]>,
 }
 
 impl KeyInfo {
@@ -149,7 +151,7 @@ impl KeyInfo {
             sample,
             label_names: pairs.iter().map(|(k, _)| Box::from(*k)).collect(),
             label_values: pairs.iter().map(|(_, v)| Box::from(*v)).collect(),
-            seen: 0,
+            bytes: key.into(),
         })
     }
 
@@ -199,77 +201,246 @@ impl KeyInfo {
     }
 }
 
-/// One `.db` file of the directory.
+/// One `.db` file of the directory, mapped read-only (its descriptor closed: a directory
+/// of thousands of files costs no file descriptors), with the layout of the entries read
+/// so far (keys and positions never change once written: Python only appends; values
+/// are read again on every scrape).
 struct PyFile {
     ident: (u64, u64),
     path: PathBuf,
     kind: PyKind,
     pid: Box<str>,
-    file: Option<File>,
+    region: Option<Region>,
     corrupt: Option<String>,
     logged: bool,
+    /// Entries parsed so far, and where parsing stopped.
+    entries: Vec<CachedEntry>,
+    parsed_to: usize,
+    /// Bytes after each key: 16 (value, timestamp) or 8 (value only); 0 until known.
+    value_bytes: usize,
 }
 
-/// One entry of a file: key bytes range, value, timestamp.
-type Entry = (std::ops::Range<usize>, f64, f64);
+/// An entry of a file: where its key and value are, which key it is, and the merged
+/// series it goes to (valid while the family's epoch is unchanged).
+#[derive(Clone)]
+struct CachedEntry {
+    key: std::ops::Range<usize>,
+    value_at: usize,
+    key_id: u32,
+    slot: Slot,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    family: u32,
+    series: u32,
+    /// Epoch of the family when resolved; 0: not resolved.
+    epoch: u64,
+}
+
+/// The native-endian `i32` at the start of the 8-byte word at `at`.
+fn i32_at(region: &Region, at: usize) -> Option<i32> {
+    let w = region.word(at)?.load(Ordering::Relaxed).to_ne_bytes();
+    Some(i32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+/// Whether the entry at `pos` (8-aligned) still holds `key`: its length and first 4
+/// bytes, then 8 key bytes per word (the last word only on the key's bytes: padding
+/// follows).
+fn entry_holds(region: &Region, pos: usize, key: &[u8]) -> bool {
+    let Ok(len) = i32::try_from(key.len()) else {
+        return false;
+    };
+    let word = |at: usize| region.word(at).map(|w| w.load(Ordering::Relaxed));
+    // First word: length, then up to 4 key bytes.
+    let head = key.len().min(4);
+    let mut first = [0u8; 8];
+    first[..4].copy_from_slice(&len.to_ne_bytes());
+    first[4..4 + head].copy_from_slice(&key[..head]);
+    if !word(pos).is_some_and(|w| masked_eq(w, u64::from_ne_bytes(first), 4 + head)) {
+        return false;
+    }
+    let rest = &key[head..];
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = pos + 8;
+    for c in &mut chunks {
+        let want = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if word(at) != Some(want) {
+            return false;
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    if tail.is_empty() {
+        return true;
+    }
+    let mut last = [0u8; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    word(at).is_some_and(|w| masked_eq(w, u64::from_ne_bytes(last), tail.len()))
+}
+
+/// Whether the first `n` bytes (in memory order) of two words are equal.
+fn masked_eq(a: u64, b: u64, n: usize) -> bool {
+    let x = (a ^ b).to_ne_bytes();
+    x[..n].iter().all(|&d| d == 0)
+}
+
+fn f64_at(region: &Region, at: usize) -> f64 {
+    region
+        .word(at)
+        .map_or(0.0, |w| f64::from_bits(w.load(Ordering::Relaxed)))
+}
 
 impl PyFile {
-    /// Reads the used part of the file into `buf`.
-    fn read(&mut self, buf: &mut Vec<u8>) -> Result<(), Corrupt> {
-        buf.clear();
-        if self.file.is_none() {
-            let f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&self.path)
-                .map_err(|e| corrupt!("cannot open: {e}"))?;
-            self.file = Some(f);
+    fn new(ident: (u64, u64), path: PathBuf, kind: PyKind, pid: &str, regular: bool) -> Self {
+        PyFile {
+            ident,
+            path,
+            kind,
+            pid: pid.into(),
+            region: None,
+            corrupt: (!regular).then(|| "not a regular file".to_string()),
+            logged: false,
+            entries: Vec::new(),
+            parsed_to: 0,
+            value_bytes: 0,
         }
-        let file = self.file.as_ref().ok_or_else(|| corrupt!("not open"))?;
+    }
+
+    /// Maps the whole file as it is now; its size.
+    fn map_now(&mut self) -> Result<usize, Corrupt> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(|e| corrupt!("cannot open: {e}"))?;
         let md = file.metadata().map_err(|e| corrupt!("cannot stat: {e}"))?;
         if !md.is_file() {
             return Err(corrupt!("not a regular file"));
         }
-        let size = usize::try_from(md.len()).unwrap_or(usize::MAX);
-        if size == 0 {
-            return Ok(()); // created, not yet sized by its writer
+        let size = usize::try_from(md.len()).unwrap_or(usize::MAX).min(MAX_USED);
+        self.region = match size {
+            0 => None,
+            _ => Some(Region::map_reader(&file, size).map_err(|e| corrupt!("cannot map: {e}"))?),
+        };
+        Ok(size)
+    }
+
+    /// The used length of the file (0: nothing written yet), mapping it first or again if
+    /// it grew past the mapping.
+    fn used(&mut self) -> Result<usize, Corrupt> {
+        if self.region.is_none() {
+            self.map_now()?;
         }
-        if size < 8 {
-            return Err(corrupt!("{size} bytes, shorter than the 8-byte header"));
-        }
-        // The first page holds the used length and, for most workers, every entry.
-        buf.resize(size.min(4096), 0);
-        file.read_exact_at(buf, 0)
-            .map_err(|e| corrupt!("cannot read: {e}"))?;
-        let used = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let Some(region) = &self.region else {
+            return Ok(0); // created, not yet sized by its writer
+        };
+        let used = i32_at(region, 0).ok_or_else(|| corrupt!("shorter than the 8-byte header"))?;
+        let used = usize::try_from(used).unwrap_or(usize::MAX);
         if used == 0 {
-            buf.clear();
-            return Ok(()); // sized, first entry not written yet
+            return Ok(0); // sized, first entry not written yet
         }
-        let used = usize::try_from(used).unwrap_or(0);
-        if used < 8 || used > size || used > MAX_USED {
+        if !(8..=MAX_USED).contains(&used) {
             return Err(corrupt!(
-                "used length {used} is outside the file (8 to {size} bytes): truncated or not a prometheus_client file"
+                "used length {used} is not a prometheus_client file's (8 to {MAX_USED} bytes)"
             ));
         }
-        let have = buf.len();
-        if used > have {
-            buf.resize(used, 0);
-            file.read_exact_at(&mut buf[have..], have as u64)
-                .map_err(|e| corrupt!("cannot read: {e}"))?;
+        if used > region.accessible() {
+            // Python doubles the file when it fills up.
+            let size = self.map_now()?;
+            if used > size {
+                return Err(corrupt!(
+                    "used length {used} is past the end of the file ({size} bytes): truncated"
+                ));
+            }
         }
-        buf.truncate(used);
+        Ok(used)
+    }
+
+    fn forget_entries(&mut self) {
+        self.entries.clear();
+        self.parsed_to = 0;
+        self.value_bytes = 0;
+    }
+
+    /// Brings the entry list up to date with the `used` bytes of the file: checks that
+    /// the entries already known are still in place, parses the new ones, and looks their
+    /// keys up in (or adds them to) `keys`.
+    fn update(
+        &mut self,
+        used: usize,
+        keys: &mut Keys,
+        scratch: &mut Vec<u64>,
+        walk: &mut Vec<Walked>,
+    ) -> Result<(), Corrupt> {
+        let Some(region) = &self.region else {
+            self.forget_entries();
+            return Ok(());
+        };
+        // Python only appends; a file whose known entries changed was rewritten: start over.
+        let unchanged = used >= self.parsed_to
+            && self
+                .entries
+                .iter()
+                .all(|e| entry_holds(region, e.key.start - 4, &keys.infos[e.key_id as usize].bytes));
+        if !unchanged {
+            self.entries.clear();
+            self.parsed_to = 0;
+            self.value_bytes = 0;
+        }
+        if used == 0 || used == self.parsed_to {
+            return Ok(());
+        }
+        scratch.clear();
+        if !region.copy_words(0, used.div_ceil(8), scratch) {
+            return Err(corrupt!("used length {used} is past the mapped file"));
+        }
+        let data = &bytemuck::cast_slice::<u64, u8>(scratch)[..used];
+        let start = self.parsed_to.max(8);
+        match self.value_bytes {
+            0 => {
+                walk_entries(data, start, 16, walk)
+                    .map(|()| self.value_bytes = 16)
+                    .or_else(|e| {
+                        walk_entries(data, start, 8, walk)
+                            .map(|()| self.value_bytes = 8)
+                            .map_err(|_| e)
+                    })?;
+            }
+            n => walk_entries(data, start, n, walk)?,
+        }
+        // Keys first: a key that is not prometheus_client's makes the file corrupt
+        // before any of its values count.
+        let mut new = Vec::with_capacity(walk.len());
+        for w in walk.iter() {
+            let id = keys
+                .id(&data[w.key.clone()])
+                .map_err(|e| corrupt!("entry key at byte {}: {e}", w.key.start - 4))?;
+            new.push(CachedEntry {
+                key: w.key.clone(),
+                value_at: w.value_at,
+                key_id: id,
+                slot: Slot::default(),
+            });
+        }
+        self.entries.extend(new);
+        self.parsed_to = used;
         Ok(())
     }
 }
 
-/// Walks the entries of `data` with values of `value_bytes` (16: value and timestamp;
-/// 8: value only, clients before 0.18), checking every length.
-fn walk_entries(data: &[u8], value_bytes: usize, out: &mut Vec<Entry>) -> Result<(), Corrupt> {
+/// An entry found by [`walk_entries`]: key bytes and value position.
+struct Walked {
+    key: std::ops::Range<usize>,
+    value_at: usize,
+}
+
+/// Walks the entries of `data` from byte `start` with values of `value_bytes` (16: value
+/// and timestamp; 8: value only, clients before 0.18), checking every length.
+fn walk_entries(data: &[u8], start: usize, value_bytes: usize, out: &mut Vec<Walked>) -> Result<(), Corrupt> {
     out.clear();
     let used = data.len();
-    let mut pos = 8;
-    let word = |at: usize| -> [u8; 8] { data[at..at + 8].try_into().unwrap_or([0; 8]) };
+    let mut pos = start;
     while pos < used {
         if pos + 4 > used {
             return Err(corrupt!("entry at byte {pos} is cut by the used length {used}"));
@@ -277,8 +448,8 @@ fn walk_entries(data: &[u8], value_bytes: usize, out: &mut Vec<Entry>) -> Result
         let len = i32::from_ne_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
         let len =
             usize::try_from(len).map_err(|_| corrupt!("entry at byte {pos} has a negative key length"))?;
+        // Python pads the 4-byte length and the key to a multiple of 8, with 1 to 8 spaces.
         let padded = len + (8 - (len + 4) % 8);
-        let key = pos + 4..pos + 4 + len;
         let value_at = pos + 4 + padded;
         let end = value_at + value_bytes;
         if len == 0 || end > used {
@@ -286,19 +457,37 @@ fn walk_entries(data: &[u8], value_bytes: usize, out: &mut Vec<Entry>) -> Result
                 "entry at byte {pos} (key of {len} bytes) runs past the used length {used}"
             ));
         }
-        let value = f64::from_ne_bytes(word(value_at));
-        let ts = if value_bytes == 16 {
-            f64::from_ne_bytes(word(value_at + 8))
-        } else {
-            0.0
-        };
-        out.push((key, value, ts));
+        out.push(Walked {
+            key: pos + 4..pos + 4 + len,
+            value_at,
+        });
         pos = end;
     }
     Ok(())
 }
 
+/// Every key met so far, parsed once.
+#[derive(Default)]
+struct Keys {
+    infos: Vec<KeyInfo>,
+    ids: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+}
+
+impl Keys {
+    fn id(&mut self, bytes: &[u8]) -> Result<u32, String> {
+        if let Some(&id) = self.ids.get(bytes) {
+            return Ok(id);
+        }
+        let info = KeyInfo::parse(bytes)?;
+        let id = u32::try_from(self.infos.len()).map_err(|_| "too many distinct keys".to_string())?;
+        self.infos.push(info);
+        self.ids.insert(bytes.into(), id);
+        Ok(id)
+    }
+}
+
 /// A merged value of a Python series.
+#[derive(Clone)]
 enum PyAcc {
     Counter(f64),
     /// Gauge value, its timestamp (`mostrecent`), and whether any process set it.
@@ -318,7 +507,7 @@ enum PyAcc {
     },
 }
 
-/// A family being merged.
+/// A merged family; kept between scrapes with its series, reset before each.
 struct PyFamily {
     name: Box<str>,
     help: Box<str>,
@@ -326,6 +515,10 @@ struct PyFamily {
     label_names: Box<[Box<str>]>,
     keys: KeyTable,
     acc: Vec<PyAcc>,
+    seen: Vec<bool>,
+    /// Changes whenever series indices are invalidated; 0 for a dropped family.
+    epoch: u64,
+    used: bool,
 }
 
 impl PyFamily {
@@ -345,8 +538,23 @@ impl PyFamily {
         }
     }
 
-    /// Adds one entry, as Python's `_accumulate_metrics` does.
-    fn add(&mut self, key: &KeyInfo, pid: &str, value: f64, ts: f64) {
+    fn reset(&mut self) {
+        let zero = self.zero();
+        for a in &mut self.acc {
+            match a {
+                PyAcc::Hist { buckets, sum } => {
+                    buckets.clear();
+                    *sum = 0.0;
+                }
+                a => *a = zero.clone(),
+            }
+        }
+        self.seen.iter_mut().for_each(|s| *s = false);
+        self.used = false;
+    }
+
+    /// The series of `key` in a file of process `pid`.
+    fn series(&mut self, key: &KeyInfo, pid: &str) -> u32 {
         let extra = self.kind.per_process().then_some(pid);
         let count = key.label_values.len() + usize::from(extra.is_some());
         let (i, new) = self
@@ -354,12 +562,20 @@ impl PyFamily {
             .index(key.label_values.iter().map(|v| &**v).chain(extra), count);
         if new {
             self.acc.push(self.zero());
+            self.seen.push(false);
         }
+        i as u32
+    }
+
+    /// Adds one entry to series `i`, as Python's `_accumulate_metrics` does.
+    fn add(&mut self, i: usize, sample: &Sample, value: f64, ts: f64) {
+        self.used = true;
+        self.seen[i] = true;
         let mode = match self.kind {
             PyKind::Gauge(m) => m,
             _ => GaugeMode::All,
         };
-        match (&mut self.acc[i], &key.sample) {
+        match (&mut self.acc[i], sample) {
             (PyAcc::Counter(c), _) => *c += value,
             (PyAcc::Gauge { v, t, set }, _) => match mode {
                 GaugeMode::Min | GaugeMode::LiveMin => {
@@ -392,28 +608,28 @@ impl PyFamily {
                     *set = true;
                 }
             },
-            (PyAcc::Hist { buckets, .. }, Ok(Sample::Bucket(le))) => {
+            (PyAcc::Hist { buckets, .. }, Sample::Bucket(le)) => {
                 match buckets.iter_mut().find(|(b, _)| b == le) {
                     Some((_, c)) => *c += value,
                     None => buckets.push((*le, value)),
                 }
             }
-            (PyAcc::Hist { sum, .. }, Ok(Sample::Sum)) => *sum += value,
+            (PyAcc::Hist { sum, .. }, Sample::Sum) => *sum += value,
             // A histogram's count is the sum of its buckets (Python overwrites `_count`).
             (PyAcc::Hist { .. }, _) => {}
-            (PyAcc::Summary { sum, .. }, Ok(Sample::Sum)) => *sum += value,
+            (PyAcc::Summary { sum, .. }, Sample::Sum) => *sum += value,
             (PyAcc::Summary { count, .. }, _) => *count += value,
         }
     }
 
-    fn finish(self) -> FamilyOut {
+    fn out(&mut self) -> FamilyOut {
         let mut label_names: Vec<String> = self.label_names.iter().map(|n| n.to_string()).collect();
         if self.kind.per_process() {
             label_names.push("pid".into());
         }
         let mut bounds: Vec<f64> = Vec::new();
         if self.kind == PyKind::Histogram {
-            for a in &self.acc {
+            for (a, _) in self.acc.iter().zip(&self.seen).filter(|(_, s)| **s) {
                 if let PyAcc::Hist { buckets, .. } = a {
                     bounds.extend(buckets.iter().map(|(b, _)| *b).filter(|b| !b.is_nan()));
                 }
@@ -422,35 +638,43 @@ impl PyFamily {
             bounds.sort_by(f64::total_cmp);
             bounds.dedup();
         }
-        let series = self
-            .acc
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, a)| {
-                let acc = match a {
-                    PyAcc::Counter(v) => Acc::F64(v),
-                    PyAcc::Gauge { set: false, .. } => return None,
-                    PyAcc::Gauge { v, t, .. } => Acc::Gauge {
-                        v,
-                        t: (t.max(0.0) * 1e9) as u64,
-                    },
-                    PyAcc::Hist { buckets, sum } => {
-                        let mut counts = vec![0u64; bounds.len()];
-                        for (b, c) in buckets {
-                            if let Ok(j) = bounds.binary_search_by(|x| x.total_cmp(&b)) {
-                                counts[j] = counts[j].saturating_add(c.max(0.0) as u64);
-                            }
+        let mut series = Vec::with_capacity(self.acc.len());
+        self.keys.sort();
+        let (keys, acc, seen) = (&self.keys, &self.acc, &self.seen);
+        for &i in keys.sorted() {
+            let i = i as usize;
+            if !seen[i] {
+                continue;
+            }
+            let a = match &acc[i] {
+                PyAcc::Counter(v) => Acc::F64(*v),
+                PyAcc::Gauge { set: false, .. } => continue,
+                PyAcc::Gauge { v, t, .. } => Acc::Gauge {
+                    v: *v,
+                    t: (t.max(0.0) * 1e9) as u64,
+                },
+                PyAcc::Hist { buckets, sum } => {
+                    let mut counts = vec![0u64; bounds.len()];
+                    for (b, c) in buckets {
+                        if let Ok(j) = bounds.binary_search_by(|x| x.total_cmp(b)) {
+                            counts[j] = counts[j].saturating_add(c.max(0.0) as u64);
                         }
-                        Acc::Hist { buckets: counts, sum }
                     }
-                    PyAcc::Summary { count, sum } => Acc::Summary { count, sum },
-                };
-                Some((Arc::clone(self.keys.key(i)), acc))
-            })
-            .collect();
+                    Acc::Hist {
+                        buckets: counts,
+                        sum: *sum,
+                    }
+                }
+                PyAcc::Summary { count, sum } => Acc::Summary {
+                    count: *count,
+                    sum: *sum,
+                },
+            };
+            series.push((Arc::clone(keys.key(i)), a));
+        }
         FamilyOut {
-            name: self.name.into(),
-            help: self.help.into(),
+            name: self.name.to_string(),
+            help: self.help.to_string(),
             ty: self.kind.metric_type(),
             mode: match self.kind {
                 PyKind::Gauge(m) => m,
@@ -463,6 +687,7 @@ impl PyFamily {
                 Vec::new()
             },
             series,
+            sorted: true,
         }
     }
 }
@@ -475,15 +700,15 @@ pub(crate) struct Listed {
     pub regular: bool,
 }
 
-/// The Python side of a [`Reader`](crate::Reader): the directory's `.db` files, and the
-/// keys already parsed.
+/// The Python side of a [`Reader`](crate::Reader): the directory's `.db` files, the keys
+/// already parsed and the merged families, kept between scrapes.
 #[derive(Default)]
 pub(crate) struct PyReader {
     files: BTreeMap<OsString, PyFile>,
-    keys: HashMap<Box<[u8]>, KeyInfo, foldhash::fast::RandomState>,
-    scrape: u64,
-    buf: Vec<u8>,
-    entries: Vec<Entry>,
+    keys: Keys,
+    fams: Families,
+    scratch: Vec<u64>,
+    walk: Vec<Walked>,
     logged: HashSet<String>,
 }
 
@@ -497,15 +722,7 @@ impl PyReader {
             };
             let stale = self.files.get(&l.name).is_none_or(|f| f.ident != l.ident);
             if stale {
-                let file = PyFile {
-                    ident: l.ident,
-                    path: l.path,
-                    kind,
-                    pid: pid.into(),
-                    file: None,
-                    corrupt: (!l.regular).then(|| "not a regular file".to_string()),
-                    logged: false,
-                };
+                let file = PyFile::new(l.ident, l.path, kind, pid, l.regular);
                 self.files.insert(l.name.clone(), file);
             }
             present.insert(l.name);
@@ -515,25 +732,23 @@ impl PyReader {
 
     /// Reads every file and merges them.
     pub(crate) fn merge(&mut self, stats: &mut ScrapeStats) -> Vec<FamilyOut> {
-        self.scrape += 1;
-        let scrape = self.scrape;
-        let mut families: Vec<PyFamily> = Vec::new();
-        let mut by_name: HashMap<Box<str>, usize, foldhash::fast::RandomState> = HashMap::default();
-        let mut data = std::mem::take(&mut self.buf);
-        let mut entries = std::mem::take(&mut self.entries);
-        for f in self.files.values_mut() {
+        for fam in &mut self.fams.list {
+            fam.reset();
+        }
+        let PyReader {
+            files,
+            keys,
+            fams,
+            scratch,
+            walk,
+            logged,
+        } = self;
+        for f in files.values_mut() {
             if f.corrupt.is_none() {
-                let parsed = f.read(&mut data).and_then(|()| {
-                    if data.is_empty() {
-                        entries.clear();
-                        return Ok(());
-                    }
-                    walk_entries(&data, 16, &mut entries)
-                        .or_else(|e| walk_entries(&data, 8, &mut entries).map_err(|_| e))
-                });
-                if let Err(c) = parsed {
+                if let Err(c) = f.used().and_then(|used| f.update(used, keys, scratch, walk)) {
                     f.corrupt = Some(c.0);
-                    f.file = None;
+                    f.region = None;
+                    f.forget_entries();
                 }
             }
             if let Some(reason) = &f.corrupt {
@@ -550,101 +765,170 @@ impl PyReader {
                 }
                 continue;
             }
-            // Keys first: a key that is not prometheus_client's makes the file corrupt
-            // before any of its values count.
-            let mut bad = None;
-            for (range, _, _) in &entries {
-                let bytes = &data[range.clone()];
-                match self.keys.get_mut(bytes) {
-                    Some(k) => k.seen = scrape,
-                    None => match KeyInfo::parse(bytes) {
-                        Ok(mut k) => {
-                            k.seen = scrape;
-                            self.keys.insert(bytes.into(), k);
-                        }
-                        Err(e) => {
-                            bad = Some(format!("entry key at byte {}: {e}", range.start - 4));
-                            break;
-                        }
-                    },
+            stats.python_files += 1;
+            let Some(region) = &f.region else { continue };
+            stats.mapped_bytes += region.accessible() as u64;
+            let has_ts = f.value_bytes == 16;
+            for e in &mut f.entries {
+                let key = &keys.infos[e.key_id as usize];
+                if !fams.valid(e.slot) {
+                    match fams.resolve(key, f.kind, &f.pid, &f.path, logged, stats) {
+                        Some(slot) => e.slot = slot,
+                        None => continue,
+                    }
                 }
+                let Ok(sample) = &key.sample else { continue };
+                let value = f64_at(region, e.value_at);
+                let ts = if has_ts {
+                    f64_at(region, e.value_at + 8)
+                } else {
+                    0.0
+                };
+                fams.list[e.slot.family as usize].add(e.slot.series as usize, sample, value, ts);
             }
-            if let Some(reason) = bad {
-                f.corrupt = Some(reason);
-                f.file = None;
-                stats.corrupt_files += 1;
-                stats
-                    .corrupt
-                    .push((f.path.clone(), f.corrupt.clone().unwrap_or_default()));
-                f.logged = true;
-                tracing::warn!(
-                    file = %f.path.display(),
-                    reason = f.corrupt.as_deref().unwrap_or_default(),
-                    "skipping unreadable prometheus_client file in the metrics directory \
-                     (left in place; counted in shmetrics_corrupt_files)"
-                );
+        }
+        let out = self
+            .fams
+            .list
+            .iter_mut()
+            .filter(|f| f.used)
+            .map(PyFamily::out)
+            .collect();
+        self.tidy();
+        out
+    }
+
+    /// Drops families no file holds any more, and series tables grown far beyond the
+    /// series in use (processes come and go: per-process gauges gain a series per pid).
+    fn tidy(&mut self) {
+        self.fams.tidy();
+        // Keys no file holds any more.
+        if self.keys.infos.len() > 4096 {
+            let held: usize = self.files.values().map(|f| f.entries.len()).sum();
+            if self.keys.infos.len() > 2 * held {
+                self.keys = Keys::default();
+                self.files.values_mut().for_each(PyFile::forget_entries);
+            }
+        }
+    }
+}
+
+/// The merged families, kept between scrapes.
+#[derive(Default)]
+struct Families {
+    list: Vec<PyFamily>,
+    by_name: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    next_epoch: u64,
+}
+
+impl Families {
+    fn epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+
+    /// Whether `slot` still designates the series it was resolved to.
+    fn valid(&self, slot: Slot) -> bool {
+        slot.epoch != 0
+            && self
+                .list
+                .get(slot.family as usize)
+                .is_some_and(|f| f.epoch == slot.epoch)
+    }
+
+    fn tidy(&mut self) {
+        for i in 0..self.list.len() {
+            let fam = &mut self.list[i];
+            if fam.epoch == 0 {
                 continue;
             }
-            stats.python_files += 1;
-            for (range, value, ts) in &entries {
-                let Some(key) = self.keys.get(&data[range.clone()]) else {
-                    continue;
-                };
-                if !key.fits(f.kind) {
-                    stats.python_skipped += 1;
-                    let why = match &key.sample {
-                        Err(e) => e.clone(),
-                        Ok(_) => format!("{} in a {:?} file", key.metric, f.kind),
-                    };
-                    if self.logged.insert(why.clone()) {
-                        tracing::warn!(file = %f.path.display(), "skipping prometheus_client samples: {why}");
-                    }
-                    continue;
-                }
-                let fi = match by_name.get(&key.metric) {
-                    Some(&i) => i,
-                    None => {
-                        let fam = PyFamily {
-                            name: key.metric.clone(),
-                            help: key.help.clone(),
-                            kind: f.kind,
-                            label_names: key.label_names.clone(),
-                            keys: KeyTable::new(),
-                            acc: Vec::new(),
-                        };
-                        let clash = fam.kind.per_process() && fam.label_names.iter().any(|n| &**n == "pid");
-                        if clash {
-                            stats.python_skipped += 1;
-                            continue;
-                        }
-                        by_name.insert(key.metric.clone(), families.len());
-                        families.push(fam);
-                        families.len() - 1
-                    }
-                };
-                let fam = &mut families[fi];
-                if fam.kind != f.kind || fam.label_names != key.label_names {
-                    stats.conflicts += 1;
-                    let why = format!(
-                        "{}: {:?} with labels {:?} here, {:?} with labels {:?} in the first file",
-                        key.metric, f.kind, key.label_names, fam.kind, fam.label_names
-                    );
-                    if self.logged.insert(why.clone()) {
-                        tracing::warn!(file = %f.path.display(), "prometheus_client family declared differently: {why}");
-                    }
-                    continue;
-                }
-                fam.add(key, &f.pid, *value, *ts);
+            if !fam.used {
+                self.by_name.remove(&fam.name);
+                fam.epoch = 0;
+                fam.keys = KeyTable::new();
+                fam.acc = Vec::new();
+                fam.seen = Vec::new();
+                continue;
+            }
+            let seen = fam.seen.iter().filter(|s| **s).count();
+            if fam.acc.len() > 64 && fam.acc.len() > 2 * seen {
+                let epoch = self.epoch();
+                let fam = &mut self.list[i];
+                fam.keys = KeyTable::new();
+                fam.acc.clear();
+                fam.seen.clear();
+                fam.epoch = epoch;
             }
         }
-        self.buf = data;
-        self.entries = entries;
-        // Forget keys no file holds any more, once they outnumber the live ones.
-        let live = self.keys.values().filter(|k| k.seen == scrape).count();
-        if self.keys.len() > 1024 && self.keys.len() > 2 * live {
-            self.keys.retain(|_, k| k.seen == scrape);
+        let dropped = self.list.iter().filter(|f| f.epoch == 0).count();
+        if dropped > 64 && dropped > self.list.len() / 2 {
+            self.list.clear();
+            self.by_name.clear();
         }
-        families.into_iter().map(PyFamily::finish).collect()
+    }
+
+    /// Finds (or creates) the family and series of an entry; `None` (counted, logged
+    /// once) if the entry cannot be merged.
+    fn resolve(
+        &mut self,
+        key: &KeyInfo,
+        kind: PyKind,
+        pid: &str,
+        path: &std::path::Path,
+        logged: &mut HashSet<String>,
+        stats: &mut ScrapeStats,
+    ) -> Option<Slot> {
+        if !key.fits(kind) || (kind.per_process() && key.label_names.iter().any(|n| &**n == "pid")) {
+            stats.python_skipped += 1;
+            let why = match &key.sample {
+                Err(e) => e.clone(),
+                Ok(_) if key.fits(kind) => {
+                    format!("{}: label `pid` clashes with the per-process label", key.metric)
+                }
+                Ok(_) => format!("{} in a {kind:?} file", key.metric),
+            };
+            if logged.insert(why.clone()) {
+                tracing::warn!(file = %path.display(), "skipping prometheus_client samples: {why}");
+            }
+            return None;
+        }
+        let fi = match self.by_name.get(&key.metric) {
+            Some(&i) => i,
+            None => {
+                let epoch = self.epoch();
+                let i = self.list.len() as u32;
+                self.list.push(PyFamily {
+                    name: key.metric.clone(),
+                    help: key.help.clone(),
+                    kind,
+                    label_names: key.label_names.clone(),
+                    keys: KeyTable::new(),
+                    acc: Vec::new(),
+                    seen: Vec::new(),
+                    epoch,
+                    used: false,
+                });
+                self.by_name.insert(key.metric.clone(), i);
+                i
+            }
+        };
+        let fam = &mut self.list[fi as usize];
+        if fam.kind != kind || fam.label_names != key.label_names {
+            stats.conflicts += 1;
+            let why = format!(
+                "{}: {kind:?} with labels {:?} here, {:?} with labels {:?} in the first file",
+                key.metric, key.label_names, fam.kind, fam.label_names
+            );
+            if logged.insert(why.clone()) {
+                tracing::warn!(file = %path.display(), "prometheus_client family declared differently: {why}");
+            }
+            return None;
+        }
+        Some(Slot {
+            family: fi,
+            series: fam.series(key, pid),
+            epoch: fam.epoch,
+        })
     }
 }
 
@@ -695,17 +979,22 @@ mod tests {
         let k2 = r#"["a", "a_total", {"x": "22"}, "h"]"#;
         let mut out = Vec::new();
         let new = file(&[entry(k1, 1.5, Some(0.0)), entry(k2, 2.0, Some(3.0))]);
-        walk_entries(&new, 16, &mut out).unwrap();
+        walk_entries(&new, 8, 16, &mut out).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!((out[1].1, out[1].2), (2.0, 3.0));
+        let at = |d: &[u8], i: usize| f64::from_ne_bytes(d[i..i + 8].try_into().unwrap());
+        assert_eq!(
+            (at(&new, out[1].value_at), at(&new, out[1].value_at + 8)),
+            (2.0, 3.0)
+        );
         let old = file(&[entry(k1, 1.5, None), entry(k2, 2.0, None)]);
-        assert!(walk_entries(&old, 16, &mut out).is_err());
-        walk_entries(&old, 8, &mut out).unwrap();
-        assert_eq!(&old[out[1].0.clone()], k2.as_bytes());
+        assert!(walk_entries(&old, 8, 16, &mut out).is_err());
+        walk_entries(&old, 8, 8, &mut out).unwrap();
+        assert_eq!(&old[out[1].key.clone()], k2.as_bytes());
+        assert_eq!(at(&old, out[1].value_at), 2.0);
         // One old entry alone does not end where the new layout would.
         let one = file(&[entry(k1, 1.5, None)]);
-        assert!(walk_entries(&one, 16, &mut out).is_err());
-        walk_entries(&one, 8, &mut out).unwrap();
+        assert!(walk_entries(&one, 8, 16, &mut out).is_err());
+        walk_entries(&one, 8, 8, &mut out).unwrap();
     }
 
     #[test]

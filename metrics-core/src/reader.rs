@@ -206,7 +206,7 @@ impl Reader {
             let python = self.python.merge(&mut stats);
             let native: Vec<FamilyOut> = self
                 .merge(Scope::All, &mut stats)
-                .iter()
+                .into_iter()
                 .map(|f| f.out())
                 .collect();
             self.combine(native, python, &mut stats)
@@ -261,7 +261,9 @@ impl Reader {
             .iter()
             .map(|f| FoldFamily {
                 desc: f.desc.clone(),
-                series: f.visible().map(|(k, a)| (Arc::clone(k), a.clone())).collect(),
+                series: (0..f.acc.len())
+                    .filter_map(|i| f.visible(i).map(|a| (Arc::clone(f.keys.key(i)), a.clone())))
+                    .collect(),
                 stats: f.stats,
             })
             .collect();
@@ -355,6 +357,7 @@ impl Reader {
         })?;
         let mut present: HashSet<OsString> = HashSet::new();
         let mut py_listed = Vec::new();
+        let mut dir_dev: Option<u64> = None;
         for entry in entries {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
@@ -364,13 +367,20 @@ impl Reader {
             }
             let path = entry.path();
             if python::parse_file_name(&name_str).is_some() {
-                // lstat: a symlink is reported, never followed.
-                let Ok(md) = entry.metadata() else { continue };
+                // From the directory entry, without a stat per file (thousands of them in
+                // a Python directory): a symlink is reported, never followed.
+                let Ok(file_type) = entry.file_type() else {
+                    continue;
+                };
+                let dev = match dir_dev {
+                    Some(d) => d,
+                    None => *dir_dev.insert(std::fs::metadata(&self.dir).map(|m| m.dev()).unwrap_or(0)),
+                };
                 py_listed.push(python::Listed {
                     name: name.clone(),
                     path,
-                    ident: (md.dev(), md.ino()),
-                    regular: md.file_type().is_file(),
+                    ident: (dev, std::os::unix::fs::DirEntryExt::ino(&entry)),
+                    regular: file_type.is_file(),
                 });
                 continue;
             }
@@ -445,7 +455,7 @@ impl Reader {
             .map(str::to_string)
     }
 
-    fn merge(&mut self, scope: Scope, stats: &mut ScrapeStats) -> Vec<&IndexFamily> {
+    fn merge(&mut self, scope: Scope, stats: &mut ScrapeStats) -> Vec<&mut IndexFamily> {
         let index = &mut self.index;
         // Good files, live first, then newest first: the order decides which declaration
         // is the reference and which of two per-process gauges with one pid is shown.
@@ -614,7 +624,7 @@ impl Reader {
         overflow.sort();
         stats.overflow = overflow;
 
-        let mut out: Vec<&IndexFamily> = index.families.iter().filter(|f| f.declared).collect();
+        let mut out: Vec<&mut IndexFamily> = index.families.iter_mut().filter(|f| f.declared).collect();
         out.sort_by(|a, b| a.desc.name.cmp(&b.desc.name));
         out
     }
@@ -928,31 +938,38 @@ impl IndexFamily {
         self.seen[idx] = true;
     }
 
-    /// Series to show: seen, and (if a removal covers them) written since.
-    fn visible(&self) -> impl Iterator<Item = (&Arc<[Box<str>]>, &Acc)> {
-        self.acc.iter().enumerate().filter_map(move |(i, a)| {
-            if !self.seen[i] {
+    /// The value of series `i` if it is shown: seen, and (if a removal covers it) written
+    /// since.
+    fn visible(&self, i: usize) -> Option<&Acc> {
+        let a = &self.acc[i];
+        if !self.seen[i] {
+            return None;
+        }
+        if self.covered[i] {
+            let empty = match a {
+                Acc::U64(v) => *v == 0,
+                Acc::F64(v) => *v == 0.0,
+                Acc::Hist { buckets, .. } => buckets.iter().all(|b| *b == 0),
+                Acc::Gauge { .. } | Acc::Summary { .. } => false,
+            };
+            if empty {
                 return None;
             }
-            if self.covered[i] {
-                let empty = match a {
-                    Acc::U64(v) => *v == 0,
-                    Acc::F64(v) => *v == 0.0,
-                    Acc::Hist { buckets, .. } => buckets.iter().all(|b| *b == 0),
-                    Acc::Gauge { .. } | Acc::Summary { .. } => false,
-                };
-                if empty {
-                    return None;
-                }
-            }
-            Some((self.keys.key(i), a))
-        })
+        }
+        Some(a)
     }
 
-    fn out(&self) -> FamilyOut {
+    fn out(&mut self) -> FamilyOut {
         let mut label_names = self.desc.labels.clone();
         if self.desc.ty == MetricType::Gauge && self.desc.mode.per_process() {
             label_names.push("pid".into());
+        }
+        self.keys.sort();
+        let mut series = Vec::with_capacity(self.acc.len());
+        for &i in self.keys.sorted() {
+            if let Some(a) = self.visible(i as usize) {
+                series.push((Arc::clone(self.keys.key(i as usize)), a.clone()));
+            }
         }
         FamilyOut {
             name: self.desc.name.clone(),
@@ -961,7 +978,8 @@ impl IndexFamily {
             mode: self.desc.mode,
             label_names,
             buckets: self.desc.buckets.clone(),
-            series: self.visible().map(|(k, a)| (Arc::clone(k), a.clone())).collect(),
+            series,
+            sorted: true,
         }
     }
 }
@@ -976,6 +994,8 @@ pub(crate) struct FamilyOut {
     pub label_names: Vec<String>,
     pub buckets: Vec<f64>,
     pub series: Vec<(Arc<[Box<str>]>, Acc)>,
+    /// Whether `series` is in label order already.
+    pub sorted: bool,
 }
 
 impl FamilyOut {
@@ -994,7 +1014,9 @@ impl FamilyOut {
                 },
             })
             .collect();
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        if !self.sorted {
+            series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
         MergedFamily {
             name: self.name,
             help: self.help,
@@ -1063,6 +1085,7 @@ impl FamilyOut {
                 None => {
                     at.insert(Arc::clone(&key), self.series.len());
                     self.series.push((key, acc));
+                    self.sorted = false;
                 }
             }
         }

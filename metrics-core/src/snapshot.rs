@@ -304,6 +304,8 @@ fn write_summary(out: &mut String, fam: &MergedFamily) {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // (name, value) pairs of one series, reused from series to series.
+        let mut labels: Vec<(&str, &str)> = Vec::new();
         for fam in &self.families {
             let help = escape_help(&fam.help);
             if fam.metric_type == MetricType::Summary {
@@ -316,34 +318,14 @@ impl Collector for Snapshot {
                             continue;
                         };
                         let v = Value::Gauge(if count { c } else { sum });
-                        let labels: Vec<(&str, &str)> = fam
-                            .label_names
-                            .iter()
-                            .map(String::as_str)
-                            .zip(s.labels.iter().map(|v| &**v))
-                            .collect();
-                        if labels.is_empty() {
-                            encode_value(&mut metric, &v, &[])?;
-                        } else {
-                            encode_value(&mut metric.encode_family(&labels)?, &v, &[])?;
-                        }
+                        encode_series(&mut metric, &mut labels, fam, s, &v)?;
                     }
                 }
                 continue;
             }
             let mut metric = encoder.encode_descriptor(&fam.name, &help, None, pc_type(fam.metric_type))?;
             for s in &fam.series {
-                let labels: Vec<(&str, &str)> = fam
-                    .label_names
-                    .iter()
-                    .map(String::as_str)
-                    .zip(s.labels.iter().map(|v| &**v))
-                    .collect();
-                if labels.is_empty() {
-                    encode_value(&mut metric, &s.value, &fam.buckets)?;
-                } else {
-                    encode_value(&mut metric.encode_family(&labels)?, &s.value, &fam.buckets)?;
-                }
+                encode_series(&mut metric, &mut labels, fam, s, &s.value)?;
             }
         }
         if self.self_metrics {
@@ -353,6 +335,33 @@ impl Collector for Snapshot {
     }
 }
 
+/// Encodes `value` as series `s` of `fam`; `labels` is scratch space.
+fn encode_series<'a>(
+    metric: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    labels: &mut Vec<(&'a str, &'a str)>,
+    fam: &'a MergedFamily,
+    s: &'a MergedSeries,
+    value: &Value,
+) -> Result<(), std::fmt::Error> {
+    if fam.label_names.is_empty() {
+        return encode_value(metric, value, &fam.buckets);
+    }
+    labels.clear();
+    labels.extend(
+        fam.label_names
+            .iter()
+            .map(String::as_str)
+            .zip(s.labels.iter().map(|v| &**v)),
+    );
+    encode_value(&mut metric.encode_family(labels)?, value, &fam.buckets)
+}
+
+/// `v` as an integer if it is one exactly (written without a fraction, and faster).
+fn whole(v: f64) -> Option<i64> {
+    const EXACT: f64 = (1u64 << 53) as f64;
+    (v.fract() == 0.0 && v.abs() < EXACT).then_some(v as i64)
+}
+
 fn encode_value(
     series: &mut prometheus_client::encoding::MetricEncoder<'_>,
     value: &Value,
@@ -360,8 +369,14 @@ fn encode_value(
 ) -> Result<(), std::fmt::Error> {
     match value {
         Value::Counter(v) => series.encode_counter::<NoLabelSet, _, u64>(v, None),
-        Value::CounterF64(v) => series.encode_counter::<NoLabelSet, _, f64>(v, None),
-        Value::Gauge(v) => series.encode_gauge(v),
+        Value::CounterF64(v) => match whole(*v) {
+            Some(i) if i >= 0 => series.encode_counter::<NoLabelSet, _, u64>(&(i as u64), None),
+            _ => series.encode_counter::<NoLabelSet, _, f64>(v, None),
+        },
+        Value::Gauge(v) => match whole(*v) {
+            Some(i) => series.encode_gauge(&i),
+            None => series.encode_gauge(v),
+        },
         Value::Histogram(h) => {
             let pairs: Vec<(f64, u64)> = bounds.iter().copied().zip(h.buckets.iter().copied()).collect();
             series.encode_histogram::<NoLabelSet>(h.sum, h.count(), &pairs, None)

@@ -507,3 +507,57 @@ fn damaged_python_files_never_panic() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// A reader kept between scrapes (as a store's is) follows appended entries, files
+/// rewritten in place, new and deleted files, and processes coming and going.
+#[test]
+fn warm_reader_follows_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("counter_1.db");
+    let a = r#"["jobs", "jobs_total", {"q": "a"}, "Jobs"]"#;
+    let b = r#"["jobs", "jobs_total", {"q": "b"}, "Jobs"]"#;
+    let get = |r: &mut Reader, q: &str| match r.snapshot().unwrap().get("jobs", &[("q", q)]) {
+        Some(shmetrics_core::Value::CounterF64(v)) => Some(*v),
+        _ => None,
+    };
+    let mut reader = Reader::new(dir.path()).unwrap();
+    std::fs::write(&path, py_file(&[(a, 1.0)])).unwrap();
+    assert_eq!(get(&mut reader, "a"), Some(1.0));
+    // A value changes and an entry is appended (same inode, as Python's mmap writes).
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(&py_file(&[(a, 2.0), (b, 5.0)])).unwrap();
+    drop(f);
+    assert_eq!(get(&mut reader, "a"), Some(2.0));
+    assert_eq!(get(&mut reader, "b"), Some(5.0));
+    // Rewritten in place with other keys at the same offsets.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(&py_file(&[(b, 7.0), (a, 3.0)])).unwrap();
+    drop(f);
+    assert_eq!(get(&mut reader, "a"), Some(3.0));
+    assert_eq!(get(&mut reader, "b"), Some(7.0));
+    // Another process, then the file deleted: its family goes.
+    std::fs::write(dir.path().join("counter_2.db"), py_file(&[(a, 10.0)])).unwrap();
+    assert_eq!(get(&mut reader, "a"), Some(13.0));
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(get(&mut reader, "a"), Some(10.0));
+    assert_eq!(get(&mut reader, "b"), None);
+    std::fs::remove_file(dir.path().join("counter_2.db")).unwrap();
+    assert!(reader.snapshot().unwrap().family("jobs").is_none());
+    // Per-process gauges of 500 short-lived processes, 3 alive at a time: only the live
+    // ones show, whatever came before.
+    let g = r#"["temp", "temp", {}, "T"]"#;
+    for pid in 0..500u32 {
+        std::fs::write(
+            dir.path().join(format!("gauge_liveall_{pid}.db")),
+            py_file(&[(g, pid as f64)]),
+        )
+        .unwrap();
+        if pid >= 3 {
+            std::fs::remove_file(dir.path().join(format!("gauge_liveall_{}.db", pid - 3))).unwrap();
+        }
+        let s = reader.snapshot().unwrap();
+        let fam = s.family("temp").unwrap();
+        assert_eq!(fam.series.len(), (pid as usize + 1).min(3));
+        assert_eq!(s.gauge("temp", &[("pid", &pid.to_string())]), Some(pid as f64));
+    }
+}

@@ -95,7 +95,7 @@ fn two_workers() -> Result<(), Failed> {
         r#"http_requests_total{method="POST",path="/orders",status="201"} 50"#,
         r#"http_requests_total{method="GET",path="unmatched",status="404"} 60"#,
         r#"http_request_duration_seconds_count{method="GET",path="unmatched"} 60"#,
-        "http_requests_in_flight 0.0",
+        "http_requests_in_flight 0",
     ] {
         if !la.iter().any(|l| l == want) {
             return Err(format!("missing {want:?} in\n{}", la.join("\n")).into());
