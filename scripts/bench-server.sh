@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Whole-server throughput of the 2-worker examples, metrics on vs off, under wrk on
-# loopback: requests per second and p99 latency of GET /users/42. Rounds alternate on and
-# off (the machine is shared and noisy); the medians and their ratio are printed.
+# loopback: requests per second, p99 latency of GET /users/42, and the workers' CPU time
+# per request (user + system, from /proc: steadier than requests per second when wrk and
+# the workers share two cores). Rounds alternate on and off (the machine is shared and
+# noisy); the medians and their ratios are printed.
 #
 #   scripts/bench-server.sh [rounds (3)] [seconds per run (10)]
 set -euo pipefail
@@ -15,20 +17,36 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-run() { # example mode -> "rps p99_ms"
-  local example=$1 mode=$2 flag="" pid
+cpu_ticks() { # pids... -> utime + stime of all, in clock ticks
+  local total=0 pid f
+  for pid in "$@"; do
+    read -r -a f <"/proc/$pid/stat"
+    total=$((total + f[13] + f[14]))
+  done
+  echo "$total"
+}
+
+run() { # example mode -> "rps p99_ms cpu_us_per_request"
+  local example=$1 mode=$2 flag="" pid workers before after
   [ "$mode" = off ] && flag=--no-metrics
   PROMETHEUS_MULTIPROC_DIR="$work/store-$example" RUST_LOG=error \
     "target/release/examples/$example" --workers 2 --port "$port" $flag &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.05; done
   wrk -t2 -c32 -d2s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
+  workers=$(pgrep -P "$pid" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $workers)
   wrk -t2 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/users/42" >"$work/wrk.txt"
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $workers)
   kill -TERM "$pid"; wait "$pid" || true
-  local rps p99
+  local rps p99 requests cpu
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$work/wrk.txt")
-  echo "$rps $p99"
+  requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+  cpu=$(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $requests:.2f}')")
+  echo "$rps $p99 $cpu"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -38,12 +56,14 @@ for example in axum_workers actix_workers; do
   for r in $(seq "$rounds"); do
     for mode in on off; do
       out=$(run "$example" "$mode")
-      echo "$example round $r metrics $mode: $out (requests/s, p99 ms)"
+      echo "$example round $r metrics $mode: $out (requests/s, p99 ms, worker CPU us/request)"
       echo "$out" >>"$work/$mode"
     done
   done
-  on_rps=$(cut -d' ' -f1 "$work/on" | median); off_rps=$(cut -d' ' -f1 "$work/off" | median)
-  on_p99=$(cut -d' ' -f2 "$work/on" | median); off_p99=$(cut -d' ' -f2 "$work/off" | median)
+  col() { cut -d' ' -f"$1" "$work/$2" | median; }
+  on_rps=$(col 1 on); off_rps=$(col 1 off); on_p99=$(col 2 on); off_p99=$(col 2 off)
+  on_cpu=$(col 3 on); off_cpu=$(col 3 off)
   ratio=$(python3 -c "print(f'{$on_rps / $off_rps * 100:.1f}')")
-  echo "$example: median requests/s on $on_rps, off $off_rps (on/off $ratio %); median p99 on ${on_p99} ms, off ${off_p99} ms"
+  cpu_ratio=$(python3 -c "print(f'{$off_cpu / $on_cpu * 100:.1f}')")
+  echo "$example: median requests/s on $on_rps, off $off_rps (on/off $ratio %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %)"
 done

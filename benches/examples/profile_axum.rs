@@ -1,38 +1,12 @@
 //! Drives N requests through an axum router (bare or with the metrics layer), for
 //! profilers: `valgrind --tool=callgrind target/release/examples/profile_axum [bare|noop|layer] [N]`.
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use axum::Router;
+use shmetrics_core::testing::CountingAllocator;
 
-/// Counts allocations; with TRACE set, prints a backtrace of each.
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static TRACE: AtomicBool = AtomicBool::new(false);
-
-// SAFETY: forwards to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        if TRACE.swap(false, Ordering::Relaxed) {
-            eprintln!(
-                "alloc {} bytes:\n{}",
-                l.size(),
-                std::backtrace::Backtrace::force_capture()
-            );
-            TRACE.store(true, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
+/// Counts allocations; with TRACE set, prints a backtrace of each in the last request.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static ALLOC: CountingAllocator = CountingAllocator::new();
+
 use axum::body::Body;
 use tower::ServiceExt;
 
@@ -57,17 +31,14 @@ fn main() {
     rt.block_on(async {
         for i in 0..n {
             if i == n - 1 {
-                ALLOCS.store(0, Ordering::Relaxed);
-                TRACE.store(std::env::var_os("TRACE").is_some(), Ordering::Relaxed);
+                ALLOC.reset(std::env::var_os("TRACE").is_some());
             }
             let req = http::Request::get("/users/42").body(Body::empty()).unwrap();
             let res = app.clone().oneshot(req).await.unwrap();
             axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
         }
-        TRACE.store(false, Ordering::Relaxed);
-        eprintln!(
-            "{mode}: {} allocations in the last request",
-            ALLOCS.load(Ordering::Relaxed)
-        );
+        let n = ALLOC.count();
+        ALLOC.reset(false);
+        eprintln!("{mode}: {n} allocations in the last request");
     });
 }

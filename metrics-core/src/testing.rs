@@ -252,3 +252,69 @@ impl RawMmapCounter {
         a.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// A global allocator that counts allocations (and, while tracing is on, prints a
+/// backtrace of each): for profiling examples that look for allocations per request.
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOC: shmetrics_core::testing::CountingAllocator = shmetrics_core::testing::CountingAllocator::new();
+/// ```
+#[derive(Debug)]
+pub struct CountingAllocator {
+    count: std::sync::atomic::AtomicUsize,
+    trace: std::sync::atomic::AtomicBool,
+}
+
+impl CountingAllocator {
+    /// A counter at zero, not tracing.
+    pub const fn new() -> Self {
+        CountingAllocator {
+            count: std::sync::atomic::AtomicUsize::new(0),
+            trace: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Allocations since the last reset.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resets the count to zero and turns backtraces on or off.
+    pub fn reset(&self, trace: bool) {
+        self.count.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.trace.store(trace, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Default for CountingAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds the
+// `GlobalAlloc` contract; the bookkeeping only touches atomics. While a backtrace is
+// printed (which allocates), tracing is switched off so the allocator does not recurse
+// into itself.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if self.trace.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "alloc {} bytes:\n{}",
+                layout.size(),
+                std::backtrace::Backtrace::force_capture()
+            );
+            self.trace.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's guarantees for `layout` are those `System.alloc` needs.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from `alloc` above, i.e. from `System`, with this `layout`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
