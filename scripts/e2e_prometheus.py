@@ -15,7 +15,8 @@ The rule for requests in flight at the kill: a request the killed worker was han
 gets no response (the client sees the connection reset) and is not counted either, because
 a request is recorded when its response body has been handed to the server, which a
 killed handler never does. So received == counted, route by route; the requests that failed
-are reported apart (they are the /slow requests the killed worker was sleeping in).
+are reported apart: they are exactly the /slow requests the killed worker held at the kill
+(read from /proc: its established connections from the slow clients' ports).
 """
 
 import argparse
@@ -46,10 +47,14 @@ def free_port():
     return port
 
 
-def request(port, method, path, timeout=20):
-    """Status of one request on a fresh connection, or None if it got no response."""
+def request(port, method, path, timeout=20, ports=None):
+    """Status of one request on a fresh connection, or None if it got no response. The
+    connection's local port is added to `ports` when given."""
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        if ports is not None:
+            c.connect()
+            ports.add(c.sock.getsockname()[1])
         c.request(method, path, headers={"Connection": "close", "Content-Length": "0"})
         r = c.getresponse()
         r.read()
@@ -65,6 +70,36 @@ def children(pid):
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
+
+
+def established(pid, port, peers):
+    """How many established TCP connections to local `port` from one of the local ports
+    `peers` the process `pid` holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                    if (state == "01" and int(local.rsplit(":", 1)[1], 16) == port
+                            and int(remote.rsplit(":", 1)[1], 16) in peers):
+                        inodes.add(inode)
+        except OSError:
+            pass
+    held = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+    except OSError:
+        pass
+    return held
 
 
 def wait(what, ok, timeout=30, step=0.1):
@@ -120,8 +155,8 @@ def main():
     errors = collections.Counter()    # route -> requests without a response
     lock = threading.Lock()
 
-    def send(method, path, route):
-        status = request(app_port, method, path)
+    def send(method, path, route, ports=None):
+        status = request(app_port, method, path, ports=ports)
         with lock:
             if status is None:
                 errors[route] += 1
@@ -187,14 +222,24 @@ scrape_configs:
             half = len(plan) // 2
             batch(plan[:half])
 
-            # Midway: requests in flight on every worker, then SIGKILL one worker.
-            slow = [threading.Thread(target=send, args=("GET", "/slow?ms=3000", "/slow")) for _ in range(12)]
+            # Midway: slow requests in flight, then SIGKILL a worker that holds some of them
+            # (one accept queue: which worker took which connection is the kernel's choice, so
+            # ask /proc which worker holds established connections to the port).
+            slow_ports = set()
+            slow = [threading.Thread(target=send, args=("GET", "/slow?ms=3000", "/slow", slow_ports))
+                    for _ in range(12)]
             for t in slow:
                 t.start()
-            time.sleep(0.7)
-            victim = children(server.pid)[0]
+
+            def busiest():
+                held = {w: established(w, app_port, set(slow_ports)) for w in children(server.pid)}
+                w = max(held, key=held.get, default=None)
+                return w if w is not None and held[w] > 0 else None
+            victim = wait("a worker holding a slow request", busiest, timeout=2, step=0.05)
+            time.sleep(0.3)
+            held = established(victim, app_port, set(slow_ports))
             os.kill(victim, signal.SIGKILL)
-            print(f"{name}: killed worker {victim} with SIGKILL")
+            print(f"{name}: killed worker {victim} with SIGKILL, holding {held} of the slow requests")
             wait("the restarted worker",
                  lambda: len(children(server.pid)) == args.workers and victim not in children(server.pid))
             batch(plan[half:])
@@ -219,8 +264,8 @@ scrape_configs:
             print(f"{name}: requests without a response (in flight on the killed worker): {dict(errors)}")
             if set(errors) - {"/slow"}:
                 failures.append(f"requests other than /slow failed: {dict(errors)}")
-            if sum(errors.values()) == 0:
-                failures.append("no request was in flight on the killed worker: the kill did not test anything")
+            if sum(errors.values()) != held:
+                failures.append(f"the killed worker held {held} requests, but {sum(errors.values())} got no response")
 
             resets = p.query('sum(resets(http_requests_total{job="api"}[10m]))')
             if resets and float(resets[0]["value"][1]) != 0:
