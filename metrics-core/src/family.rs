@@ -122,10 +122,11 @@ impl<M: Metric> FamilyCore<M> {
     }
 
     fn hash(&self, values: &[&str]) -> u64 {
+        // No separator between values: each write mixes its own length, and a lookup
+        // compares the values themselves; the hash only has to spread.
         let mut h = self.hasher.build_hasher();
         for v in values {
             std::hash::Hasher::write(&mut h, v.as_bytes());
-            std::hash::Hasher::write_u8(&mut h, 0xff);
         }
         std::hash::Hasher::finish(&h)
     }
