@@ -244,51 +244,21 @@ fn i32_at(region: &Region, at: usize) -> Option<i32> {
     Some(i32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
 }
 
-/// Whether the entry at `pos` (8-aligned) still holds `key`: its length and first 4
-/// bytes, then 8 key bytes per word (the last word only on the key's bytes: padding
-/// follows).
-fn entry_holds(region: &Region, pos: usize, key: &[u8]) -> bool {
-    let Ok(len) = i32::try_from(key.len()) else {
+/// Whether the entry whose key bytes are at `key` in `data` (a copy of the file) still
+/// holds `bytes`: its length word and every byte of the key.
+fn entry_holds(data: &[u8], key: &std::ops::Range<usize>, bytes: &[u8]) -> bool {
+    let Ok(len) = i32::try_from(bytes.len()) else {
         return false;
     };
-    let word = |at: usize| region.word(at).map(|w| w.load(Ordering::Relaxed));
-    // First word: length, then up to 4 key bytes.
-    let head = key.len().min(4);
-    let mut first = [0u8; 8];
-    first[..4].copy_from_slice(&len.to_ne_bytes());
-    first[4..4 + head].copy_from_slice(&key[..head]);
-    if !word(pos).is_some_and(|w| masked_eq(w, u64::from_ne_bytes(first), 4 + head)) {
-        return false;
-    }
-    let rest = &key[head..];
-    let mut chunks = rest.chunks_exact(8);
-    let mut at = pos + 8;
-    for c in &mut chunks {
-        let want = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        if word(at) != Some(want) {
-            return false;
-        }
-        at += 8;
-    }
-    let tail = chunks.remainder();
-    if tail.is_empty() {
-        return true;
-    }
-    let mut last = [0u8; 8];
-    last[..tail.len()].copy_from_slice(tail);
-    word(at).is_some_and(|w| masked_eq(w, u64::from_ne_bytes(last), tail.len()))
+    key.start >= 4
+        && data.get(key.start - 4..key.start) == Some(&len.to_ne_bytes()[..])
+        && data.get(key.clone()) == Some(bytes)
 }
 
-/// Whether the first `n` bytes (in memory order) of two words are equal.
-fn masked_eq(a: u64, b: u64, n: usize) -> bool {
-    let x = (a ^ b).to_ne_bytes();
-    x[..n].iter().all(|&d| d == 0)
-}
-
-fn f64_at(region: &Region, at: usize) -> f64 {
-    region
-        .word(at)
-        .map_or(0.0, |w| f64::from_bits(w.load(Ordering::Relaxed)))
+/// The native-endian `f64` at byte `at` (8-aligned) of `data`.
+fn f64_in(data: &[u8], at: usize) -> f64 {
+    data.get(at..at + 8)
+        .map_or(0.0, |b| f64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
 }
 
 impl PyFile {
@@ -373,16 +343,23 @@ impl PyFile {
         scratch: &mut Vec<u64>,
         walk: &mut Vec<Walked>,
     ) -> Result<(), Corrupt> {
+        scratch.clear();
         let Some(region) = &self.region else {
             self.forget_entries();
             return Ok(());
         };
+        // One copy of the used bytes per scrape (relaxed word loads: Python writes values
+        // at any time): keys are checked and values read from it.
+        if !region.copy_words(0, used.div_ceil(8), scratch) {
+            return Err(corrupt!("used length {used} is past the mapped file"));
+        }
+        let data = &bytemuck::cast_slice::<u64, u8>(scratch)[..used];
         // Python only appends; a file whose known entries changed was rewritten: start over.
         let unchanged = used >= self.parsed_to
             && self
                 .entries
                 .iter()
-                .all(|e| entry_holds(region, e.key.start - 4, &keys.infos[e.key_id as usize].bytes));
+                .all(|e| entry_holds(data, &e.key, &keys.infos[e.key_id as usize].bytes));
         if !unchanged {
             self.entries.clear();
             self.parsed_to = 0;
@@ -391,11 +368,6 @@ impl PyFile {
         if used == 0 || used == self.parsed_to {
             return Ok(());
         }
-        scratch.clear();
-        if !region.copy_words(0, used.div_ceil(8), scratch) {
-            return Err(corrupt!("used length {used} is past the mapped file"));
-        }
-        let data = &bytemuck::cast_slice::<u64, u8>(scratch)[..used];
         let start = self.parsed_to.max(8);
         match self.value_bytes {
             0 => {
@@ -768,6 +740,8 @@ impl PyReader {
             stats.python_files += 1;
             let Some(region) = &f.region else { continue };
             stats.mapped_bytes += region.accessible() as u64;
+            // `update` left the file's used bytes in `scratch`.
+            let data = bytemuck::cast_slice::<u64, u8>(scratch);
             let has_ts = f.value_bytes == 16;
             for e in &mut f.entries {
                 let key = &keys.infos[e.key_id as usize];
@@ -778,9 +752,9 @@ impl PyReader {
                     }
                 }
                 let Ok(sample) = &key.sample else { continue };
-                let value = f64_at(region, e.value_at);
+                let value = f64_in(data, e.value_at);
                 let ts = if has_ts {
-                    f64_at(region, e.value_at + 8)
+                    f64_in(data, e.value_at + 8)
                 } else {
                     0.0
                 };

@@ -90,15 +90,20 @@ impl Region {
             return false;
         }
         out.reserve(n);
+        let start = out.len();
         // SAFETY: `[off, end)` is inside the accessible range (checked above), 8-aligned,
         // backed by the file and mapped for the lifetime of `&self`; every word is read
         // with an atomic load, as other processes write them.
         let base = unsafe { self.map.as_mut_ptr().add(off).cast::<u64>() };
-        for i in 0..n {
+        // Straight into the spare capacity: no per-word length update, no zeroing first.
+        for (i, slot) in out.spare_capacity_mut()[..n].iter_mut().enumerate() {
             // SAFETY: as above; `i < n` keeps the word inside the checked range.
             let w = unsafe { AtomicU64::from_ptr(base.add(i)) };
-            out.push(w.load(Ordering::Relaxed));
+            slot.write(w.load(Ordering::Relaxed));
         }
+        // SAFETY: `reserve(n)` made room for `n` more words, and the loop initialised
+        // exactly the first `n` of the spare capacity.
+        unsafe { out.set_len(start + n) };
         true
     }
 }
