@@ -73,17 +73,24 @@ fn axum(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let bare: Router = Router::new().route("/users/{id}", get(|| async { "user" }));
-    let ours = bare
-        .clone()
-        .layer(shmetrics_tower::MetricsLayer::new(&store).unwrap());
+    // As `axum::serve` runs a router: it calls `with_state(())` for every connection,
+    // which builds each route's (layered) service once. A router called as a service
+    // without it rebuilds every layered handler service on each request.
+    let serve = |r: Router| r.with_state::<()>(());
+    let routes: Router = Router::new().route("/users/{id}", get(|| async { "user" }));
+    let bare = serve(routes.clone());
+    let ours = serve(
+        routes
+            .clone()
+            .layer(shmetrics_tower::MetricsLayer::new(&store).unwrap()),
+    );
     // axum-prometheus spawns an upkeep task: it is built inside the runtime.
     let _entered = rt.enter();
     let (peer_layer, _handle) = axum_prometheus::PrometheusMetricLayer::pair();
-    let peer = bare.clone().layer(peer_layer);
+    let peer = serve(routes.clone().layer(peer_layer));
 
     // The floor of any layer that wraps the body, in axum (see shmetrics_benches::noop).
-    let noop = bare.clone().layer(shmetrics_benches::noop::NoopLayer);
+    let noop = serve(routes.clone().layer(shmetrics_benches::noop::NoopLayer));
 
     let send = |app: &Router| {
         let app = app.clone();
@@ -108,7 +115,7 @@ fn axum(c: &mut Criterion) {
     use tower::Layer;
     let outside = shmetrics_tower::MetricsLayer::new(&store)
         .unwrap()
-        .layer(bare.clone().layer(shmetrics_tower::RouteLayer));
+        .layer(serve(routes.clone().layer(shmetrics_tower::RouteLayer)));
     let noop_outside = shmetrics_benches::noop::NoopLayer.layer(bare.clone());
     g.bench_function("noop_layer_outside_router", |b| {
         b.iter_custom(|n| paired(n, || send_any(&rt, &bare), || send_any(&rt, &noop_outside)))

@@ -28,6 +28,8 @@ fn main() {
         "noop" => app = app.layer(shmetrics_benches::noop::NoopLayer),
         _ => {}
     }
+    // As `axum::serve` does for every connection: the routes' services are built once.
+    let app: Router = app.with_state(());
     rt.block_on(async {
         for i in 0..n {
             if i == n - 1 {
