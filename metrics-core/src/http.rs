@@ -31,7 +31,7 @@
 //! # Ok::<(), shmetrics_core::Error>(())
 //! ```
 
-use quanta::Instant;
+use quanta::Clock;
 use std::io::Write;
 use std::sync::{Arc, LazyLock};
 
@@ -238,6 +238,7 @@ impl HttpMetricsBuilder {
                 status_class: self.status_class,
                 exclude: self.exclude,
                 unmatched: self.unmatched.into(),
+                clock: Clock::new(),
             }),
         })
     }
@@ -415,6 +416,9 @@ struct Inner {
     status_class: bool,
     exclude: Vec<String>,
     unmatched: Arc<str>,
+    /// Request latency: raw TSC reads (no thread-local lookup, no scaling per read),
+    /// converted once per request.
+    clock: Clock,
 }
 
 impl Inner {
@@ -495,7 +499,7 @@ impl HttpMetrics {
         self.inner.in_flight.inc();
         RequestTracker {
             metrics: Arc::clone(&self.inner),
-            started: Instant::now(),
+            started: self.inner.clock.raw(),
             entry: None,
             route: None,
             status: None,
@@ -511,7 +515,8 @@ impl HttpMetrics {
 /// goes away mid-response is still recorded; it is also the in-flight drop guard.
 pub struct RequestTracker {
     metrics: Arc<Inner>,
-    started: Instant,
+    /// Raw reading of `metrics.clock` at the start.
+    started: u64,
     /// The route's cached handles, once the route is known (owned by `metrics`).
     entry: Option<std::ptr::NonNull<RouteEntry>>,
     /// The route, when it had no cache entry.
@@ -535,7 +540,7 @@ impl std::fmt::Debug for RequestTracker {
             .field("method", &METHODS[usize::from(self.method)])
             .field("route", &self.route_str())
             .field("status", &self.status)
-            .field("elapsed", &self.started.elapsed())
+            .field("elapsed", &self.elapsed())
             .finish()
     }
 }
@@ -555,6 +560,11 @@ impl RequestTracker {
                 self.route = Some(route.into());
             }
         }
+    }
+
+    fn elapsed(&self) -> std::time::Duration {
+        let clock = &self.metrics.clock;
+        clock.delta(self.started, clock.raw())
     }
 
     /// Whether a route was set.
@@ -605,7 +615,7 @@ impl RequestTracker {
         if self.done {
             return;
         }
-        let elapsed = self.started.elapsed();
+        let elapsed = self.elapsed();
         if let Some(r) = route {
             self.set_route(r);
         }
