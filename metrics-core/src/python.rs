@@ -257,8 +257,9 @@ fn entry_holds(data: &[u8], key: &std::ops::Range<usize>, bytes: &[u8]) -> bool 
 
 /// The native-endian `f64` at byte `at` (8-aligned) of `data`.
 fn f64_in(data: &[u8], at: usize) -> f64 {
-    data.get(at..at + 8)
-        .map_or(0.0, |b| f64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    data.get(at..at + 8).map_or(0.0, |b| {
+        f64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    })
 }
 
 impl PyFile {
@@ -753,11 +754,7 @@ impl PyReader {
                 }
                 let Ok(sample) = &key.sample else { continue };
                 let value = f64_in(data, e.value_at);
-                let ts = if has_ts {
-                    f64_in(data, e.value_at + 8)
-                } else {
-                    0.0
-                };
+                let ts = if has_ts { f64_in(data, e.value_at + 8) } else { 0.0 };
                 fams.list[e.slot.family as usize].add(e.slot.series as usize, sample, value, ts);
             }
         }

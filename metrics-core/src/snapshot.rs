@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, text};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet, text,
+};
 use prometheus_client::metrics::MetricType as PcMetricType;
 use prometheus_client::registry::Registry;
 
@@ -304,8 +306,6 @@ fn write_summary(out: &mut String, fam: &MergedFamily) {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // (name, value) pairs of one series, reused from series to series.
-        let mut labels: Vec<(&str, &str)> = Vec::new();
         for fam in &self.families {
             let help = escape_help(&fam.help);
             if fam.metric_type == MetricType::Summary {
@@ -318,14 +318,14 @@ impl Collector for Snapshot {
                             continue;
                         };
                         let v = Value::Gauge(if count { c } else { sum });
-                        encode_series(&mut metric, &mut labels, fam, s, &v)?;
+                        encode_series(&mut metric, fam, s, &v)?;
                     }
                 }
                 continue;
             }
             let mut metric = encoder.encode_descriptor(&fam.name, &help, None, pc_type(fam.metric_type))?;
             for s in &fam.series {
-                encode_series(&mut metric, &mut labels, fam, s, &s.value)?;
+                encode_series(&mut metric, fam, s, &s.value)?;
             }
         }
         if self.self_metrics {
@@ -335,25 +335,37 @@ impl Collector for Snapshot {
     }
 }
 
-/// Encodes `value` as series `s` of `fam`; `labels` is scratch space.
-fn encode_series<'a>(
+/// Encodes `value` as series `s` of `fam`.
+fn encode_series(
     metric: &mut prometheus_client::encoding::MetricEncoder<'_>,
-    labels: &mut Vec<(&'a str, &'a str)>,
-    fam: &'a MergedFamily,
-    s: &'a MergedSeries,
+    fam: &MergedFamily,
+    s: &MergedSeries,
     value: &Value,
 ) -> Result<(), std::fmt::Error> {
     if fam.label_names.is_empty() {
         return encode_value(metric, value, &fam.buckets);
     }
-    labels.clear();
-    labels.extend(
-        fam.label_names
-            .iter()
-            .map(String::as_str)
-            .zip(s.labels.iter().map(|v| &**v)),
-    );
-    encode_value(&mut metric.encode_family(labels)?, value, &fam.buckets)
+    let labels = SeriesLabels {
+        names: &fam.label_names,
+        values: &s.labels,
+    };
+    encode_value(&mut metric.encode_family(&labels)?, value, &fam.buckets)
+}
+
+/// The labels of one series: the family's names with the series' values, encoded
+/// pair by pair without collecting them first.
+struct SeriesLabels<'a> {
+    names: &'a [String],
+    values: &'a [Box<str>],
+}
+
+impl EncodeLabelSet for SeriesLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        for (name, value) in self.names.iter().zip(self.values.iter()) {
+            (name.as_str(), &**value).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 /// `v` as an integer if it is one exactly (written without a fraction, and faster).
