@@ -2,8 +2,8 @@
 # Whole-server throughput of the 2-worker examples, metrics on vs off, under wrk on
 # loopback: requests per second, p99 latency of GET /users/42, and the workers' CPU time
 # per request (user + system, from /proc: steadier than requests per second when wrk and
-# the workers share two cores). Rounds alternate on and off (the machine is shared and
-# noisy); the medians and their ratios are printed.
+# the workers share two cores). Each round runs both modes back to back, in alternating
+# order (the machine is shared and noisy); the medians and their ratios are printed.
 #
 #   scripts/bench-server.sh [rounds (3)] [seconds per run (10)]
 set -euo pipefail
@@ -54,7 +54,10 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 for example in axum_workers actix_workers; do
   : >"$work/on"; : >"$work/off"
   for r in $(seq "$rounds"); do
-    for mode in on off; do
+    # ABBA: the order alternates, so a drift within a round (another tenant, the page
+    # cache, the clock) does not always favour the same mode.
+    order="on off"; [ $((r % 2)) -eq 0 ] && order="off on"
+    for mode in $order; do
       out=$(run "$example" "$mode")
       echo "$example round $r metrics $mode: $out (requests/s, p99 ms, worker CPU us/request)"
       echo "$out" >>"$work/$mode"
@@ -64,6 +67,8 @@ for example in axum_workers actix_workers; do
   on_rps=$(col 1 on); off_rps=$(col 1 off); on_p99=$(col 2 on); off_p99=$(col 2 off)
   on_cpu=$(col 3 on); off_cpu=$(col 3 off)
   ratio=$(python3 -c "print(f'{$on_rps / $off_rps * 100:.1f}')")
+  # The median of the rounds' own on/off ratios (each pair ran back to back).
+  paired=$(paste -d' ' "$work/on" "$work/off" | awk '{print $1 / $4 * 100}' | median)
   cpu_ratio=$(python3 -c "print(f'{$off_cpu / $on_cpu * 100:.1f}')")
-  echo "$example: median requests/s on $on_rps, off $off_rps (on/off $ratio %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %)"
+  echo "$example: median requests/s on $on_rps, off $off_rps (on/off $ratio %, per round $(printf '%.1f' "$paired") %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %)"
 done
