@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Whole-server throughput of the 2-worker examples, metrics on vs off, under wrk on
 # loopback: requests per second, p99 latency of GET /users/42, and the workers' CPU time
-# per request (user + system, from /proc: steadier than requests per second when wrk and
-# the workers share two cores). Each round runs both modes back to back, in alternating
-# order (the machine is shared and noisy); the medians and their ratios are printed.
+# per request (user + system, from /proc). The server's two workers share CPU 1 and wrk
+# runs on CPU 0 (taskset, where there are two CPUs). Each round runs both modes back to
+# back, in alternating order (the machine is shared and noisy); the medians and their
+# ratios are printed.
 #
 #   scripts/bench-server.sh [rounds (3)] [seconds per run (10)]
 set -euo pipefail
@@ -12,6 +13,13 @@ rounds=${1:-3}
 secs=${2:-10}
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build -q --release -p shmetrics-examples --example axum_workers --example actix_workers
+
+# The server (both workers) on one CPU, wrk on the other: the scheduler does not move the
+# client and the workers around each other, which is most of the round-to-round noise here.
+server_cpu="" client_cpu=""
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  server_cpu="taskset -c 1" client_cpu="taskset -c 0"
+fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 work=$(mktemp -d)
@@ -30,14 +38,14 @@ run() { # example mode -> "rps p99_ms cpu_us_per_request"
   local example=$1 mode=$2 flag="" pid workers before after
   [ "$mode" = off ] && flag=--no-metrics
   PROMETHEUS_MULTIPROC_DIR="$work/store-$example" RUST_LOG=error \
-    "target/release/examples/$example" --workers 2 --port "$port" $flag &
+    $server_cpu "target/release/examples/$example" --workers 2 --port "$port" $flag &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.05; done
-  wrk -t2 -c32 -d2s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
+  $client_cpu wrk -t1 -c32 -d2s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up
   workers=$(pgrep -P "$pid" | tr '\n' ' ')
   # shellcheck disable=SC2086
   before=$(cpu_ticks $workers)
-  wrk -t2 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/users/42" >"$work/wrk.txt"
+  $client_cpu wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/users/42" >"$work/wrk.txt"
   # shellcheck disable=SC2086
   after=$(cpu_ticks $workers)
   kill -TERM "$pid"; wait "$pid" || true
