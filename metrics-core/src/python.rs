@@ -257,9 +257,9 @@ fn entry_holds(data: &[u8], key: &std::ops::Range<usize>, bytes: &[u8]) -> bool 
 
 /// The native-endian `f64` at byte `at` (8-aligned) of `data`.
 fn f64_in(data: &[u8], at: usize) -> f64 {
-    data.get(at..at + 8).map_or(0.0, |b| {
-        f64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-    })
+    data.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0.0, f64::from_ne_bytes)
 }
 
 impl PyFile {
@@ -336,24 +336,26 @@ impl PyFile {
 
     /// Brings the entry list up to date with the `used` bytes of the file: checks that
     /// the entries already known are still in place, parses the new ones, and looks their
-    /// keys up in (or adds them to) `keys`.
-    fn update(
+    /// keys up in (or adds them to) `keys`. Returns the copy of the used bytes (in
+    /// `scratch`) the values are to be read from.
+    fn update<'s>(
         &mut self,
         used: usize,
         keys: &mut Keys,
-        scratch: &mut Vec<u64>,
+        scratch: &'s mut Vec<u64>,
         walk: &mut Vec<Walked>,
-    ) -> Result<(), Corrupt> {
+    ) -> Result<&'s [u8], Corrupt> {
         scratch.clear();
         let Some(region) = &self.region else {
             self.forget_entries();
-            return Ok(());
+            return Ok(&[]);
         };
         // One copy of the used bytes per scrape (relaxed word loads: Python writes values
         // at any time): keys are checked and values read from it.
         if !region.copy_words(0, used.div_ceil(8), scratch) {
             return Err(corrupt!("used length {used} is past the mapped file"));
         }
+        let scratch: &'s Vec<u64> = scratch;
         let data = &bytemuck::cast_slice::<u64, u8>(scratch)[..used];
         // Python only appends; a file whose known entries changed was rewritten: start over.
         let unchanged = used >= self.parsed_to
@@ -367,7 +369,7 @@ impl PyFile {
             self.value_bytes = 0;
         }
         if used == 0 || used == self.parsed_to {
-            return Ok(());
+            return Ok(data);
         }
         let start = self.parsed_to.max(8);
         match self.value_bytes {
@@ -398,7 +400,7 @@ impl PyFile {
         }
         self.entries.extend(new);
         self.parsed_to = used;
-        Ok(())
+        Ok(data)
     }
 }
 
@@ -717,11 +719,15 @@ impl PyReader {
             logged,
         } = self;
         for f in files.values_mut() {
+            let mut data: &[u8] = &[];
             if f.corrupt.is_none() {
-                if let Err(c) = f.used().and_then(|used| f.update(used, keys, scratch, walk)) {
-                    f.corrupt = Some(c.0);
-                    f.region = None;
-                    f.forget_entries();
+                match f.used().and_then(|used| f.update(used, keys, scratch, walk)) {
+                    Ok(d) => data = d,
+                    Err(c) => {
+                        f.corrupt = Some(c.0);
+                        f.region = None;
+                        f.forget_entries();
+                    }
                 }
             }
             if let Some(reason) = &f.corrupt {
@@ -741,8 +747,6 @@ impl PyReader {
             stats.python_files += 1;
             let Some(region) = &f.region else { continue };
             stats.mapped_bytes += region.accessible() as u64;
-            // `update` left the file's used bytes in `scratch`.
-            let data = bytemuck::cast_slice::<u64, u8>(scratch);
             let has_ts = f.value_bytes == 16;
             for e in &mut f.entries {
                 let key = &keys.infos[e.key_id as usize];
