@@ -20,16 +20,17 @@
 //! the next compaction deletes them: nothing counted twice. Files of live writers (whose
 //! `flock` is held) are never touched.
 
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
 use crate::format::{self, ERROR_KINDS, HEADER_BYTES};
-use crate::reader::{Acc, Reader};
+use crate::reader::{Acc, FoldPlan, Reader, is_transient};
 use crate::sys;
 use crate::writer::{Config, STORE_EXT, TMP_PREFIX};
 
@@ -59,7 +60,12 @@ pub struct CompactionStats {
 /// The steps a compaction goes through, for the crash tests' hook.
 pub(crate) const STEPS: [&str; 5] = ["locked", "written", "renamed", "unlinked", "done"];
 
-/// Folds dead writers into the accumulator. The caller holds the exclusive directory lock.
+/// Most dead files one round of a compaction holds open (and locked) at once: the rest
+/// wait for the next round. Keeps a compaction within a low `RLIMIT_NOFILE`.
+pub(crate) const FOLD_BATCH: usize = 64;
+
+/// Folds dead writers into the accumulator, in rounds of at most [`FOLD_BATCH`] files.
+/// The caller holds the exclusive directory lock.
 pub(crate) fn compact(
     config: &Config,
     reader: &mut Reader,
@@ -71,48 +77,107 @@ pub(crate) fn compact(
         temporary_removed: remove_stale_temporaries(config),
         ..CompactionStats::default()
     };
-    let view = reader.fold_view()?;
-    let acc_path = config.dir.join(ACCUMULATOR);
-    let to_fold = &view.sources;
-    let leftovers: Vec<PathBuf> = view.leftovers.iter().map(|(p, _)| p.clone()).collect();
-    if to_fold.is_empty() && leftovers.is_empty() {
-        hook(STEPS[4]);
-        return Ok(stats);
+    // Every round folds at least one file, so the number of files to fold at the start
+    // bounds the rounds (files that die meanwhile wait for the next compaction).
+    let mut rounds = 0;
+    let mut bound = None;
+    loop {
+        rounds += 1;
+        let plan = reader.fold_plan()?;
+        let bound = *bound.get_or_insert(plan.sources.len() + 1);
+        if (plan.sources.is_empty() && plan.leftovers.is_empty()) || rounds > bound {
+            break;
+        }
+        let more = fold_round(config, reader, &plan, &mut stats, hook)?;
+        if !more {
+            break;
+        }
     }
+    hook(STEPS[4]);
+    Ok(stats)
+}
+
+/// One round: folds up to [`FOLD_BATCH`] of the plan's sources and deletes them and the
+/// leftovers. Returns whether sources are left for another round.
+fn fold_round(
+    config: &Config,
+    reader: &mut Reader,
+    plan: &FoldPlan,
+    stats: &mut CompactionStats,
+    hook: &dyn Fn(&str),
+) -> Result<bool, Error> {
+    let acc_path = config.dir.join(ACCUMULATOR);
     // Hold each file's lock while folding it: proof that its writer is dead, and no one
     // (a worker taking its slot back) can open it for writing meanwhile.
     let mut held = Vec::new();
-    for (path, _) in to_fold {
-        let f = OpenOptions::new()
+    let mut selected: Vec<(PathBuf, u64)> = Vec::new();
+    for (path, id, ident) in &plan.sources {
+        if held.len() == FOLD_BATCH {
+            break;
+        }
+        let f = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| Error::io("opening", path, e))?;
-        if !sys::try_flock(f.as_raw_fd(), true).map_err(|e| Error::io("locking", path, e))? {
-            // Came back to life (cannot happen without the directory lock): try later.
-            return Ok(stats);
+        {
+            Ok(f) => f,
+            // Out of descriptors: fold what is held now, the rest in the next round.
+            Err(e) if is_transient(&e) && !held.is_empty() => break,
+            Err(e) => return Err(Error::io("opening", path, e)),
+        };
+        // The name must still be the file that was read.
+        if f.metadata().map(|m| (m.dev(), m.ino())).ok() != Some(*ident) {
+            continue;
+        }
+        match sys::try_flock(f.as_raw_fd(), true) {
+            Ok(true) => {}
+            // Came back to life (cannot happen without the directory lock): not folded.
+            Ok(false) => continue,
+            Err(e) => return Err(Error::io("locking", path, e)),
         }
         held.push(f);
+        selected.push((path.clone(), *id));
     }
-    if !to_fold.is_empty() {
-        let mut ids: Vec<u64> = to_fold.iter().map(|(_, id)| *id).collect();
-        ids.extend(view.leftovers.iter().map(|(_, id)| *id));
-        let (words, series) = build_accumulator(config, &view, &ids);
+    let leftovers: Vec<PathBuf> = plan.leftovers.iter().map(|(p, _)| p.clone()).collect();
+    if selected.is_empty() && leftovers.is_empty() {
+        return Ok(false);
+    }
+    if !selected.is_empty() {
+        let ids: HashSet<u64> = selected.iter().map(|(_, id)| *id).collect();
+        let view = reader.fold_view(&ids)?;
+        let mut folded: Vec<u64> = selected.iter().map(|(_, id)| *id).collect();
+        folded.extend(plan.leftovers.iter().map(|(_, id)| *id));
+        let (words, series) = build_accumulator(config, &view, &folded);
         stats.series = series;
         let tmp = config
             .dir
             .join(format!("{TMP_PREFIX}{:016x}{STORE_EXT}", sys::random_u64()));
+        let before = identity(&acc_path);
         write_file(config, &tmp, &words)?;
         hook(STEPS[1]);
+        // Only over the accumulator that was read (or where none was).
+        if before != plan.accumulator || identity(&acc_path) != before {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Directory {
+                path: config.dir.clone(),
+                reason: format!("not compacting: {ACCUMULATOR} changed while it was being folded"),
+                source: None,
+            });
+        }
         std::fs::rename(&tmp, &acc_path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::io("renaming", &tmp, e)
         })?;
         stats.rewritten = true;
-        stats.folded = to_fold.len();
+        stats.folded += selected.len();
         hook(STEPS[2]);
     }
-    for (i, path) in to_fold.iter().map(|(p, _)| p).chain(leftovers.iter()).enumerate() {
+    for (i, path) in selected
+        .iter()
+        .map(|(p, _)| p)
+        .chain(leftovers.iter())
+        .enumerate()
+    {
         match std::fs::remove_file(path) {
             Ok(()) => stats.deleted += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -123,8 +188,12 @@ pub(crate) fn compact(
         }
     }
     drop(held);
-    hook(STEPS[4]);
-    Ok(stats)
+    Ok(selected.len() < plan.sources.len())
+}
+
+/// (device, inode) of the entry `path` (not followed), if there is one.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Writes `words` to a new file at `path`, locked while written, with the store's mode.

@@ -6,12 +6,18 @@
 //!   the middle of it).
 //! * Contents: the application that owns the directory (`application=<name>`), written by
 //!   the first process that opens it. One directory belongs to one API.
+//!
+//! A `flock` belongs to the open file description, which `fork()` shares between parent
+//! and child: a child using an inherited descriptor would "hold" the parent's lock (and
+//! the parent the child's). So the lock file is opened again, in the child, before its
+//! first use after a fork.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Error;
 use crate::sys;
@@ -19,81 +25,108 @@ use crate::writer::LOCK_FILE;
 
 /// An open lock file.
 pub(crate) struct DirLock {
-    file: File,
+    dir: PathBuf,
     path: PathBuf,
+    /// `Some(mode)`: opened read-write (a writer), created with this mode if missing.
+    write: Option<u32>,
+    open: Mutex<OpenLock>,
+}
+
+/// The descriptor of the lock file, and the fork generation it was opened in.
+struct OpenLock {
+    file: Arc<File>,
+    fork_gen: u64,
 }
 
 /// A held lock; released on drop.
-pub(crate) struct LockGuard<'a> {
-    lock: &'a DirLock,
+pub(crate) struct LockGuard {
+    file: Arc<File>,
 }
 
-impl Drop for LockGuard<'_> {
+impl Drop for LockGuard {
     fn drop(&mut self) {
-        let _ = sys::flock_unlock(self.lock.file.as_raw_fd());
+        let _ = sys::flock_unlock(self.file.as_raw_fd());
     }
 }
 
 impl DirLock {
-    /// Opens (creating if needed) the lock file of `dir` for a writer.
+    /// Opens (creating if needed, with permission bits `mode` whatever the umask) the lock
+    /// file of `dir` for a writer.
     pub(crate) fn open_rw(dir: &Path, mode: u32) -> Result<DirLock, Error> {
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| lock_error(dir, &path, e))?;
-        check_regular(dir, &file)?;
-        Ok(DirLock { file, path })
+        let file = open_file(dir, &path, Some(mode))?;
+        Ok(DirLock::with(dir, path, Some(mode), file))
     }
 
     /// Opens the lock file of `dir` read-only, if there is one (a reader never creates it).
     pub(crate) fn open_ro(dir: &Path) -> Result<Option<DirLock>, Error> {
         let path = dir.join(LOCK_FILE);
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&path)
-        {
-            Ok(file) => {
-                check_regular(dir, &file)?;
-                Ok(Some(DirLock { file, path }))
+        match open_file(dir, &path, None) {
+            Ok(file) => Ok(Some(DirLock::with(dir, path, None, file))),
+            Err(Error::Directory { source: Some(e), .. }) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(lock_error(dir, &path, e)),
+            Err(e) => Err(e),
         }
     }
 
+    fn with(dir: &Path, path: PathBuf, write: Option<u32>, file: File) -> DirLock {
+        DirLock {
+            dir: dir.to_path_buf(),
+            path,
+            write,
+            open: Mutex::new(OpenLock {
+                file: Arc::new(file),
+                fork_gen: sys::fork_generation(),
+            }),
+        }
+    }
+
+    /// The descriptor to lock through: this process's own (opened again after a fork).
+    fn file(&self) -> Result<Arc<File>, Error> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let fork_gen = sys::fork_generation();
+        if open.fork_gen != fork_gen {
+            // Dropping the inherited `File` closes only this process's copy of the
+            // descriptor: the parent's lock, if any, stays the parent's.
+            open.file = Arc::new(open_file(&self.dir, &self.path, self.write)?);
+            open.fork_gen = fork_gen;
+        }
+        Ok(Arc::clone(&open.file))
+    }
+
     /// Waits for the exclusive lock.
-    pub(crate) fn exclusive(&self) -> Result<LockGuard<'_>, Error> {
-        sys::flock_exclusive_blocking(self.file.as_raw_fd())
-            .map_err(|e| Error::io("locking", &self.path, e))?;
-        Ok(LockGuard { lock: self })
+    pub(crate) fn exclusive(&self) -> Result<LockGuard, Error> {
+        let file = self.file()?;
+        sys::flock_exclusive_blocking(file.as_raw_fd()).map_err(|e| Error::io("locking", &self.path, e))?;
+        Ok(LockGuard { file })
     }
 
     /// Takes the exclusive lock if nobody holds the lock.
-    pub(crate) fn try_exclusive(&self) -> Result<Option<LockGuard<'_>>, Error> {
-        match sys::try_flock(self.file.as_raw_fd(), true) {
-            Ok(true) => Ok(Some(LockGuard { lock: self })),
+    pub(crate) fn try_exclusive(&self) -> Result<Option<LockGuard>, Error> {
+        let file = self.file()?;
+        match sys::try_flock(file.as_raw_fd(), true) {
+            Ok(true) => Ok(Some(LockGuard { file })),
             Ok(false) => Ok(None),
             Err(e) => Err(Error::io("locking", &self.path, e)),
         }
     }
 
     /// Waits for the shared lock.
-    pub(crate) fn shared(&self) -> Result<LockGuard<'_>, Error> {
-        sys::flock_shared_blocking(self.file.as_raw_fd()).map_err(|e| Error::io("locking", &self.path, e))?;
-        Ok(LockGuard { lock: self })
+    pub(crate) fn shared(&self) -> Result<LockGuard, Error> {
+        let file = self.file()?;
+        sys::flock_shared_blocking(file.as_raw_fd()).map_err(|e| Error::io("locking", &self.path, e))?;
+        Ok(LockGuard { file })
     }
 
     /// Records `application` as the owner, or checks that it is the owner.
     /// Call with the exclusive lock held.
+    ///
+    /// On a full filesystem the owner cannot be written: that is logged and the store
+    /// opens anyway (values wait in memory); a later open records it.
     pub(crate) fn claim(&self, dir: &Path, application: &str) -> Result<(), Error> {
-        let mut f = &self.file;
+        let file = self.file()?;
+        let mut f = &*file;
         let mut text = String::new();
         f.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("reading", &self.path, e))?;
@@ -111,19 +144,59 @@ impl DirLock {
             });
         }
         let content = format!("shmetrics metrics directory\napplication={application}\n");
-        let mut f = &self.file;
-        f.set_len(0).map_err(|e| Error::io("writing", &self.path, e))?;
-        f.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io("writing", &self.path, e))?;
-        f.write_all(content.as_bytes())
-            .map_err(|e| Error::io("writing", &self.path, e))?;
-        Ok(())
+        let written = f
+            .set_len(0)
+            .and_then(|()| f.seek(SeekFrom::Start(0)))
+            .and_then(|_| f.write_all(content.as_bytes()));
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the filesystem is full: the directory's owner ({application}) is recorded when \
+                     space is available"
+                );
+                Ok(())
+            }
+            Err(e) => Err(Error::io("writing", &self.path, e)),
+        }
     }
 }
 
-fn check_regular(dir: &Path, file: &File) -> Result<(), Error> {
+/// Opens the lock file: read-write, created with exactly `mode` if missing, for a writer
+/// (`write: Some(mode)`); read-only for a reader. Never follows a symlink.
+fn open_file(dir: &Path, path: &Path, write: Option<u32>) -> Result<File, Error> {
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    let file = match write {
+        Some(mode) => {
+            let created = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(flags)
+                .open(path);
+            match created {
+                Ok(f) => {
+                    // The umask removed bits from `mode`: set them exactly, so that the
+                    // group scraper the mode is meant for can open it.
+                    f.set_permissions(std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| Error::io("setting permissions of", path, e))?;
+                    Ok(f)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(flags)
+                    .open(path),
+                Err(e) => Err(e),
+            }
+        }
+        None => OpenOptions::new().read(true).custom_flags(flags).open(path),
+    }
+    .map_err(|e| lock_error(dir, path, e))?;
     match file.metadata() {
-        Ok(md) if md.is_file() => Ok(()),
+        Ok(md) if md.is_file() => Ok(file),
         Ok(_) => Err(Error::Directory {
             path: dir.to_path_buf(),
             reason: format!("{LOCK_FILE} is not a regular file: remove it"),
@@ -138,7 +211,10 @@ fn lock_error(dir: &Path, path: &Path, e: std::io::Error) -> Error {
         Some(libc::ELOOP) => format!(
             "{LOCK_FILE} is a symbolic link: refusing to follow it (someone may have planted it); remove it"
         ),
-        Some(libc::EACCES) | Some(libc::EPERM) => format!("cannot open {LOCK_FILE}: permission denied"),
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            "cannot open {LOCK_FILE}: permission denied (give this process's user or group read access, \
+             e.g. StoreBuilder::file_mode(0o640) for a group scraper)"
+        ),
         _ => format!("cannot open {}", path.display()),
     };
     Error::Directory {

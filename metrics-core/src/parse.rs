@@ -24,37 +24,72 @@ impl Header {
     }
 }
 
-/// Checks magic, version and sizes, and reads the header of a file of `size` bytes.
-pub(crate) fn read_header(region: &Region, size: usize) -> Result<Header, Corrupt> {
+/// Why a header is not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// The file breaks the format.
+    Corrupt(Corrupt),
+    /// The file is a store file of a newer format version than this crate knows (a rolling
+    /// upgrade or downgrade): it is left alone, never folded or deleted.
+    Newer(u32),
+}
+
+impl From<Corrupt> for HeaderError {
+    fn from(c: Corrupt) -> Self {
+        HeaderError::Corrupt(c)
+    }
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Corrupt(c) => c.fmt(f),
+            HeaderError::Newer(v) => write!(
+                f,
+                "format version {v}, newer than the version {} this reader knows (left alone)",
+                format::VERSION
+            ),
+        }
+    }
+}
+
+/// Checks magic, version and sizes, and reads the header of a file of `size` bytes (the
+/// size just checked: `region` maps at least `min(size, HEADER_BYTES)` bytes of it).
+pub(crate) fn read_header(region: &Region, size: usize) -> Result<Header, HeaderError> {
     let magic = region.word(0).map(|w| w.load(Ordering::Relaxed).to_le_bytes());
     if magic.is_none_or(|m| m != format::MAGIC) {
-        return Err(corrupt!("wrong magic: not a shmetrics file"));
+        return Err(corrupt!("wrong magic: not a shmetrics file").into());
     }
-    if size < HEADER_BYTES {
-        return Err(corrupt!(
-            "{size} bytes, shorter than the {HEADER_BYTES}-byte header"
-        ));
+    // The version first: a newer version may have another header size.
+    let version_word = region
+        .word(format::H_VERSION * 8)
+        .map(|w| w.load(Ordering::Relaxed))
+        .ok_or_else(|| corrupt!("{size} bytes, shorter than the {HEADER_BYTES}-byte header"))?;
+    let version = version_word as u32;
+    if version > format::VERSION {
+        return Err(HeaderError::Newer(version));
     }
-    let mut h = Vec::with_capacity(format::HEADER_WORDS);
-    if !region.copy_words(0, format::HEADER_WORDS, &mut h) {
-        return Err(corrupt!("header out of range"));
-    }
-    let version = h[format::H_VERSION] as u32;
-    let header_bytes = (h[format::H_VERSION] >> 32) as usize;
     if version != format::VERSION {
         return Err(corrupt!(
             "format version {version}, this reader knows version {}",
             format::VERSION
-        ));
+        )
+        .into());
     }
+    if size < HEADER_BYTES {
+        return Err(corrupt!("{size} bytes, shorter than the {HEADER_BYTES}-byte header").into());
+    }
+    let mut h = Vec::with_capacity(format::HEADER_WORDS);
+    if !region.copy_words(0, format::HEADER_WORDS, &mut h) {
+        return Err(corrupt!("header out of range").into());
+    }
+    let header_bytes = (h[format::H_VERSION] >> 32) as usize;
     if header_bytes != HEADER_BYTES {
-        return Err(corrupt!(
-            "header of {header_bytes} bytes, expected {HEADER_BYTES}"
-        ));
+        return Err(corrupt!("header of {header_bytes} bytes, expected {HEADER_BYTES}").into());
     }
     let flags = (h[format::H_PID] >> 32) as u32;
     if flags & !format::FLAG_ACCUMULATOR != 0 {
-        return Err(corrupt!("unknown header flags {flags:#x}"));
+        return Err(corrupt!("unknown header flags {flags:#x}").into());
     }
     // `used` is published with Release: load it with Acquire, after the other words.
     let used = region
@@ -62,10 +97,10 @@ pub(crate) fn read_header(region: &Region, size: usize) -> Result<Header, Corrup
         .map(|w| w.load(Ordering::Acquire))
         .ok_or_else(|| corrupt!("header out of range"))?;
     let used = usize::try_from(used).map_err(|_| corrupt!("used length out of range"))?;
-    if used < HEADER_BYTES || used > size || used % 8 != 0 {
-        return Err(corrupt!(
-            "used length {used} outside [{HEADER_BYTES}, {size}] or unaligned"
-        ));
+    // `used` may be past `size`: the writer grew the file and published more after the
+    // size was checked. The caller checks the size again (see `Header::used`).
+    if used < HEADER_BYTES || used % 8 != 0 {
+        return Err(corrupt!("used length {used} below {HEADER_BYTES} or unaligned").into());
     }
     Ok(Header {
         pid: h[format::H_PID] as u32,
@@ -144,30 +179,34 @@ impl Parsed {
         fam.labels.len() + usize::from(extra)
     }
 
-    /// Parses the records of `[self.parsed, used)`.
+    /// Parses the records of `[self.parsed, used)`, one at a time: each record's length is
+    /// checked (at most [`format::MAX_RECORD_BYTES`], inside `used`) before anything of it
+    /// is copied, so a file that lies about its size costs no more memory than one record.
+    /// `used` must lie inside the region (checked by the caller).
     pub(crate) fn parse(&mut self, region: &Region, used: usize) -> Result<(), Corrupt> {
-        if used <= self.parsed {
-            return Ok(());
-        }
-        let base = self.parsed;
-        let mut words = Vec::new();
-        if !region.copy_words(base, (used - base) / 8, &mut words) {
+        if used > region.accessible() {
             return Err(corrupt!("records out of range"));
         }
-        let mut pos = 0usize;
-        while pos < words.len() {
-            let w0 = words[pos];
+        let mut body = Vec::new();
+        while self.parsed < used {
+            let at = self.parsed;
+            let w0 = region
+                .word(at)
+                .map(|w| w.load(Ordering::Relaxed))
+                .ok_or_else(|| corrupt!("records out of range"))?;
             let kind = w0 as u32;
             let len = (w0 >> 32) as usize;
-            if len < 8 || len % 8 != 0 || len > format::MAX_RECORD_BYTES || pos + len / 8 > words.len() {
-                return Err(corrupt!("record at {} has bad length {len}", base + pos * 8));
+            if len < 8 || len % 8 != 0 || len > format::MAX_RECORD_BYTES || len > used - at {
+                return Err(corrupt!("record at {at} has bad length {len}"));
             }
-            let at = base + pos * 8;
-            let body = &words[pos + 1..pos + len / 8];
-            self.record(kind, at, len, body)?;
-            pos += len / 8;
+            body.clear();
+            // A value block's body is its slots: nothing to decode, nothing to copy.
+            if kind != format::REC_VALUES && !region.copy_words(at + 8, len / 8 - 1, &mut body) {
+                return Err(corrupt!("records out of range"));
+            }
+            self.record(kind, at, len, &body)?;
+            self.parsed = at + len;
         }
-        self.parsed = used;
         Ok(())
     }
 

@@ -29,8 +29,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -212,6 +210,10 @@ struct PyFile {
     pid: Box<str>,
     region: Option<Region>,
     corrupt: Option<String>,
+    /// Size and modification time when it was found corrupt: read again once they change.
+    corrupt_at: (u64, i64, i64),
+    /// Why the last pass could not read it (retried), if it could not.
+    unreadable: Option<String>,
     logged: bool,
     /// Entries parsed so far, and where parsing stopped.
     entries: Vec<CachedEntry>,
@@ -236,6 +238,41 @@ struct Slot {
     series: u32,
     /// Epoch of the family when resolved; 0: not resolved.
     epoch: u64,
+}
+
+/// Why a Python file is not read in a pass.
+enum PyError {
+    /// Retried at the next pass (out of descriptors, cut short, gone).
+    Transient(String),
+    /// Not a prometheus_client file: skipped until it is replaced.
+    Corrupt(Corrupt),
+}
+
+impl From<Corrupt> for PyError {
+    fn from(c: Corrupt) -> Self {
+        PyError::Corrupt(c)
+    }
+}
+
+impl PyError {
+    fn io(action: &str, e: &std::io::Error) -> Self {
+        PyError::Transient(format!("{action}: {e}"))
+    }
+
+    fn from_problem(p: crate::reader::Problem) -> Self {
+        match p {
+            crate::reader::Problem::Corrupt(c) => PyError::Corrupt(Corrupt(c)),
+            other => PyError::Transient(other.short()),
+        }
+    }
+}
+
+/// Size and modification time of the entry `path` (not followed); zeros if it has none.
+fn listing_of(path: &std::path::Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| (m.size(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or((0, 0, 0))
 }
 
 /// The native-endian `i32` at the start of the 8-byte word at `at`.
@@ -271,6 +308,8 @@ impl PyFile {
             pid: pid.into(),
             region: None,
             corrupt: (!regular).then(|| "not a regular file".to_string()),
+            corrupt_at: (0, 0, 0),
+            unreadable: None,
             logged: false,
             entries: Vec::new(),
             parsed_to: 0,
@@ -278,35 +317,32 @@ impl PyFile {
         }
     }
 
-    /// Maps the whole file as it is now; its size.
-    fn map_now(&mut self) -> Result<usize, Corrupt> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&self.path)
-            .map_err(|e| corrupt!("cannot open: {e}"))?;
-        let md = file.metadata().map_err(|e| corrupt!("cannot stat: {e}"))?;
+    /// Maps the whole file as it is now; its size. The descriptor is closed again at once.
+    fn map_now(&mut self) -> Result<usize, PyError> {
+        let file = crate::reader::open_read_only(&self.path).map_err(PyError::from_problem)?;
+        let md = file.metadata().map_err(|e| PyError::io("cannot stat", &e))?;
         if !md.is_file() {
-            return Err(corrupt!("not a regular file"));
+            return Err(corrupt!("not a regular file").into());
         }
         let size = usize::try_from(md.len()).unwrap_or(usize::MAX).min(MAX_USED);
         self.region = match size {
             0 => None,
-            _ => Some(Region::map_reader(&file, size).map_err(|e| corrupt!("cannot map: {e}"))?),
+            _ => Some(Region::map_reader(&file, size).map_err(|e| PyError::io("cannot map", &e))?),
         };
         Ok(size)
     }
 
     /// The used length of the file (0: nothing written yet), mapping it first or again if
     /// it grew past the mapping.
-    fn used(&mut self) -> Result<usize, Corrupt> {
+    fn used(&mut self) -> Result<usize, PyError> {
         if self.region.is_none() {
             self.map_now()?;
         }
         let Some(region) = &self.region else {
             return Ok(0); // created, not yet sized by its writer
         };
-        let used = i32_at(region, 0).ok_or_else(|| corrupt!("shorter than the 8-byte header"))?;
+        let used =
+            i32_at(region, 0).ok_or_else(|| PyError::from(corrupt!("shorter than the 8-byte header")))?;
         let used = usize::try_from(used).unwrap_or(usize::MAX);
         if used == 0 {
             return Ok(0); // sized, first entry not written yet
@@ -314,15 +350,23 @@ impl PyFile {
         if !(8..=MAX_USED).contains(&used) {
             return Err(corrupt!(
                 "used length {used} is not a prometheus_client file's (8 to {MAX_USED} bytes)"
-            ));
+            )
+            .into());
         }
         if used > region.accessible() {
             // Python doubles the file when it fills up.
-            let size = self.map_now()?;
+            let known = self.parsed_to;
+            let size = match self.map_now() {
+                Ok(size) => size,
+                // The entries read before are still in the mapping: serve them.
+                Err(PyError::Transient(_)) if self.region.is_some() && known > 0 => return Ok(known),
+                Err(e) => return Err(e),
+            };
             if used > size {
                 return Err(corrupt!(
                     "used length {used} is past the end of the file ({size} bytes): truncated"
-                ));
+                )
+                .into());
             }
         }
         Ok(used)
@@ -705,6 +749,18 @@ impl PyReader {
         self.files.retain(|name, _| present.contains(name));
     }
 
+    /// Forgets the mapping that holds `addr` (the file shrank while it was read); returns
+    /// the file's path.
+    pub(crate) fn forget_mapping_at(&mut self, addr: usize) -> Option<PathBuf> {
+        let f = self
+            .files
+            .values_mut()
+            .find(|f| f.region.as_ref().is_some_and(|r| r.contains(addr)))?;
+        f.region = None;
+        f.forget_entries();
+        Some(f.path.clone())
+    }
+
     /// Reads every file and merges them.
     pub(crate) fn merge(&mut self, stats: &mut ScrapeStats) -> Vec<FamilyOut> {
         for fam in &mut self.fams.list {
@@ -720,11 +776,39 @@ impl PyReader {
         } = self;
         for f in files.values_mut() {
             let mut data: &[u8] = &[];
+            if f.corrupt.is_some() && f.corrupt_at != listing_of(&f.path) {
+                // Changed since it was found corrupt (rewritten in place): read it again.
+                f.corrupt = None;
+                f.logged = false;
+            }
             if f.corrupt.is_none() {
-                match f.used().and_then(|used| f.update(used, keys, scratch, walk)) {
-                    Ok(d) => data = d,
-                    Err(c) => {
+                match f
+                    .used()
+                    .and_then(|used| f.update(used, keys, scratch, walk).map_err(PyError::from))
+                {
+                    Ok(d) => {
+                        data = d;
+                        f.unreadable = None;
+                    }
+                    Err(PyError::Transient(why)) => {
+                        // Retried at the next scrape; nothing of the file is shown now
+                        // (its values were not read).
+                        stats.unreadable_files += 1;
+                        stats
+                            .corrupt
+                            .push((f.path.clone(), format!("{why} (retried at the next scrape)")));
+                        if f.unreadable.is_none() {
+                            tracing::warn!(
+                                file = %f.path.display(),
+                                "cannot read a prometheus_client file now: {why} (retried at the next scrape)"
+                            );
+                        }
+                        f.unreadable = Some(why);
+                        continue;
+                    }
+                    Err(PyError::Corrupt(c)) => {
                         f.corrupt = Some(c.0);
+                        f.corrupt_at = listing_of(&f.path);
                         f.region = None;
                         f.forget_entries();
                     }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,7 @@ use std::time::Instant;
 use crate::desc::FamilyDesc;
 use crate::dirlock::DirLock;
 use crate::error::Error;
-use crate::format::{
-    Corrupt, ERROR_KINDS, ErrorKind, GaugeMode, MR_SEQ, MR_TIME, MR_VALUE, MetricType, corrupt,
-};
+use crate::format::{ERROR_KINDS, ErrorKind, GaugeMode, MR_SEQ, MR_TIME, MR_VALUE, MetricType};
 use crate::keys::KeyTable;
 use crate::parse::{self, Header, Parsed, Removal};
 use crate::python::{self, PyReader};
@@ -54,15 +53,86 @@ pub struct Reader {
     lock: Option<DirLock>,
     /// Files of this process's own writer: live without probing.
     pub(crate) own_writers: Vec<u64>,
+    /// The dead files a compaction's merge takes values from.
+    fold_selected: HashSet<u64>,
 }
+
+/// Why a file is not read in a pass.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Problem {
+    /// Could not be read now (no descriptor left, changed or removed while being read):
+    /// retried at the next pass. What an earlier pass read of it is still merged.
+    Transient(String),
+    /// This process may not read it (permission): reported; read again once it changes.
+    Unreadable(String),
+    /// It breaks the format: reported; read again once it changes.
+    Corrupt(String),
+    /// A newer format version (a rolling upgrade or downgrade): left alone, reported.
+    Newer(u32),
+}
+
+impl Problem {
+    /// The reason alone.
+    pub(crate) fn short(&self) -> String {
+        match self {
+            Problem::Transient(r) | Problem::Unreadable(r) | Problem::Corrupt(r) => r.clone(),
+            Problem::Newer(v) => format!("format version {v}"),
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Problem::Transient(r) => format!("{r} (retried at the next scrape)"),
+            Problem::Unreadable(r) | Problem::Corrupt(r) => r.clone(),
+            Problem::Newer(v) => format!(
+                "format version {v}, newer than the version {} this reader knows: left alone \
+                 (it is read again by a reader of its version)",
+                crate::format::VERSION
+            ),
+        }
+    }
+}
+
+/// What the directory listing shows of a file (`lstat`): a file with a problem is read
+/// again only once this changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Listing {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Listing {
+    fn of(md: &std::fs::Metadata) -> Self {
+        Listing {
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+/// Largest store file a reader accepts. Writers never make one larger
+/// ([`StoreBuilder::max_file_size`](crate::StoreBuilder::max_file_size) is capped to it):
+/// a larger one (a sparse file, say) is refused before anything of it is read.
+pub(crate) const MAX_FILE_BYTES: usize = 1 << 30;
 
 pub(crate) struct CachedFile {
     ident: (u64, u64),
+    /// Whether the directory entry is a regular file (`lstat`).
+    regular: bool,
     pub(crate) path: PathBuf,
-    file: Option<File>,
     region: Option<Region>,
-    corrupt: Option<String>,
+    /// Why the last pass could not read the file; `None` if it could.
+    problem: Option<Problem>,
+    /// The listing when `problem` was found.
+    problem_listing: Listing,
     logged: bool,
+    /// Whether `header` and `parsed` hold what a pass read (possibly an earlier one).
+    known: bool,
+    /// Whether this pass read the file. A file read only by an earlier pass (a transient
+    /// error now) is still merged, but a compaction neither folds nor deletes it.
+    pub(crate) fresh: bool,
     pub(crate) live: bool,
     pub(crate) header: Header,
     pub(crate) parsed: Parsed,
@@ -119,7 +189,7 @@ pub(crate) enum Acc {
 pub(crate) enum Scope {
     /// A scrape: every readable file.
     All,
-    /// A compaction: the accumulator and dead files only (live files and worker slots
+    /// A compaction: the accumulator and the selected dead files only (the other files
     /// still provide declarations and removals); the values of live-only gauges are left
     /// out (their families stay declared).
     Fold,
@@ -139,10 +209,17 @@ pub(crate) struct FoldView {
     pub errors: [u64; ERROR_KINDS],
     /// Removals that still have baselines of files not folded now.
     pub removals: Vec<Removal>,
-    /// Dead writer files folded by this view: (path, writer id).
-    pub sources: Vec<(PathBuf, u64)>,
+}
+
+/// What a compaction may fold, as read now.
+pub(crate) struct FoldPlan {
+    /// Dead writer files, read whole in this pass: (path, writer id, (device, inode)).
+    pub sources: Vec<(PathBuf, u64, (u64, u64))>,
     /// Files folded by an earlier compaction, still to be deleted.
     pub leftovers: Vec<(PathBuf, u64)>,
+    /// (device, inode) of what the accumulator's name holds, if anything: the
+    /// accumulator read in this pass, or an entry that is not a file.
+    pub accumulator: Option<(u64, u64)>,
 }
 
 impl Reader {
@@ -179,6 +256,7 @@ impl Reader {
             conflicts_logged: HashSet::new(),
             lock: None,
             own_writers: Vec::new(),
+            fold_selected: HashSet::new(),
         })
     }
 
@@ -200,23 +278,73 @@ impl Reader {
             Some(l) => Some(l.shared()?),
             None => None,
         };
-        let mut stats = ScrapeStats::default();
-        let result = self.refresh(&mut stats);
-        let families: Result<Vec<MergedFamily>, Error> = result.map(|()| {
-            let python = self.python.merge(&mut stats);
-            let native: Vec<FamilyOut> = self
+        let result = self.guarded(true, |r| {
+            let mut stats = ScrapeStats::default();
+            r.refresh(&mut stats)?;
+            let python = r.python.merge(&mut stats);
+            let native: Vec<FamilyOut> = r
                 .merge(Scope::All, &mut stats)
                 .into_iter()
                 .map(|f| f.out())
                 .collect();
-            self.combine(native, python, &mut stats)
+            Ok((r.combine(native, python, &mut stats), stats))
         });
         drop(guard);
         self.lock = lock;
-        let families = families?;
+        let (families, mut stats) = result?;
         stats.series = families.iter().map(|f| f.series.len()).sum();
         stats.duration = started.elapsed();
         Ok(Snapshot::new(families, stats))
+    }
+
+    /// Runs `op`, which reads mappings, under the SIGBUS guard (`sys::bus_guard`). When a
+    /// file shrank under it (cut by another process between its size check and a read),
+    /// what `op` read of that file was zeros: the file's mapping is dropped, and `op` runs
+    /// again (`retry`; at most a few times) or fails.
+    fn guarded<T>(
+        &mut self,
+        retry: bool,
+        mut op: impl FnMut(&mut Reader) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut attempts = 0;
+        loop {
+            let guard = sys::bus_guard();
+            let result = op(self);
+            let fault = guard.take_fault();
+            drop(guard);
+            let Some(addr) = fault else {
+                return result;
+            };
+            let file = self.forget_mapping_at(addr);
+            tracing::warn!(
+                file = %file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+                "a file of the metrics directory shrank while it was being read (cut by another \
+                 process): reading it again"
+            );
+            attempts += 1;
+            if !retry || attempts >= 4 {
+                return Err(Error::Directory {
+                    path: self.dir.clone(),
+                    reason: "files kept shrinking while they were being read (cut by another process): \
+                             try again"
+                        .into(),
+                    source: None,
+                });
+            }
+        }
+    }
+
+    /// Forgets the mapping that holds `addr` (and what was read through it); returns the
+    /// file's path.
+    fn forget_mapping_at(&mut self, addr: usize) -> Option<PathBuf> {
+        for cf in self.files.values_mut() {
+            if cf.region.as_ref().is_some_and(|r| r.contains(addr)) {
+                cf.forget();
+                cf.problem = Some(Problem::Transient("shrank while being read".into()));
+                return Some(cf.path.clone());
+            }
+        }
+        self.python.forget_mapping_at(addr)
     }
 
     /// Joins the native families and those of Python's files, sorted by name.
@@ -251,11 +379,62 @@ impl Reader {
         out.into_iter().map(FamilyOut::into_merged).collect()
     }
 
-    /// Refreshes and merges for a compaction (the caller holds the exclusive directory
-    /// lock). Returns the view to write.
-    pub(crate) fn fold_view(&mut self) -> Result<FoldView, Error> {
+    /// Refreshes for a compaction (the caller holds the exclusive directory lock) and
+    /// lists what it may fold. Fails, and nothing may be folded, when the directory holds
+    /// an accumulator this pass could not read: folding without it would replace its
+    /// totals.
+    pub(crate) fn fold_plan(&mut self) -> Result<FoldPlan, Error> {
+        self.guarded(true, |r| r.refresh(&mut ScrapeStats::default()))?;
+        let mut accumulator = None;
+        if let Some(acc) = self.files.get(std::ffi::OsStr::new(crate::compact::ACCUMULATOR)) {
+            // Something planted there that is not a file (a symlink, a FIFO) holds no
+            // counts: the new accumulator replaces the entry itself, never its target.
+            accumulator = Some(acc.ident);
+            if acc.regular && (!acc.good() || !acc.header.accumulator()) {
+                let why = match &acc.problem {
+                    Some(p) => p.reason(),
+                    None if !acc.fresh => "it could not be read in this pass".to_string(),
+                    None => "it is not an accumulator".to_string(),
+                };
+                return Err(Error::Directory {
+                    path: self.dir.clone(),
+                    reason: format!(
+                        "not compacting: {} cannot be read ({why}); it is left as it is, and dead \
+                         writers' files are kept (they still count) until it can be read",
+                        crate::compact::ACCUMULATOR
+                    ),
+                    source: None,
+                });
+            }
+        }
+        let sources = self
+            .fold_sources()
+            .filter(|c| !c.header.accumulator())
+            .map(|c| (c.path.clone(), c.header.writer_id, c.ident))
+            .collect();
+        let leftovers = self
+            .folded_files()
+            .map(|c| (c.path.clone(), c.header.writer_id))
+            .collect();
+        Ok(FoldPlan {
+            sources,
+            leftovers,
+            accumulator,
+        })
+    }
+
+    /// Merges the accumulator and the dead files `selected` (writer ids, among the plan's
+    /// sources) as read by the last [`fold_plan`](Reader::fold_plan): the view a
+    /// compaction writes.
+    /// Fails if a file shrank while it was read: a compaction must not delete a file whose
+    /// values it did not read.
+    pub(crate) fn fold_view(&mut self, selected: &HashSet<u64>) -> Result<FoldView, Error> {
+        self.fold_selected = selected.clone();
+        self.guarded(false, |r| Ok(r.fold_view_pass(selected)))
+    }
+
+    fn fold_view_pass(&mut self, selected: &HashSet<u64>) -> FoldView {
         let mut stats = ScrapeStats::default();
-        self.refresh(&mut stats)?;
         let idx = self.merge(Scope::Fold, &mut stats);
         let families = idx
             .iter()
@@ -267,10 +446,14 @@ impl Reader {
                 stats: f.stats,
             })
             .collect();
-        let folded_ids: HashSet<u64> = self.fold_sources().map(|c| c.header.writer_id).collect();
+        let inputs: Vec<&CachedFile> = self
+            .fold_sources()
+            .filter(|c| c.header.accumulator() || selected.contains(&c.header.writer_id))
+            .collect();
+        let folded_ids: HashSet<u64> = inputs.iter().map(|c| c.header.writer_id).collect();
         let mut errors = [0u64; ERROR_KINDS];
         let mut removals = Vec::new();
-        for cf in self.fold_sources() {
+        for cf in &inputs {
             if let Some(r) = &cf.region {
                 for (k, e) in errors.iter_mut().enumerate() {
                     if let Some(w) = r.word((crate::format::H_ERRORS + k) * 8) {
@@ -286,22 +469,11 @@ impl Reader {
                 }
             }
         }
-        let sources = self
-            .fold_sources()
-            .filter(|c| !c.header.accumulator())
-            .map(|c| (c.path.clone(), c.header.writer_id))
-            .collect();
-        let leftovers = self
-            .folded_files()
-            .map(|c| (c.path.clone(), c.header.writer_id))
-            .collect();
-        Ok(FoldView {
+        FoldView {
             families,
             errors,
             removals,
-            sources,
-            leftovers,
-        })
+        }
     }
 
     /// Files whose values a compaction folds: readable, not live, not already folded, and
@@ -309,22 +481,21 @@ impl Reader {
     fn fold_sources(&self) -> impl Iterator<Item = &CachedFile> {
         self.files
             .values()
-            .filter(|c| c.corrupt.is_none() && !c.live && !c.folded && !c.is_slot())
+            .filter(|c| c.good() && !c.live && !c.folded && !c.is_slot())
     }
 
     /// Files already folded into the accumulator (only waiting to be deleted).
     fn folded_files(&self) -> impl Iterator<Item = &CachedFile> {
-        self.files.values().filter(|c| c.corrupt.is_none() && c.folded)
+        self.files.values().filter(|c| c.good() && c.folded)
     }
 
     /// Live files' declarations of `name`, for the cross-process schema check at
     /// declaration: `(pid, path, declaration)`. Refreshes the cache first.
     pub(crate) fn live_declarations(&mut self, name: &str) -> Result<Vec<(u32, PathBuf, FamilyDesc)>, Error> {
-        let mut stats = ScrapeStats::default();
-        self.refresh(&mut stats)?;
+        self.guarded(true, |r| r.refresh(&mut ScrapeStats::default()))?;
         let mut out = Vec::new();
         for cf in self.files.values() {
-            if cf.corrupt.is_some() || !cf.live || self.own_writers.contains(&cf.header.writer_id) {
+            if !cf.usable() || !cf.live || self.own_writers.contains(&cf.header.writer_id) {
                 continue;
             }
             if let Some(f) = cf.parsed.families.iter().find(|f| f.rec.name == name) {
@@ -336,26 +507,26 @@ impl Reader {
 
     /// Writer ids folded into the accumulator, as of the last refresh.
     pub(crate) fn folded_ids(&mut self) -> Result<HashSet<u64>, Error> {
-        let mut stats = ScrapeStats::default();
-        self.refresh(&mut stats)?;
+        self.guarded(true, |r| r.refresh(&mut ScrapeStats::default()))?;
         Ok(self.folded_set())
     }
 
     fn folded_set(&self) -> HashSet<u64> {
         self.files
             .values()
-            .filter(|c| c.corrupt.is_none() && c.header.accumulator())
+            .filter(|c| c.usable() && c.header.accumulator())
             .flat_map(|c| c.parsed.folded.iter().copied())
             .collect()
     }
 
     fn refresh(&mut self, stats: &mut ScrapeStats) -> Result<(), Error> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::Directory {
+        let entries = retry_transient(|| std::fs::read_dir(&self.dir)).map_err(|e| Error::Directory {
             path: self.dir.clone(),
             reason: "cannot be listed".into(),
             source: Some(e),
         })?;
         let mut present: HashSet<OsString> = HashSet::new();
+        let mut listings: HashMap<OsString, Listing> = HashMap::new();
         let mut py_listed = Vec::new();
         let mut dir_dev: Option<u64> = None;
         for entry in entries {
@@ -396,49 +567,82 @@ impl Reader {
                 continue;
             }
             // lstat: a symlink is reported, never followed.
-            let Ok(md) = entry.metadata() else { continue };
+            let md = match entry.metadata() {
+                Ok(md) => md,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    // Listed, but not inspectable now: keep what was read of it before.
+                    if self.files.contains_key(&name) {
+                        present.insert(name.clone());
+                    }
+                    continue;
+                }
+            };
             let ident = (md.dev(), md.ino());
             present.insert(name.clone());
+            let listing = Listing::of(&md);
             let stale = self.files.get(&name).is_none_or(|c| c.ident != ident);
             if stale {
                 let mut cf = CachedFile::new(ident, path);
-                if !md.file_type().is_file() {
-                    cf.corrupt = Some("not a regular file".into());
+                cf.regular = md.file_type().is_file();
+                if !cf.regular {
+                    cf.problem = Some(Problem::Corrupt("not a regular file".into()));
+                    cf.problem_listing = listing;
                 }
                 self.files.insert(name.clone(), cf);
             }
+            listings.insert(name, listing);
         }
         self.files.retain(|name, _| present.contains(name));
         self.python.sync(py_listed);
         let application = self.owner();
-        for cf in self.files.values_mut() {
-            cf.refresh(&self.own_writers, application.as_deref());
+        for (name, cf) in self.files.iter_mut() {
+            match listings.get(name) {
+                Some(listing) => cf.refresh(*listing, &self.own_writers, application.as_deref()),
+                None => cf.fresh = false,
+            }
         }
         let folded = self.folded_set();
+        let mut transient_logged = false;
         for cf in self.files.values_mut() {
-            cf.folded =
-                cf.corrupt.is_none() && !cf.header.accumulator() && folded.contains(&cf.header.writer_id);
-            match &cf.corrupt {
-                Some(reason) => {
-                    stats.corrupt_files += 1;
-                    stats.corrupt.push((cf.path.clone(), reason.clone()));
-                    if !cf.logged {
-                        cf.logged = true;
-                        tracing::warn!(
-                            file = %cf.path.display(),
-                            reason = %reason,
-                            "skipping unreadable file in the metrics directory (left in place; \
-                             counted in shmetrics_corrupt_files)"
-                        );
-                    }
+            cf.folded = cf.usable() && !cf.header.accumulator() && folded.contains(&cf.header.writer_id);
+            if let Some(p) = &cf.problem {
+                let reason = p.reason();
+                match p {
+                    Problem::Corrupt(_) => stats.corrupt_files += 1,
+                    Problem::Newer(_) => stats.newer_files += 1,
+                    Problem::Unreadable(_) | Problem::Transient(_) => stats.unreadable_files += 1,
                 }
-                None if cf.folded => {
-                    stats.folded_files += 1;
-                    stats.dead_files += 1;
+                stats.corrupt.push((cf.path.clone(), reason.clone()));
+                let transient = matches!(p, Problem::Transient(_));
+                if !(cf.logged || transient && transient_logged) {
+                    cf.logged = true;
+                    transient_logged |= transient;
+                    let kept = if cf.usable() {
+                        "what an earlier scrape read of it is still served"
+                    } else {
+                        "left in place"
+                    };
+                    tracing::warn!(
+                        file = %cf.path.display(),
+                        reason = %reason,
+                        "cannot read a file of the metrics directory now ({kept}; counted in \
+                         shmetrics_corrupt_files, shmetrics_newer_files or shmetrics_unreadable_files)"
+                    );
                 }
-                None if cf.header.accumulator() => stats.accumulators += 1,
-                None if cf.live => stats.live_files += 1,
-                None => stats.dead_files += 1,
+                if !cf.usable() {
+                    continue;
+                }
+            }
+            if cf.folded {
+                stats.folded_files += 1;
+                stats.dead_files += 1;
+            } else if cf.header.accumulator() {
+                stats.accumulators += 1;
+            } else if cf.live {
+                stats.live_files += 1;
+            } else {
+                stats.dead_files += 1;
             }
             if let Some(r) = &cf.region {
                 stats.mapped_bytes += r.accessible() as u64;
@@ -457,12 +661,13 @@ impl Reader {
 
     fn merge(&mut self, scope: Scope, stats: &mut ScrapeStats) -> Vec<&mut IndexFamily> {
         let index = &mut self.index;
+        let fold_selected = &self.fold_selected;
         // Good files, live first, then newest first: the order decides which declaration
         // is the reference and which of two per-process gauges with one pid is shown.
         let mut order: Vec<&mut CachedFile> = self
             .files
             .values_mut()
-            .filter(|c| c.corrupt.is_none() && !c.folded)
+            .filter(|c| c.usable() && !c.folded)
             .collect();
         order.sort_by(|a, b| b.live.cmp(&a.live).then(b.header.start.cmp(&a.header.start)));
         // The `pid` label of per-process gauges. Two files can share a pid (pid reuse, or
@@ -539,7 +744,12 @@ impl Reader {
 
         let mut errors = [0u64; ERROR_KINDS];
         for cf in order {
-            let values = scope == Scope::All || (!cf.live && !cf.is_slot());
+            let values = match scope {
+                Scope::All => true,
+                Scope::Fold => {
+                    cf.header.accumulator() || (!cf.live && fold_selected.contains(&cf.header.writer_id))
+                }
+            };
             let Some(region) = cf.region.as_ref() else {
                 continue;
             };
@@ -710,11 +920,14 @@ impl CachedFile {
     fn new(ident: (u64, u64), path: PathBuf) -> Self {
         CachedFile {
             ident,
+            regular: true,
             path,
-            file: None,
             region: None,
-            corrupt: None,
+            problem: None,
+            problem_listing: Listing::default(),
             logged: false,
+            known: false,
+            fresh: false,
             live: false,
             header: Header::default(),
             parsed: Parsed::new(false),
@@ -725,65 +938,92 @@ impl CachedFile {
         }
     }
 
-    fn refresh(&mut self, own: &[u64], application: Option<&str>) {
-        if self.corrupt.is_some() {
-            return;
+    /// Whether the merge takes this file: read by this pass, or by an earlier one and only
+    /// transiently unreadable now (a scrape never drops a file for a passing error).
+    pub(crate) fn usable(&self) -> bool {
+        self.known && matches!(self.problem, None | Some(Problem::Transient(_)))
+    }
+
+    /// Read by this pass without any problem.
+    pub(crate) fn good(&self) -> bool {
+        self.fresh && self.problem.is_none()
+    }
+
+    /// Forgets everything read from the file (it was rewritten, or cannot be read).
+    fn forget(&mut self) {
+        self.region = None;
+        self.known = false;
+        self.header = Header::default();
+        self.parsed = Parsed::new(false);
+        self.fam_merged.clear();
+        self.series_merged.clear();
+    }
+
+    fn refresh(&mut self, listing: Listing, own: &[u64], application: Option<&str>) {
+        self.fresh = false;
+        if let Some(Problem::Corrupt(_) | Problem::Unreadable(_) | Problem::Newer(_)) = &self.problem {
+            if self.problem_listing == listing {
+                return;
+            }
         }
-        if let Err(c) = self.try_refresh(own, application) {
-            self.corrupt = Some(c.0);
-            self.region = None;
-            self.file = None;
-            self.parsed = Parsed::new(false);
-            self.fam_merged.clear();
-            self.series_merged.clear();
+        match self.try_refresh(own, application) {
+            Ok(()) => {
+                self.problem = None;
+                self.logged = false;
+                self.fresh = true;
+            }
+            Err(p) => {
+                if !matches!(p, Problem::Transient(_)) {
+                    self.forget();
+                }
+                if self.problem.as_ref() != Some(&p) {
+                    self.logged = false;
+                }
+                self.problem = Some(p);
+                self.problem_listing = listing;
+            }
         }
     }
 
-    fn try_refresh(&mut self, own: &[u64], application: Option<&str>) -> Result<(), Corrupt> {
-        if self.file.is_none() {
-            let f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(&self.path)
-                .map_err(|e| corrupt!("cannot open: {e}"))?;
-            self.file = Some(f);
-        }
-        let file = self.file.as_ref().ok_or_else(|| corrupt!("not open"))?;
-        let md = file.metadata().map_err(|e| corrupt!("cannot stat: {e}"))?;
+    fn try_refresh(&mut self, own: &[u64], application: Option<&str>) -> Result<(), Problem> {
+        // No descriptor is kept between passes: a directory of thousands of files costs
+        // one descriptor at a time.
+        let file = open_read_only(&self.path)?;
+        let md = file.metadata().map_err(|e| transient("cannot inspect", &e))?;
         if !md.is_file() {
-            return Err(corrupt!("not a regular file"));
+            return Err(Problem::Corrupt("not a regular file".into()));
         }
-        let size = usize::try_from(md.len()).map_err(|_| corrupt!("too large"))?;
-        if size == 0 {
-            return Err(corrupt!("empty file, shorter than the 128-byte header"));
+        if (md.dev(), md.ino()) != self.ident {
+            return Err(Problem::Transient("replaced while being read".into()));
         }
-        if self.region.as_ref().is_none_or(|r| r.accessible() < size) {
-            self.region = Some(Region::map_reader(file, size).map_err(|e| corrupt!("cannot map: {e}"))?);
+        let mut first = Some(md.len());
+        let header = self.sized_header(&file, &mut || match first.take() {
+            Some(len) => Ok(len),
+            None => file.metadata().map(|m| m.len()),
+        })?;
+        if self.known
+            && (header.writer_id != self.header.writer_id
+                || header.flags != self.header.flags
+                || header.used < self.parsed.parsed)
+        {
+            // Rewritten in place (same inode, another file): start over.
+            self.forget();
+            return self.try_refresh(own, application);
         }
-        let region = self.region.as_ref().ok_or_else(|| corrupt!("not mapped"))?;
-        let first = self.parsed.parsed == crate::format::HEADER_BYTES && self.parsed.families.is_empty();
-        let header = parse::read_header(region, size)?;
-        if !first && (header.writer_id != self.header.writer_id || header.flags != self.header.flags) {
-            return Err(corrupt!("header identity changed"));
-        }
-        if header.used < self.parsed.parsed {
-            return Err(corrupt!("used length went backwards"));
-        }
-        if first {
+        if !self.known {
             if header.accumulator()
                 && self.path.file_name() != Some(std::ffi::OsStr::new(crate::compact::ACCUMULATOR))
             {
-                return Err(corrupt!(
+                return Err(Problem::Corrupt(format!(
                     "an accumulator under another name than {}",
                     crate::compact::ACCUMULATOR
-                ));
+                )));
             }
             self.parsed = Parsed::new(header.accumulator());
         }
-        self.header = header;
         // Liveness: a writer holds an exclusive flock for its whole life. An accumulator
         // is never live (its writer, a compaction, finished before any reader saw it).
-        self.live = if header.accumulator() {
+        let live = if header.accumulator() {
             false
         } else if own.contains(&header.writer_id) {
             true
@@ -795,19 +1035,155 @@ impl CachedFile {
                     false
                 }
                 Ok(false) => true,
-                Err(_) => false,
+                Err(e) => return Err(transient("cannot check its lock", &e)),
             }
         };
-        self.parsed.parse(region, header.used)?;
+        drop(file);
+        let region = self
+            .region
+            .as_ref()
+            .ok_or_else(|| Problem::Transient("not mapped".into()))?;
+        if let Err(c) = self.parsed.parse(region, header.used) {
+            return Err(Problem::Corrupt(c.0));
+        }
         if let (Some(owner), Some(app)) = (application, self.parsed.application.as_deref()) {
             if owner != app {
-                return Err(corrupt!(
+                return Err(Problem::Corrupt(format!(
                     "belongs to application {app:?}, the directory to {owner:?}"
-                ));
+                )));
             }
+        }
+        self.header = header;
+        self.live = live;
+        self.known = true;
+        Ok(())
+    }
+
+    /// Checks the size (`size_now`: the file's size at the time of the call), maps what it
+    /// covers and reads the header. A `used` length past the size is a file that grew
+    /// after the check (the writer reserves, then publishes): the size is checked again.
+    fn sized_header(
+        &mut self,
+        file: &File,
+        size_now: &mut dyn FnMut() -> io::Result<u64>,
+    ) -> Result<Header, Problem> {
+        let mut size = checked_size(size_now().map_err(|e| transient("cannot inspect", &e))?)?;
+        // Files never shrink: one that did was rewritten (or cut). Read it afresh, and
+        // never touch the part of the old mapping past the new end.
+        if self.region.as_ref().is_some_and(|r| r.accessible() > size) {
+            self.forget();
+        }
+        self.ensure_mapped(file, size)?;
+        let header = self.read_header(size)?;
+        if header.used > size {
+            size = checked_size(size_now().map_err(|e| transient("cannot inspect", &e))?)?;
+            if header.used > size {
+                return Err(Problem::Corrupt(format!(
+                    "used length {} is past the end of the file ({size} bytes): truncated",
+                    header.used
+                )));
+            }
+            self.ensure_mapped(file, size)?;
+        }
+        Ok(header)
+    }
+
+    /// Maps the file if the mapping is missing or shorter than `size`, the size just
+    /// checked.
+    fn ensure_mapped(&mut self, file: &File, size: usize) -> Result<(), Problem> {
+        if size < 8 {
+            return Err(Problem::Corrupt(format!(
+                "{size} bytes, shorter than the {}-byte header",
+                crate::format::HEADER_BYTES
+            )));
+        }
+        if self.region.as_ref().is_none_or(|r| r.accessible() < size) {
+            let region = Region::map_reader(file, size).map_err(|e| transient("cannot map", &e))?;
+            self.region = Some(region);
         }
         Ok(())
     }
+
+    /// The header, read through the mapping (`size`: the size just checked).
+    fn read_header(&self, size: usize) -> Result<Header, Problem> {
+        let region = self
+            .region
+            .as_ref()
+            .ok_or_else(|| Problem::Transient("not mapped".into()))?;
+        parse::read_header(region, size).map_err(|e| match e {
+            parse::HeaderError::Newer(v) => Problem::Newer(v),
+            parse::HeaderError::Corrupt(c) => Problem::Corrupt(c.0),
+        })
+    }
+}
+
+/// Runs `f` again (a few times, a millisecond apart) while it fails with a transient error.
+pub(crate) fn retry_transient<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if is_transient(&e) && tries < 3 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The size of a file as a reader may map it.
+fn checked_size(len: u64) -> Result<usize, Problem> {
+    usize::try_from(len)
+        .ok()
+        .filter(|s| *s <= MAX_FILE_BYTES)
+        .ok_or_else(|| {
+            Problem::Corrupt(format!(
+                "{len} bytes, larger than any store file ({MAX_FILE_BYTES} bytes at most)"
+            ))
+        })
+}
+
+/// Whether an error of `open`, `fstat`, `mmap` or `flock` may go away by itself: out of
+/// descriptors or memory, interrupted, busy.
+pub(crate) fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::EBUSY
+                | libc::ENOLCK
+                | libc::ENOBUFS
+        )
+    )
+}
+
+fn transient(action: &str, e: &io::Error) -> Problem {
+    if is_transient(e) {
+        Problem::Transient(format!("{action}: {e}"))
+    } else {
+        Problem::Unreadable(format!("{action}: {e}"))
+    }
+}
+
+/// Opens a file of the directory to read it: never follows a symlink, never blocks
+/// (a FIFO planted in the directory), not inherited by exec'd programs.
+pub(crate) fn open_read_only(path: &Path) -> Result<File, Problem> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Problem::Transient("removed while being read".into()),
+            Some(libc::ELOOP) => Problem::Corrupt("a symbolic link: not followed".into()),
+            Some(libc::EACCES | libc::EPERM) => {
+                Problem::Unreadable(format!("cannot open: {e}: give this process read access"))
+            }
+            _ => transient("cannot open", &e),
+        })
 }
 
 impl IndexFamily {
@@ -1172,11 +1548,16 @@ impl Reader {
         family: &str,
         labels: Option<&[Box<str>]>,
     ) -> Result<Vec<parse::Baseline>, Error> {
-        let mut stats = ScrapeStats::default();
-        self.refresh(&mut stats)?;
+        self.guarded(true, |r| {
+            r.refresh(&mut ScrapeStats::default())?;
+            Ok(r.baselines_pass(family, labels))
+        })
+    }
+
+    fn baselines_pass(&self, family: &str, labels: Option<&[Box<str>]>) -> Vec<parse::Baseline> {
         let mut out = Vec::new();
         for cf in self.files.values() {
-            if cf.corrupt.is_some() || cf.folded {
+            if !cf.usable() || cf.folded {
                 continue;
             }
             let Some(region) = &cf.region else { continue };
@@ -1210,7 +1591,7 @@ impl Reader {
                 });
             }
         }
-        Ok(out)
+        out
     }
 }
 
@@ -1218,7 +1599,7 @@ impl Reader {
 fn accumulator_pid_labels<'a>(files: impl Iterator<Item = &'a CachedFile>) -> HashSet<String> {
     let mut out = HashSet::new();
     let mut record = Vec::new();
-    for cf in files.filter(|c| c.corrupt.is_none() && !c.folded && c.header.accumulator()) {
+    for cf in files.filter(|c| c.usable() && !c.folded && c.header.accumulator()) {
         let Some(region) = &cf.region else { continue };
         for s in &cf.parsed.series {
             let fam = &cf.parsed.families[s.family as usize].rec;
@@ -1239,9 +1620,7 @@ impl CachedFile {
     fn pid_label_now(&self, files: &BTreeMap<OsString, CachedFile>) -> String {
         let same = files
             .values()
-            .filter(|c| {
-                c.corrupt.is_none() && !c.folded && !c.header.accumulator() && c.header.pid == self.header.pid
-            })
+            .filter(|c| c.usable() && !c.folded && !c.header.accumulator() && c.header.pid == self.header.pid)
             .count();
         let folded = accumulator_pid_labels(files.values()).contains(self.header.pid.to_string().as_str());
         if same > 1 || folded {
@@ -1249,5 +1628,42 @@ impl CachedFile {
         } else {
             self.header.pid.to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that grows between the size check and the read of its `used` length, as a
+    /// live writer's does: read whole, not called corrupt.
+    #[test]
+    fn growth_between_the_size_check_and_the_header_is_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::builder(dir.path()).open().unwrap();
+        let c = store.counter_family("grown", "Grown", &["n"]).unwrap();
+        c.labels(&["a"]).inc();
+        let path = store.file_path().unwrap();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        let mut cf = CachedFile::new((md.dev(), md.ino()), path.clone());
+        let file = open_read_only(&path).unwrap();
+        let mut calls = 0;
+        let header = cf
+            .sized_header(&file, &mut || {
+                calls += 1;
+                let size = file.metadata()?.len();
+                if calls == 1 {
+                    // Right after the check, the writer grows the file and publishes into
+                    // the new part.
+                    for i in 0..2000 {
+                        c.labels(&[&format!("{i:04}-{}", "x".repeat(100))]).inc();
+                    }
+                }
+                Ok(size)
+            })
+            .expect("a growing file is not damaged");
+        assert_eq!(calls, 2);
+        assert!(header.used > md.len() as usize);
+        assert!(cf.region.as_ref().unwrap().accessible() >= header.used);
     }
 }

@@ -42,6 +42,12 @@ impl Region {
         (self.map.as_mut_ptr(), self.map.len())
     }
 
+    /// Whether `addr` lies in the mapping.
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        let start = self.map.as_mut_ptr() as usize;
+        addr >= start && addr - start < self.map.len()
+    }
+
     /// Bytes that may be accessed.
     pub(crate) fn accessible(&self) -> usize {
         self.accessible

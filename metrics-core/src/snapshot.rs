@@ -118,9 +118,15 @@ pub struct ScrapeStats {
     pub accumulators: u64,
     /// Files skipped because they are not well-formed.
     pub corrupt_files: u64,
+    /// Store files of a newer format version, left alone (a rolling upgrade or
+    /// downgrade: a reader of their version reads them).
+    pub newer_files: u64,
+    /// Files that could not be read in this scrape (no descriptor left, no permission,
+    /// changed while read). What an earlier scrape read of them is still served.
+    pub unreadable_files: u64,
     /// Files in the directory that do not belong to the store.
     pub foreign_files: u64,
-    /// Skipped files and why.
+    /// Files skipped (corrupt, newer, unreadable) and why.
     pub corrupt: Vec<(PathBuf, String)>,
     /// Foreign files.
     pub foreign: Vec<PathBuf>,
@@ -400,7 +406,7 @@ fn encode_value(
 impl Snapshot {
     fn encode_self(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let gauges: [(&str, &str, f64); 9] = [
+        let gauges: [(&str, &str, f64); 11] = [
             (
                 "shmetrics_scrape_duration_seconds",
                 "Time this scrape spent reading and merging the store's files.",
@@ -420,6 +426,16 @@ impl Snapshot {
                 "shmetrics_corrupt_files",
                 "Files skipped because they are truncated, corrupt or of another format.",
                 s.corrupt_files as f64,
+            ),
+            (
+                "shmetrics_newer_files",
+                "Store files of a newer format version, left alone (a rolling upgrade or downgrade).",
+                s.newer_files as f64,
+            ),
+            (
+                "shmetrics_unreadable_files",
+                "Files this scrape could not read (no descriptor left, no permission, changed while read); retried at every scrape.",
+                s.unreadable_files as f64,
             ),
             (
                 "shmetrics_foreign_files",

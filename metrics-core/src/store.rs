@@ -75,7 +75,14 @@ pub(crate) struct Shared {
     pub(crate) writer: Arc<Writer>,
     lock: DirLock,
     reader: Mutex<Reader>,
+    /// Scrapes do not try to compact again before this time (after a failure).
+    compact_retry_at: Mutex<Option<std::time::Instant>>,
+    /// Faults in this process's writer mappings already logged.
+    writer_faults_seen: std::sync::atomic::AtomicU64,
 }
+
+/// How long scrapes wait before compacting again after a compaction failed.
+const COMPACT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Registered {
     desc: Arc<FamilyDesc>,
@@ -154,8 +161,8 @@ impl StoreBuilder {
         self
     }
 
-    /// Largest size of this process's file, in bytes (default 256 MiB). Growth past it
-    /// is refused like a full filesystem.
+    /// Largest size of this process's file, in bytes (default 256 MiB, at most 1 GiB:
+    /// readers refuse larger files). Growth past it is refused like a full filesystem.
     pub fn max_file_size(mut self, bytes: usize) -> Self {
         self.max_file_size = bytes;
         self
@@ -201,6 +208,16 @@ impl StoreBuilder {
             return Err(Error::InvalidOption {
                 name: "series_limit".into(),
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_file_size > crate::reader::MAX_FILE_BYTES {
+            return Err(Error::InvalidOption {
+                name: "max_file_size".into(),
+                reason: format!(
+                    "{} bytes: at most {} (readers refuse larger files)",
+                    self.max_file_size,
+                    crate::reader::MAX_FILE_BYTES
+                ),
             });
         }
         let application = match self.application {
@@ -249,6 +266,8 @@ impl StoreBuilder {
                     config,
                     lock,
                     reader: Mutex::new(reader),
+                    compact_retry_at: Mutex::new(None),
+                    writer_faults_seen: std::sync::atomic::AtomicU64::new(0),
                 }),
                 families: Mutex::new(HashMap::new()),
             }),
@@ -461,6 +480,9 @@ impl Store {
                 .writer
                 .declare(Arc::new(desc.clone()), &|id| folded.contains(&id))?
         };
+        if shared.writer.has_waiting() {
+            shared.writer.flush_waiting();
+        }
         let desc = Arc::new(desc);
         let core = Arc::new(FamilyCore::<M>::new(
             Arc::clone(&desc),
@@ -561,19 +583,47 @@ impl Store {
         // Inside the fork gate before any internal lock (see `sys`).
         let _gate = sys::enter_gate();
         let shared = self.shared();
+        // Series that waited in process memory (a full filesystem) go to the file first.
+        if shared.writer.has_waiting() {
+            shared.writer.flush_waiting();
+        }
         let own = shared.writer.own_ids();
         let mut reader = shared.reader();
         reader.own_writers = own;
         let snapshot = reader.snapshot()?;
+        let faults = sys::writer_faults();
+        if shared
+            .writer_faults_seen
+            .swap(faults, std::sync::atomic::Ordering::Relaxed)
+            != faults
+        {
+            tracing::error!(
+                file = ?shared.writer.path(),
+                "this process's metrics file was cut short by another process: what this process \
+                 wrote to the lost part since is lost (find who truncates files in {})",
+                shared.config.dir.display()
+            );
+        }
         let st = snapshot.stats();
         let dead = (st.dead_files - st.folded_files) as usize;
-        if dead > shared.config.compact_threshold || st.folded_files > 0 {
+        let mut retry_at = shared
+            .compact_retry_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = retry_at.is_none_or(|t| std::time::Instant::now() >= t);
+        if due && (dead > shared.config.compact_threshold || st.folded_files > 0) {
             if let Ok(Some(_lock)) = shared.lock.try_exclusive() {
                 match compact::compact(&shared.config, &mut reader, &|_| {}) {
                     Ok(c) => {
+                        *retry_at = None;
                         tracing::debug!(folded = c.folded, deleted = c.deleted, "compacted dead writers")
                     }
-                    Err(e) => tracing::warn!(dir = %shared.config.dir.display(), "compaction failed: {e}"),
+                    Err(e) => {
+                        if retry_at.is_none() {
+                            tracing::warn!(dir = %shared.config.dir.display(), "compaction failed: {e}");
+                        }
+                        *retry_at = Some(std::time::Instant::now() + COMPACT_RETRY);
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::cell::Cell as StdCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Once;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Takes (`exclusive`) or shares a `flock` on `fd` without blocking.
@@ -241,48 +241,107 @@ fn backoff(spins: &mut u32) {
 /// Writer files to detach in a child after fork: descriptor and mapping. A `flock`
 /// belongs to the open file description, and both the descriptor and a `MAP_SHARED`
 /// mapping hold a reference to it: the child must drop both, or the parent's lock would
-/// outlive the parent for as long as the child runs.
-struct WriterSlot {
+/// outlive the parent for as long as the child runs. The SIGBUS guard also reads the
+/// mappings here (a writer's file cut short by someone else).
+pub(crate) struct WriterSlot {
     /// -1 = free entry.
     fd: AtomicI32,
     addr: AtomicUsize,
     len: AtomicUsize,
 }
 
-const FD_SLOTS: usize = 1024;
-static WRITERS: [WriterSlot; FD_SLOTS] = [const {
-    WriterSlot {
-        fd: AtomicI32::new(-1),
-        addr: AtomicUsize::new(0),
-        len: AtomicUsize::new(0),
-    }
-}; FD_SLOTS];
+/// Entries per chunk of the writer table.
+const CHUNK_SLOTS: usize = 256;
 
-/// Records a writer's descriptor and mapping, to be detached in fork children. Call from
-/// inside the fork gate (so no fork sees a half-written entry). Returns the entry, or
-/// `None` when the table is full.
-pub(crate) fn register_writer(fd: RawFd, addr: *mut u8, len: usize) -> Option<usize> {
-    install_fork_handlers();
-    for (i, slot) in WRITERS.iter().enumerate() {
-        if slot
-            .fd
-            .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-        {
-            slot.addr.store(addr as usize, Ordering::Release);
-            slot.len.store(len, Ordering::Release);
-            return Some(i);
+/// A chunk of the writer table. The table grows by chunks that are never freed, linked
+/// through `next`, so that fork and signal handlers can walk it with atomic loads alone.
+struct WriterChunk {
+    slots: [WriterSlot; CHUNK_SLOTS],
+    next: AtomicPtr<WriterChunk>,
+}
+
+impl WriterChunk {
+    const fn new() -> Self {
+        WriterChunk {
+            slots: [const {
+                WriterSlot {
+                    fd: AtomicI32::new(-1),
+                    addr: AtomicUsize::new(0),
+                    len: AtomicUsize::new(0),
+                }
+            }; CHUNK_SLOTS],
+            next: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
-    None
+}
+
+static WRITERS: WriterChunk = WriterChunk::new();
+
+/// Every chunk of the writer table (atomic loads only: usable in signal handlers).
+fn writer_chunks() -> impl Iterator<Item = &'static WriterChunk> {
+    let mut next: Option<&'static WriterChunk> = Some(&WRITERS);
+    std::iter::from_fn(move || {
+        let chunk = next?;
+        let p = chunk.next.load(Ordering::Acquire);
+        // SAFETY: `next` is null or points to a chunk leaked by `register_writer`, which
+        // lives (immutable but for atomics) until the process ends.
+        next = (!p.is_null()).then(|| unsafe { &*p });
+        Some(chunk)
+    })
+}
+
+/// Records a writer's descriptor and mapping, to be detached in fork children. Call from
+/// inside the fork gate (so no fork sees a half-written entry). The table grows as
+/// needed: every writer of the process is recorded, however many.
+pub(crate) fn register_writer(fd: RawFd, addr: *mut u8, len: usize) -> &'static WriterSlot {
+    install_fork_handlers();
+    install_bus_handler();
+    loop {
+        let mut last = &WRITERS;
+        for chunk in writer_chunks() {
+            for slot in &chunk.slots {
+                if slot
+                    .fd
+                    .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    slot.addr.store(addr as usize, Ordering::Release);
+                    slot.len.store(len, Ordering::Release);
+                    return slot;
+                }
+            }
+            last = chunk;
+        }
+        // Every entry is taken: add a chunk (unless another thread just did) and retry.
+        let chunk: &'static WriterChunk = Box::leak(Box::new(WriterChunk::new()));
+        let p = chunk as *const WriterChunk as *mut WriterChunk;
+        if last
+            .next
+            .compare_exchange(std::ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: `chunk` was leaked just above and never published: this is its only
+            // reference, and it is not used after being freed here.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
 }
 
 /// Forgets a writer entry (its owner is about to close and unmap it).
-pub(crate) fn unregister_writer(entry: usize) {
-    let slot = &WRITERS[entry];
+pub(crate) fn unregister_writer(slot: &WriterSlot) {
     slot.addr.store(0, Ordering::Release);
     slot.len.store(0, Ordering::Release);
     slot.fd.store(-1, Ordering::Release);
+}
+
+/// Whether `addr` lies in a writer mapping of this process.
+fn in_writer_mapping(addr: usize) -> bool {
+    writer_chunks().any(|c| {
+        c.slots.iter().any(|s| {
+            let (a, l) = (s.addr.load(Ordering::Acquire), s.len.load(Ordering::Acquire));
+            a != 0 && addr >= a && addr - a < l
+        })
+    })
 }
 
 extern "C" fn atfork_prepare() {
@@ -315,7 +374,7 @@ extern "C" fn atfork_parent() {
 extern "C" fn atfork_child() {
     FORK_GENERATION.fetch_add(1, Ordering::Release);
     BIND_EPOCH.fetch_add(1, Ordering::Release);
-    for slot in &WRITERS {
+    for slot in writer_chunks().flat_map(|c| c.slots.iter()) {
         let fd = slot.fd.swap(-1, Ordering::AcqRel);
         if fd < 0 {
             continue;
@@ -375,4 +434,178 @@ pub(crate) fn install_fork_handlers() {
 /// The pid of this process as the kernel reports it now (not cached).
 pub(crate) fn current_pid() -> u32 {
     std::process::id()
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGBUS
+//
+// A mapped file that another process cuts short (`truncate`, `: > file`, a copy over it)
+// turns every access past its new end into a SIGBUS, which would end the process. The
+// store checks sizes before it touches a mapping, but a file can shrink between the
+// check and the access. So the store handles SIGBUS itself, for its own mappings only:
+//
+// * a reader marks the stretch of code that reads mappings with a `BusGuard` (a
+//   thread-local depth); a fault of this thread inside it is answered by mapping a page
+//   of zeros over the faulting page and noting the address, so the read goes on with
+//   zeros and the reader, seeing the note, drops that file's mapping and reads again;
+// * a fault in a writer mapping of the process (the writer table above) gets a private
+//   page of zeros that takes its writes: a worker whose file was cut keeps running
+//   (what it writes to that page is lost; it is logged);
+// * any other SIGBUS goes to the handler installed before this one (Rust's own, which
+//   tells stack overflows), or gets the default action: the process ends as it would
+//   have without this handler.
+//
+// The handler uses only atomics, thread-locals without destructors and mmap/sigaction
+// system calls. A program that installs its own SIGBUS handler after opening a store
+// replaces this protection.
+// ---------------------------------------------------------------------------------------
+
+thread_local! {
+    static BUS_DEPTH: StdCell<u32> = const { StdCell::new(0) };
+    static BUS_FAULT: StdCell<usize> = const { StdCell::new(0) };
+}
+
+static BUS_INSTALL: Once = Once::new();
+static BUS_PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+static WRITER_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Proof that the current thread reads mappings under the SIGBUS guard.
+#[must_use]
+pub(crate) struct BusGuard {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Enters a stretch of code whose faults on shrunken file mappings are survived (see the
+/// comment above). Nests.
+pub(crate) fn bus_guard() -> BusGuard {
+    install_bus_handler();
+    BUS_DEPTH.with(|d| d.set(d.get() + 1));
+    BusGuard {
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+impl BusGuard {
+    /// The address of the first fault survived since the last call, if any.
+    pub(crate) fn take_fault(&self) -> Option<usize> {
+        let a = BUS_FAULT.with(|f| f.replace(0));
+        (a != 0).then_some(a)
+    }
+}
+
+impl Drop for BusGuard {
+    fn drop(&mut self) {
+        BUS_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Faults survived in writer mappings of this process since it started.
+pub(crate) fn writer_faults() -> u64 {
+    WRITER_FAULTS.load(Ordering::Relaxed)
+}
+
+/// Installs the SIGBUS handler once per process.
+pub(crate) fn install_bus_handler() {
+    BUS_INSTALL.call_once(|| {
+        // SAFETY: sysconf has no memory arguments.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if page > 0 {
+            PAGE_SIZE.store(page as usize, Ordering::Relaxed);
+        }
+        // SAFETY: `action` is a zeroed (valid) sigaction filled in before use; `previous`
+        // is written by the kernel; the handler is an `extern "C"` function that lives for
+        // the whole program. The previous action is leaked on purpose: the handler may
+        // read it at any time until the process ends.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            let previous: *mut libc::sigaction = Box::into_raw(Box::new(std::mem::zeroed()));
+            if libc::sigaction(libc::SIGBUS, &action, previous) == 0 {
+                BUS_PREVIOUS.store(previous, Ordering::Release);
+            } else {
+                tracing::warn!(
+                    "cannot install the SIGBUS handler: a metrics file cut short by another process \
+                     could end this process"
+                );
+            }
+        }
+    });
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for a SA_SIGINFO handler.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // BUS_ADRERR: an access past the end of the file a page maps.
+    if code == libc::BUS_ADRERR && addr != 0 {
+        let writer = in_writer_mapping(addr);
+        let reader = !writer && BUS_DEPTH.with(|d| d.get()) > 0;
+        if writer || reader {
+            let page = PAGE_SIZE.load(Ordering::Relaxed);
+            let start = addr & !(page - 1);
+            let prot = if writer {
+                libc::PROT_READ | libc::PROT_WRITE
+            } else {
+                libc::PROT_READ
+            };
+            // SAFETY: `start` is the page of a store mapping (a writer's, from the writer
+            // table, or one this thread is reading under its guard) that faulted because
+            // its file shrank. Mapping anonymous zeros over exactly that page with
+            // MAP_FIXED replaces only it: the rest of the mapping is untouched, its owner
+            // unmaps the whole range as before. mmap is a plain system call.
+            let p = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    page,
+                    prot,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                if writer {
+                    WRITER_FAULTS.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    BUS_FAULT.with(|f| {
+                        if f.get() == 0 {
+                            f.set(addr);
+                        }
+                    });
+                }
+                return;
+            }
+        }
+    }
+    // Not ours: the previous handler, or the default action.
+    let previous = BUS_PREVIOUS.load(Ordering::Acquire);
+    // SAFETY: `previous` is null or the leaked action stored at installation.
+    let previous = unsafe { previous.as_ref() };
+    if let Some(p) = previous {
+        let h = p.sa_sigaction;
+        if h != libc::SIG_DFL && h != libc::SIG_IGN {
+            if p.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: with SA_SIGINFO, the handler has this signature; it is called with
+                // the arguments this handler received, as the kernel would have.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(h) };
+                f(sig, info, ctx);
+            } else {
+                // SAFETY: without SA_SIGINFO, the handler takes the signal number only.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+                f(sig);
+            }
+            return;
+        }
+    }
+    // Restore the default action and return: the access faults again and the process
+    // ends with SIGBUS, as it would have without this handler.
+    // SAFETY: a zeroed sigaction with SIG_DFL is valid; sigaction is async-signal-safe.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+    }
 }
