@@ -8,7 +8,7 @@
 //! (`local`) and every write takes the slow path, which retries the binding now and then
 //! and, when it succeeds, moves what was recorded meanwhile into the file: nothing is lost.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,8 @@ pub(crate) struct Cell {
     pub(crate) writer: Arc<Writer>,
     local: Box<[AtomicU64]>,
     bind: Mutex<BindState>,
+    /// Whether the writer's list of series waiting for file slots holds this one.
+    queued: AtomicBool,
 }
 
 struct BindState {
@@ -143,6 +145,7 @@ impl Cell {
             labels,
             writer,
             local: (0..nslots).map(|_| AtomicU64::new(0)).collect(),
+            queued: AtomicBool::new(false),
             bind: Mutex::new(BindState {
                 local_gen: sys::fork_generation(),
                 bound_gen: u64::MAX,
@@ -160,7 +163,7 @@ impl Cell {
 
     /// Runs `f` on this process's value slots of the series.
     #[inline(always)]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
+    pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
         if self.generation.load(Ordering::Acquire) == sys::bind_epoch() {
             let p = self.ptr.load(Ordering::Relaxed);
             // SAFETY: the epoch matches, so `p` was stored (before `generation`, Release/
@@ -175,14 +178,33 @@ impl Cell {
 
     #[cold]
     #[inline(never)]
-    fn slow<R>(&self, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
+    fn slow<R>(self: &Arc<Self>, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
         let _gate = sys::enter_gate();
         let mut st = self.bind.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slots) = self.bind_locked(&mut st, false) {
+            drop(st);
+            // A chance to write: the series that waited in memory go to the file now.
+            if self.writer.has_waiting() {
+                self.writer.flush_waiting();
+            }
+            return f(slots);
+        }
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.writer.wait_for_file(Arc::downgrade(self));
+        }
+        // Under the lock: a bind moves `local` into the file under it too, so no write
+        // to `local` can land after the move.
+        f(&self.local)
+    }
+
+    /// Binds the series to file slots now if it is not bound (and, unless `now`, if its
+    /// retry time has come). `None`: it lives in process memory for now.
+    fn bind_locked(&self, st: &mut BindState, now: bool) -> Option<&[AtomicU64]> {
         let epoch = sys::bind_epoch();
         if self.generation.load(Ordering::Acquire) == epoch {
             let p = self.ptr.load(Ordering::Relaxed);
             // SAFETY: as in `with`.
-            return f(unsafe { std::slice::from_raw_parts(p.cast_const(), self.nslots) });
+            return Some(unsafe { std::slice::from_raw_parts(p.cast_const(), self.nslots) });
         }
         let fork_gen = sys::fork_generation();
         if st.local_gen != fork_gen {
@@ -194,36 +216,55 @@ impl Cell {
             st.local_gen = fork_gen;
             st.retry_at = None;
         }
-        let now = Instant::now();
-        if st.retry_at.is_none_or(|t| now >= t) {
-            let key = match &self.labels {
-                Some(labels) => BindKey::Series {
-                    family: self.family,
-                    labels,
-                },
-                None => BindKey::Stats { family: self.family },
-            };
-            if let Some(p) = self.writer.bind(&key, self.nslots) {
-                // SAFETY: `bind` returns a pointer to `nslots` reserved, aligned words of the
-                // current mapping (see `with`); the mapping outlives `self.writer`.
-                let slots = unsafe { std::slice::from_raw_parts(p, self.nslots) };
-                let old = self.ptr.load(Ordering::Relaxed);
-                if !old.is_null() && old.cast_const() != p && st.bound_gen == fork_gen {
-                    // SAFETY: `old` was bound in this fork generation, so its file is still
-                    // mapped by this process (the writer retires files, never unmaps them).
-                    let old = unsafe { std::slice::from_raw_parts(old.cast_const(), self.nslots) };
-                    self.layout.carry_gauge(old, slots);
-                }
-                self.layout.transfer(&self.local, slots);
-                self.ptr.store(p.cast_mut(), Ordering::Relaxed);
-                self.generation.store(epoch, Ordering::Release);
-                st.bound_gen = fork_gen;
-                st.retry_at = None;
-                return f(slots);
-            }
-            st.retry_at = Some(now + RETRY_INTERVAL);
+        let at = Instant::now();
+        if !now && st.retry_at.is_some_and(|t| at < t) {
+            return None;
         }
-        f(&self.local)
+        let key = match &self.labels {
+            Some(labels) => BindKey::Series {
+                family: self.family,
+                labels,
+            },
+            None => BindKey::Stats { family: self.family },
+        };
+        let Some(p) = self.writer.bind(&key, self.nslots) else {
+            st.retry_at = Some(at + RETRY_INTERVAL);
+            return None;
+        };
+        // SAFETY: `bind` returns a pointer to `nslots` reserved, aligned words of the
+        // current mapping (see `with`); the mapping outlives `self.writer`.
+        let slots = unsafe { std::slice::from_raw_parts(p, self.nslots) };
+        let old = self.ptr.load(Ordering::Relaxed);
+        if !old.is_null() && old.cast_const() != p && st.bound_gen == fork_gen {
+            // SAFETY: `old` was bound in this fork generation, so its file is still
+            // mapped by this process (the writer retires files, never unmaps them).
+            let old = unsafe { std::slice::from_raw_parts(old.cast_const(), self.nslots) };
+            self.layout.carry_gauge(old, slots);
+        }
+        self.layout.transfer(&self.local, slots);
+        self.ptr.store(p.cast_mut(), Ordering::Relaxed);
+        self.generation.store(epoch, Ordering::Release);
+        st.bound_gen = fork_gen;
+        st.retry_at = None;
+        Some(slots)
+    }
+
+    /// Whether the series has file slots in this process now.
+    pub(crate) fn bound(&self) -> bool {
+        self.generation.load(Ordering::Acquire) == sys::bind_epoch()
+    }
+
+    /// Tries to move a series that waits in process memory into the file now (without
+    /// waiting for a lock another thread holds). Returns whether it no longer waits.
+    pub(crate) fn flush(&self) -> bool {
+        let Ok(mut st) = self.bind.try_lock() else {
+            return false;
+        };
+        let done = self.bind_locked(&mut st, true).is_some();
+        if done {
+            self.queued.store(false, Ordering::Release);
+        }
+        done
     }
 }
 

@@ -2,7 +2,7 @@
 //! description every process of an application must agree on.
 
 use crate::error::Error;
-use crate::format::{FamilyRecord, GaugeMode, MetricType};
+use crate::format::{FamilyRecord, GaugeMode, MAX_HELP_BYTES, MetricType};
 use crate::names;
 
 /// Options for declaring a metric family with [`Store::register`](crate::Store::register).
@@ -110,6 +110,15 @@ impl FamilyDesc {
             return Err(Error::InvalidMetricName {
                 name,
                 reason: format!("starts with `{SELF_PREFIX}`, which is reserved for the store's own metrics"),
+            });
+        }
+        if opts.help.len() > MAX_HELP_BYTES {
+            return Err(Error::InvalidOption {
+                name,
+                reason: format!(
+                    "help text of {} bytes: at most {MAX_HELP_BYTES} bytes are stored; shorten it",
+                    opts.help.len()
+                ),
             });
         }
         let mut labels: Vec<String> = Vec::with_capacity(opts.label_names.len());

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use crate::cell::{Cell, Layout};
 use crate::desc::{FamilyDesc, OVERFLOW_LABEL_VALUE};
 use crate::error::Result;
-use crate::format::ErrorKind;
+use crate::format::{ErrorKind, MAX_LABEL_VALUE_BYTES};
 use crate::metrics::Metric;
 use crate::store::Shared;
 use crate::sys;
@@ -86,6 +86,7 @@ pub(crate) struct FamilyCore<M: Metric> {
     owned: Mutex<Owned<M>>,
     len: AtomicUsize,
     full: AtomicBool,
+    limit_logged: AtomicBool,
     overflow: OnceLock<M>,
     drops: Arc<Cell>,
 }
@@ -116,6 +117,7 @@ impl<M: Metric> FamilyCore<M> {
             }),
             len: AtomicUsize::new(0),
             full: AtomicBool::new(false),
+            limit_logged: AtomicBool::new(false),
             overflow: OnceLock::new(),
             drops,
         }
@@ -186,14 +188,31 @@ impl<M: Metric> FamilyCore<M> {
 
     #[cold]
     fn insert(&self, hash: u64, values: &[&str]) -> &M {
+        if let Some(v) = values.iter().find(|v| v.len() > MAX_LABEL_VALUE_BYTES) {
+            let len = v.len();
+            self.writer.count_error(ErrorKind::LabelValue, &|| {
+                format!(
+                    "metric {:?}: a label value of {len} bytes refused (at most {MAX_LABEL_VALUE_BYTES}): \
+                     recorded in its overflow series",
+                    self.desc.name
+                )
+            });
+            return self.overflow();
+        }
         let _gate = sys::enter_gate();
         let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = self.find(hash, values) {
             return m;
         }
         let len = self.len.load(Ordering::Relaxed);
-        if len >= self.desc.series_limit {
-            if !self.full.swap(true, Ordering::Relaxed) {
+        // The file's series count too: a resumed slot file holds earlier lives' series.
+        if len >= self.desc.series_limit || !self.writer.admit(self.id, values, self.desc.series_limit) {
+            if len >= self.desc.series_limit {
+                // Every series the file may hold is in the table now: the lookups of new
+                // label sets go to the overflow series without coming here.
+                self.full.store(true, Ordering::Relaxed);
+            }
+            if !self.limit_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     metric = %self.desc.name,
                     limit = self.desc.series_limit,
@@ -285,10 +304,12 @@ pub struct Family<M: Metric> {
 impl<M: Metric> Family<M> {
     /// The series for these label values, created on first use (at value zero, so it
     /// appears in the next scrape). Values are given in the order of the family's label
-    /// names and may hold any UTF-8 text.
+    /// names and may hold any UTF-8 text of at most
+    /// [`MAX_LABEL_VALUE_BYTES`](crate::MAX_LABEL_VALUE_BYTES) bytes.
     ///
-    /// Never panics: a wrong number of values, or a new label set past the family's
-    /// series limit, returns the overflow series (and is counted).
+    /// Never panics: a wrong number of values, a longer value, or a new label set past
+    /// the family's series limit, returns the overflow series (and is counted in
+    /// `shmetrics_store_errors_total` or `shmetrics_cardinality_overflow_total`).
     #[inline]
     pub fn labels(&self, values: &[&str]) -> &M {
         self.core.get(values)
@@ -341,6 +362,15 @@ impl<M: Metric> Family<M> {
                     self.core.desc.labels.len(),
                     self.core.desc.labels.join(", "),
                     values.len()
+                ),
+            });
+        }
+        if let Some(v) = values.iter().find(|v| v.len() > MAX_LABEL_VALUE_BYTES) {
+            return Err(crate::Error::InvalidOption {
+                name: self.core.desc.name.clone(),
+                reason: format!(
+                    "a label value of {} bytes: label values are at most {MAX_LABEL_VALUE_BYTES} bytes",
+                    v.len()
                 ),
             });
         }

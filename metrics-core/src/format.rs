@@ -36,8 +36,9 @@ pub(crate) const H_WRITER_ID: usize = 5;
 pub(crate) const H_WORKER: usize = 6;
 /// First of the error counters (see [`ErrorKind`]).
 pub(crate) const H_ERRORS: usize = 7;
-/// Number of error counters in the header.
-pub(crate) const ERROR_KINDS: usize = 3;
+/// Number of error counters in the header (words 7 to 11; readers that know fewer
+/// ignore the others, which older writers leave at zero).
+pub(crate) const ERROR_KINDS: usize = 5;
 
 /// `H_WORKER` value of a writer without a stable worker id.
 pub(crate) const NO_WORKER: u64 = u64::MAX;
@@ -52,17 +53,29 @@ pub(crate) enum ErrorKind {
     InvalidValue = 1,
     /// A label lookup with the wrong number of values (sent to the overflow series).
     LabelCount = 2,
+    /// A label value longer than [`MAX_LABEL_VALUE_BYTES`] (sent to the overflow series).
+    LabelValue = 3,
+    /// A worker slot's file could not be used (a symlink or another kind of file planted
+    /// at its name, or a newer format version): the worker wrote an ordinary file instead.
+    SlotSkipped = 4,
 }
 
 impl ErrorKind {
-    pub(crate) const ALL: [ErrorKind; ERROR_KINDS] =
-        [ErrorKind::Growth, ErrorKind::InvalidValue, ErrorKind::LabelCount];
+    pub(crate) const ALL: [ErrorKind; ERROR_KINDS] = [
+        ErrorKind::Growth,
+        ErrorKind::InvalidValue,
+        ErrorKind::LabelCount,
+        ErrorKind::LabelValue,
+        ErrorKind::SlotSkipped,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
             ErrorKind::Growth => "growth",
             ErrorKind::InvalidValue => "invalid_value",
             ErrorKind::LabelCount => "label_count",
+            ErrorKind::LabelValue => "label_value",
+            ErrorKind::SlotSkipped => "slot_skipped",
         }
     }
 }
@@ -87,6 +100,11 @@ pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
 pub(crate) const MAX_RECORD_BYTES: usize = 16 << 20;
 /// Longest metric, label or application name.
 pub(crate) const MAX_NAME_BYTES: usize = 1024;
+/// Longest label value a writer stores (Prometheus users never need more; a longer one
+/// goes to the family's overflow series and is counted).
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+/// Longest help text a writer stores.
+pub const MAX_HELP_BYTES: usize = 64 << 10;
 /// Most label names per family.
 pub(crate) const MAX_LABELS: usize = 64;
 /// Most histogram buckets per family (including +Inf).

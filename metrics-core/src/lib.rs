@@ -133,7 +133,7 @@ pub use compact::CompactionStats;
 pub use desc::{OVERFLOW_LABEL_VALUE, Opts};
 pub use error::{Error, Result};
 pub use family::Family;
-pub use format::{GaugeMode, MetricType};
+pub use format::{GaugeMode, MAX_HELP_BYTES, MAX_LABEL_VALUE_BYTES, MetricType};
 pub use metrics::{Counter, CounterF64, Gauge, Histogram, Metric};
 pub use names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
 pub use reader::Reader;

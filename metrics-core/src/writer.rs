@@ -14,13 +14,15 @@ use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use crate::desc::FamilyDesc;
+use crate::cell::Cell;
+use crate::desc::{FamilyDesc, OVERFLOW_LABEL_VALUE};
 use crate::error::Error;
 use crate::format::{self, ERROR_KINDS, ErrorKind, HEADER_BYTES, MR_SEQ, MR_TIME, MR_VALUE, MetricType};
 use crate::parse::{self, Parsed};
+use crate::reader::MAX_FILE_BYTES;
 use crate::region::Region;
 use crate::sys;
 
@@ -67,6 +69,11 @@ pub(crate) enum BindKey<'a> {
 pub(crate) struct Writer {
     pub(crate) config: Arc<Config>,
     state: Mutex<WriterState>,
+    /// Series living in process memory because the file had no room for them when they
+    /// were created: moved into the file at the next chance (any successful write of a
+    /// new series, a declaration, a scrape of this process).
+    waiting: Mutex<Vec<Weak<Cell>>>,
+    waiting_count: AtomicUsize,
     header_epoch: AtomicU64,
     header_ptr: AtomicPtr<AtomicU64>,
     growth_logged: AtomicBool,
@@ -111,6 +118,8 @@ impl Writer {
                 pending_errors: [0; ERROR_KINDS],
                 slot_owner,
             }),
+            waiting: Mutex::new(Vec::new()),
+            waiting_count: AtomicUsize::new(0),
             header_epoch: AtomicU64::new(UNBOUND),
             header_ptr: AtomicPtr::new(std::ptr::null_mut()),
             growth_logged: AtomicBool::new(false),
@@ -148,12 +157,20 @@ impl Writer {
     /// Adds a family and writes its record now if there is room (later otherwise).
     /// Called with the directory lock held; `folded` tells whether a writer id was folded
     /// into the accumulator (a slot file that was folded must not be resumed).
+    ///
+    /// A file that cannot be created now (a full filesystem, no descriptor left) does not
+    /// fail the declaration: values wait in process memory, the failure is counted
+    /// (`growth`), and the file is created at the next chance.
     pub(crate) fn declare(&self, desc: Arc<FamilyDesc>, folded: &dyn Fn(u64) -> bool) -> Result<u32, Error> {
         let _gate = sys::enter_gate();
         let mut st = self.lock();
         self.sync_fork(&mut st);
         if st.file.is_none() {
-            self.open_file(&mut st, true, folded)?;
+            match self.open_file(&mut st, true, folded) {
+                Ok(()) => {}
+                Err(e) if waits_in_memory(&e) => self.growth_failed(&mut st, &e.to_string()),
+                Err(e) => return Err(e),
+            }
         }
         let fid = st.families.len() as u32;
         st.families.push(desc);
@@ -168,6 +185,66 @@ impl Writer {
                 Ok(fid)
             }
         }
+    }
+
+    /// Whether a new label set of family `family` (declaration index) may get a series of
+    /// its own under `limit`: the series this process's file already holds count, those
+    /// written by earlier lives of a resumed slot file too. A label set the file holds
+    /// already is always admitted (it adds nothing).
+    pub(crate) fn admit(&self, family: u32, labels: &[&str], limit: usize) -> bool {
+        let _gate = sys::enter_gate();
+        let mut st = self.lock();
+        self.sync_fork(&mut st);
+        let Some(file) = st.file.as_ref() else {
+            return true;
+        };
+        let Some(Some(id)) = file.ids.get(family as usize) else {
+            return true;
+        };
+        let Some(series) = file.series.get(id) else {
+            return true;
+        };
+        let overflow: Box<[Box<str>]> = vec![Box::<str>::from(OVERFLOW_LABEL_VALUE); labels.len()].into();
+        let held = series.len() - usize::from(series.contains_key(&overflow));
+        if held < limit {
+            return true;
+        }
+        let key: Box<[Box<str>]> = labels.iter().map(|l| Box::<str>::from(*l)).collect();
+        series.contains_key(&key)
+    }
+
+    /// Whether series wait in process memory for file slots.
+    #[inline]
+    pub(crate) fn has_waiting(&self) -> bool {
+        self.waiting_count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Remembers a series that could not get file slots.
+    pub(crate) fn wait_for_file(&self, cell: Weak<Cell>) {
+        let mut list = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        list.push(cell);
+        self.waiting_count.store(list.len(), Ordering::Relaxed);
+    }
+
+    /// Moves the series waiting in process memory into the file, until one does not fit.
+    /// Call without holding the writer's state (it takes it for each series).
+    pub(crate) fn flush_waiting(&self) {
+        let _gate = sys::enter_gate();
+        let Ok(mut list) = self.waiting.try_lock() else {
+            return; // another thread is at it
+        };
+        let mut keep = Vec::with_capacity(list.len());
+        let mut full = false;
+        for w in list.drain(..) {
+            let Some(cell) = w.upgrade() else { continue };
+            if full || !cell.flush() {
+                // Not bound: no room (stop trying the others now) or busy elsewhere.
+                full |= !cell.bound();
+                keep.push(w);
+            }
+        }
+        *list = keep;
+        self.waiting_count.store(list.len(), Ordering::Relaxed);
     }
 
     /// Binds `key` to `nslots` value slots in this process's current file.
@@ -410,6 +487,15 @@ impl Writer {
     }
 }
 
+/// What resuming a slot file found.
+enum Resume {
+    Resumed(Box<WriterFile>),
+    /// Not resumable, moved out of the way: start a new slot file.
+    Replace,
+    /// Not usable by this version, left in place: write an ordinary file instead.
+    Skip(String),
+}
+
 /// Value slot offsets of one family's series, by label values.
 type SeriesOffsets = HashMap<Box<[Box<str>]>, usize>;
 
@@ -417,7 +503,7 @@ type SeriesOffsets = HashMap<Box<[Box<str>]>, usize>;
 pub(crate) struct WriterFile {
     path: PathBuf,
     file: ManuallyDrop<File>,
-    fd_entry: Option<usize>,
+    fd_entry: Option<&'static sys::WriterSlot>,
     /// Fork generation that owns the descriptor.
     fork_gen: u64,
     writer_id: u64,
@@ -530,20 +616,39 @@ impl WriterFile {
     /// Records descriptor and mapping for detaching in fork children. Called in the gate.
     fn register(&mut self) {
         let (addr, len) = self.region.span();
-        self.fd_entry = sys::register_writer(self.file.as_raw_fd(), addr, len);
+        self.fd_entry = Some(sys::register_writer(self.file.as_raw_fd(), addr, len));
     }
 
     /// Takes worker slot `slot`: resumes its file if a previous worker left one that is
     /// whole, or starts a new one. Called with the directory lock held.
+    ///
+    /// Something at the slot's name that is not a slot file this version can resume (a
+    /// symlink or another kind of file planted there, a file of a newer format version)
+    /// is left alone, logged and counted (`slot_skipped`): this process then writes an
+    /// ordinary file of its own, so a planted file cannot keep a worker from starting.
     fn acquire_slot(
         config: &Config,
         slot: u64,
-        pending: [u64; ERROR_KINDS],
+        mut pending: [u64; ERROR_KINDS],
         fork_gen: u64,
         folded: &dyn Fn(u64) -> bool,
     ) -> Result<WriterFile, Error> {
         let name = format!("{SLOT_PREFIX}{slot}{STORE_EXT}");
         let path = config.dir.join(&name);
+        let mut skip = |why: String| {
+            tracing::warn!(
+                file = %path.display(),
+                "worker slot file not used: {why}; left in place, this process writes an ordinary \
+                 file instead (counted in shmetrics_store_errors_total{{kind=\"slot_skipped\"}})"
+            );
+            pending[ErrorKind::SlotSkipped as usize] += 1;
+            let own = format!(
+                "{WRITER_PREFIX}{}-{:016x}{STORE_EXT}",
+                sys::current_pid(),
+                sys::random_u64()
+            );
+            WriterFile::create(config, &own, pending, fork_gen)
+        };
         let file = match OpenOptions::new()
             .read(true)
             .write(true)
@@ -555,21 +660,16 @@ impl WriterFile {
                 return WriterFile::create(config, &name, pending, fork_gen);
             }
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(Error::Directory {
-                    path: config.dir.clone(),
-                    reason: format!("{name} is a symbolic link: refusing to follow it; remove it"),
-                    source: Some(e),
-                });
+                return skip("it is a symbolic link (not followed; someone may have planted it)".into());
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::EISDIR)) => {
+                return skip("it is not a regular file".into());
             }
             Err(e) => return Err(Error::io("opening", &path, e)),
         };
         let md = file.metadata().map_err(|e| Error::io("inspecting", &path, e))?;
         if !md.is_file() {
-            return Err(Error::Directory {
-                path: config.dir.clone(),
-                reason: format!("{name} is not a regular file: remove it"),
-                source: None,
-            });
+            return skip("it is not a regular file".into());
         }
         if !sys::try_flock(file.as_raw_fd(), true).map_err(|e| Error::io("locking", &path, e))? {
             let pid = Region::map_reader(&file, (md.len() as usize).clamp(8, HEADER_BYTES))
@@ -585,55 +685,66 @@ impl WriterFile {
                 pid,
             });
         }
-        match WriterFile::resume(config, &path, file, fork_gen, folded) {
-            Ok(Some(wf)) => Ok(wf),
-            Ok(None) => WriterFile::create(config, &name, pending, fork_gen),
-            Err(e) => Err(e),
+        match WriterFile::resume(config, &path, file, fork_gen, folded)? {
+            Resume::Resumed(wf) => Ok(*wf),
+            Resume::Replace => WriterFile::create(config, &name, pending, fork_gen),
+            Resume::Skip(why) => skip(why),
         }
     }
 
-    /// Resumes a locked slot file. `Ok(None)`: the file cannot be resumed and was moved
-    /// out of the way (folded into the accumulator already, or not readable).
+    /// Resumes a locked slot file, in any state a SIGKILL of its previous writer can
+    /// leave: only what that writer published (records below `used`) is trusted, the
+    /// unpublished tail is zeroed before anything new is written there, and sequence words
+    /// left odd by a kill mid-write are made even.
     fn resume(
         config: &Config,
         path: &Path,
         file: File,
         fork_gen: u64,
         folded: &dyn Fn(u64) -> bool,
-    ) -> Result<Option<WriterFile>, Error> {
+    ) -> Result<Resume, Error> {
         let size = file
             .metadata()
             .map_err(|e| Error::io("inspecting", path, e))?
-            .len() as usize;
+            .len();
+        let size = match usize::try_from(size) {
+            Ok(s) if s <= MAX_FILE_BYTES => s,
+            _ => return WriterFile::move_aside(path, &format!("{size} bytes, larger than any store file")),
+        };
         let reserve = config.max_file_size.max(INITIAL_BYTES).max(size);
         let region = Region::map_writer(&file, reserve, size).map_err(|e| Error::io("mapping", path, e))?;
-        let parsed = parse::read_header(&region, size).and_then(|h| {
-            if h.accumulator() {
-                return Err(format::Corrupt("an accumulator under a slot name".into()));
+        let header = match parse::read_header(&region, size) {
+            Ok(h) if h.accumulator() => {
+                return WriterFile::move_aside(path, "an accumulator under a slot name");
             }
-            let mut p = Parsed::new(false);
-            p.parse(&region, h.used)?;
-            Ok((h, p))
-        });
-        let (header, parsed) = match parsed {
-            Ok(x) => x,
-            Err(c) => {
-                let aside = path.with_extension(format!("corrupt-{:08x}.shm", sys::random_u64() as u32));
-                tracing::warn!(
-                    file = %path.display(),
-                    reason = %c,
-                    "worker slot file is not readable: moved aside to {}, starting a new one",
-                    aside.display()
+            Ok(h) if h.used > size => {
+                return WriterFile::move_aside(
+                    path,
+                    &format!(
+                        "used length {} past the end of the file ({size} bytes): truncated",
+                        h.used
+                    ),
                 );
-                std::fs::rename(path, &aside).map_err(|e| Error::io("renaming", path, e))?;
-                return Ok(None);
             }
+            Ok(h) => h,
+            Err(parse::HeaderError::Newer(v)) => {
+                return Ok(Resume::Skip(format!(
+                    "it has format version {v}, newer than this version's {} (a newer deployment's slot, \
+                     resumed when it comes back)",
+                    format::VERSION
+                )));
+            }
+            Err(parse::HeaderError::Corrupt(c)) => return WriterFile::move_aside(path, &c.0),
         };
+        let mut parsed = Parsed::new(false);
+        if let Err(c) = parsed.parse(&region, header.used) {
+            return WriterFile::move_aside(path, &c.0);
+        }
         if folded(header.writer_id) {
             // Its values are in the accumulator already (a compaction stopped before
             // deleting it): continuing it would count them twice.
             std::fs::remove_file(path).map_err(|e| Error::io("removing", path, e))?;
-            return Ok(None);
+            return Ok(Resume::Replace);
         }
         if parsed.application.as_deref() != Some(config.application.as_str()) {
             return Err(Error::WrongApplication {
@@ -652,6 +763,14 @@ impl WriterFile {
         );
         wf.used = header.used;
         wf.allocated = size;
+        // The tail past `used` holds whatever the killed writer had started to append
+        // (a record, a block header) and never published: new blocks' slots must read
+        // zero, so clear it before anything is handed out there.
+        for off in (header.used..size - size % 8).step_by(8) {
+            if let Some(w) = wf.region.word(off) {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
         for fam in &parsed.families {
             wf.by_name.insert(fam.rec.name.clone(), fam.rec.id);
             wf.descs.push(FamilyDesc::from_record(&fam.rec));
@@ -662,23 +781,28 @@ impl WriterFile {
                 .map_err(|c| Error::io("reading", path, io::Error::other(c.0)))?;
             wf.series.entry(s.family).or_default().insert(labels, s.offset);
         }
-        // A new process: what it is doing now starts from zero (in-flight requests of a
-        // killed predecessor must not linger); counters, histograms and the other gauge
-        // modes go on.
         for s in &parsed.series {
             let fam = &parsed.families[s.family as usize].rec;
-            if fam.ty != MetricType::Gauge || !fam.mode.live_only() {
+            if fam.ty != MetricType::Gauge {
                 continue;
             }
             let word = |i: usize| wf.region.word(s.offset + i * 8);
+            // A new process: what it is doing now starts from zero (in-flight requests
+            // of a killed predecessor must not linger); counters, histograms and the
+            // other gauge modes go on.
+            let reset = fam.mode.live_only();
             if fam.mode.most_recent() {
                 if let (Some(seq), Some(v), Some(t)) = (word(MR_SEQ), word(MR_VALUE), word(MR_TIME)) {
+                    // Odd: the predecessor was killed inside `set`. No one else writes
+                    // this slot now; make it even so the next write does not wait.
                     let cur = seq.load(Ordering::Relaxed);
-                    seq.store(cur + (cur & 1), Ordering::Relaxed);
-                    v.store(0, Ordering::Relaxed);
-                    t.store(0, Ordering::Relaxed);
+                    seq.store(cur + (cur & 1), Ordering::Release);
+                    if reset {
+                        v.store(0, Ordering::Relaxed);
+                        t.store(0, Ordering::Relaxed);
+                    }
                 }
-            } else if let Some(v) = word(0) {
+            } else if let (true, Some(v)) = (reset, word(0)) {
                 v.store(0, Ordering::Relaxed);
             }
         }
@@ -690,7 +814,21 @@ impl WriterFile {
         }
         wf.publish();
         wf.register();
-        Ok(Some(wf))
+        Ok(Resume::Resumed(Box::new(wf)))
+    }
+
+    /// Renames an unreadable slot file aside (still `.shm`: readers report it, nothing
+    /// deletes it) so the slot starts a new file.
+    fn move_aside(path: &Path, why: &str) -> Result<Resume, Error> {
+        let aside = path.with_extension(format!("corrupt-{:08x}.shm", sys::random_u64() as u32));
+        tracing::warn!(
+            file = %path.display(),
+            reason = %why,
+            "worker slot file is not readable: moved aside to {}, starting a new one",
+            aside.display()
+        );
+        std::fs::rename(path, &aside).map_err(|e| Error::io("renaming", path, e))?;
+        Ok(Resume::Replace)
     }
 
     fn write_header(
@@ -810,6 +948,28 @@ impl Drop for WriterFile {
         // its descriptor (closing the number again could close an unrelated file) and
         // replaced its mapping with a placeholder, which the region's drop unmaps.
     }
+}
+
+/// Whether an error creating this process's file means "not now" (values wait in process
+/// memory and the file is created later) rather than a mistake to report at the call.
+fn waits_in_memory(e: &Error) -> bool {
+    let io = match e {
+        Error::Io { source, .. } => source,
+        Error::Directory { source: Some(s), .. } => s,
+        _ => return false,
+    };
+    matches!(
+        io.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EFBIG
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EAGAIN
+        )
+    )
 }
 
 fn round_up(n: usize, to: usize) -> usize {

@@ -21,9 +21,14 @@ const TESTS: &[(&str, Test)] = &[
     ("compaction_killed_at_each_step_loses_and_doubles_nothing", compaction_crash),
     ("restarted_worker_resumes_its_slot_file", slots),
     ("live_slot_cannot_be_shared", slot_busy),
+    ("planted_file_at_a_slot_name_is_skipped_not_an_exit", planted_slot_is_skipped),
     ("slot_schema_change_retires_the_old_file", slot_schema_change),
     ("removed_series_disappear_from_every_workers_scrape", removal_across_processes),
     ("fork_child_of_a_slot_owner_writes_its_own_file", slot_fork),
+    ("a_mostrecent_gauge_killed_mid_write_does_not_hang_the_restarted_worker", mostrecent_killed_mid_write),
+    ("garbage_left_past_the_published_length_never_reaches_a_series", unpublished_tail),
+    ("the_series_limit_holds_across_restarts_of_a_slot", series_limit_across_lives),
+    ("a_huge_label_value_or_help_is_refused_and_the_slot_resumes", huge_values),
 ];
 
 fn main() {
@@ -51,6 +56,10 @@ fn run_role(role: &str, args: &[String]) {
         ),
         "remover" => role_remover(dir),
         "slotfork" => role_slot_fork(dir),
+        "setter" => role_setter(dir),
+        "appender" => role_appender(dir, &args[1], args[2].parse().expect("count")),
+        "flood" => role_flood(dir, &args[1]),
+        "huge" => role_huge(dir),
         other => panic!("unknown role {other}"),
     }
 }
@@ -354,20 +363,53 @@ fn slot_busy() -> Result<(), Failed> {
     if !msg.contains("worker slot 3") || !msg.contains(&pid) {
         return Err(format!("second worker's error should name slot 3 and pid {pid}: {msg}").into());
     }
-    // A planted symlink in place of a slot file is refused, not followed.
+    first.send("go");
+    first.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Something planted at a slot's name (a symlink, a FIFO, a directory) is not followed,
+/// not written and not an exit: the worker writes an ordinary file, and it is counted.
+fn planted_slot_is_skipped() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
     let target = dir.path().join("elsewhere");
     std::fs::write(&target, b"x")?;
     std::os::unix::fs::symlink(&target, dir.path().join("slot-9.shm"))?;
-    let mut third = RoleProc::spawn("slot", &[d, "9", "1", "v1"]);
-    let msg = third.expect("error", Duration::from_secs(30));
-    if !msg.contains("symbolic link") {
-        return Err(format!("planted symlink: {msg}").into());
+    std::fs::create_dir(dir.path().join("slot-8.shm"))?;
+    let fifo = std::ffi::CString::new(dir.path().join("slot-6.shm").to_str().unwrap())?;
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for slot in ["9", "8", "6"] {
+        let mut w = RoleProc::spawn("slot", &[d, slot, "1", "v1"]);
+        let ready = w.expect("ready", Duration::from_secs(30));
+        if !ready.contains("/w-") {
+            return Err(
+                format!("slot {slot}: the worker should write an ordinary file, wrote {ready}").into(),
+            );
+        }
+        w.send("go");
+        if !w.wait(Duration::from_secs(10)).success() {
+            return Err(format!("slot {slot}: worker failed").into());
+        }
     }
-    if std::fs::read(&target)? != b"x" {
-        return Err("the symlink's target was written".into());
+    if std::fs::read(&target)? != b"x" || !dir.path().join("slot-9.shm").is_symlink() {
+        return Err("the planted symlink or its target was changed".into());
     }
-    first.send("go");
-    first.wait(Duration::from_secs(10));
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    let skipped = snap
+        .stats()
+        .store_errors
+        .iter()
+        .find(|(k, _)| *k == "slot_skipped")
+        .map(|(_, n)| *n);
+    if skipped != Some(3) || snap.counter("slot_jobs", &[("queue", "mail")]) != Some(3) {
+        return Err(format!(
+            "slot_skipped {skipped:?}, jobs {:?}: expected 3 and 3",
+            snap.counter("slot_jobs", &[("queue", "mail")])
+        )
+        .into());
+    }
     Ok(())
 }
 
@@ -516,6 +558,293 @@ fn slot_fork() -> Result<(), Failed> {
     let snap = Reader::new(dir.path())?.snapshot()?;
     if snap.counter("forked_jobs", &[]) != Some(16) {
         return Err(format!("total {:?}, expected 16", snap.counter("forked_jobs", &[])).into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// A restart resumes a slot file in any state a SIGKILL can leave.
+
+/// Records of a store file, as FORMAT.md lays them out: (kind, byte offset, words).
+fn records(bytes: &[u8]) -> Vec<(u32, usize, Vec<u64>)> {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let used = word(16) as usize;
+    let mut out = Vec::new();
+    let mut at = 128;
+    while at < used {
+        let w0 = word(at);
+        let len = (w0 >> 32) as usize;
+        out.push((w0 as u32, at, (0..len / 8).map(|i| word(at + i * 8)).collect()));
+        at += len;
+    }
+    out
+}
+
+/// Byte offsets of the first value slot of every series of family `name` in a file.
+fn series_slots(bytes: &[u8], name: &str) -> Vec<usize> {
+    let recs = records(bytes);
+    let mut id = None;
+    for (kind, _, w) in &recs {
+        if *kind == 2 {
+            let len = w[4] as usize;
+            let raw: Vec<u8> = w[5..].iter().flat_map(|x| x.to_le_bytes()).collect();
+            if &raw[..len] == name.as_bytes() {
+                id = Some(w[1] as u32);
+            }
+        }
+    }
+    let Some(id) = id else { return Vec::new() };
+    recs.iter()
+        .filter(|(kind, _, w)| *kind == 3 && w[1] as u32 == id)
+        .map(|(_, _, w)| w[2] as usize)
+        .collect()
+}
+
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// A slot worker that sets two `mostrecent` gauges as fast as it can.
+fn role_setter(dir: &str) {
+    let store = builder(dir).worker_id(5).open().expect("open");
+    let last = store
+        .gauge("last_value", "Last", GaugeMode::MostRecent)
+        .expect("gauge");
+    let live = store
+        .gauge("live_last_value", "Last", GaugeMode::LiveMostRecent)
+        .expect("gauge");
+    last.set(-1.0);
+    live.set(-1.0);
+    say(format!("ready {}", store.file_path().expect("file").display()));
+    let mut i = 0u64;
+    loop {
+        last.set(i as f64);
+        live.set(i as f64);
+        i += 1;
+    }
+}
+
+fn mostrecent_killed_mid_write() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut odd_seen = 0;
+    for round in 0..12 {
+        let mut w = RoleProc::spawn("setter", &[d]);
+        let path = w.expect("ready", Duration::from_secs(30));
+        if round > 0 && !path.ends_with("slot-5.shm") {
+            return Err(format!("round {round}: the worker did not resume its slot: {path}").into());
+        }
+        std::thread::sleep(Duration::from_millis(30 + round * 7));
+        w.signal(libc::SIGKILL);
+        w.wait(Duration::from_secs(10));
+        let bytes = std::fs::read(&path)?;
+        for name in ["last_value", "live_last_value"] {
+            for at in series_slots(&bytes, name) {
+                if word_at(&bytes, at) % 2 == 1 {
+                    odd_seen += 1;
+                }
+            }
+        }
+    }
+    if odd_seen == 0 {
+        // Make sure the state is met: a kill inside `set` leaves the sequence odd.
+        let path = dir.path().join("slot-5.shm");
+        let mut bytes = std::fs::read(&path)?;
+        for at in series_slots(&bytes, "last_value")
+            .into_iter()
+            .chain(series_slots(&bytes, "live_last_value"))
+        {
+            let v = word_at(&bytes, at) | 1;
+            bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&path, bytes)?;
+    }
+    // The last restart must get going: ready, and setting.
+    let mut w = RoleProc::spawn("setter", &[d]);
+    w.expect("ready", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    let last = snap.gauge("last_value", &[]).unwrap_or(-1.0);
+    let live = snap.gauge("live_last_value", &[]).unwrap_or(-1.0);
+    if last < 1.0 || live < 1.0 {
+        return Err(
+            format!("the restarted worker does not set its gauges: {last} {live} ({odd_seen} odd)").into(),
+        );
+    }
+    Ok(())
+}
+
+/// A slot worker that creates `count` new series `<life>-<i>` of `grown`, one after the
+/// other, incrementing each once, then waits.
+fn role_appender(dir: &str, life: &str, count: u64) {
+    let store = builder(dir).worker_id(6).open().expect("open");
+    let fam = store.counter_family("grown", "Grown", &["n"]).expect("counter");
+    for i in 0..count {
+        fam.labels(&[&format!("{life}-{i}")]).inc();
+    }
+    say(format!("ready {}", store.file_path().expect("file").display()));
+    wait_for_stdin_eof();
+}
+
+fn unpublished_tail() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut w = RoleProc::spawn("appender", &[d, "a", "100"]);
+    let path = w.expect("ready", Duration::from_secs(30));
+    w.signal(libc::SIGKILL);
+    w.wait(Duration::from_secs(10));
+    // What a writer killed while appending leaves past the published length: the words
+    // of a record it never published (series record headers, label bytes).
+    let mut bytes = std::fs::read(&path)?;
+    let used = word_at(&bytes, 16) as usize;
+    let mut at = used;
+    let mut k = 0u64;
+    while at + 8 <= bytes.len() {
+        let junk = if k % 3 == 0 {
+            3 | (40 << 32)
+        } else {
+            0x6162_6364_6566_6768 ^ k
+        };
+        bytes[at..at + 8].copy_from_slice(&u64::to_le_bytes(junk));
+        at += 8;
+        k += 1;
+    }
+    std::fs::write(&path, &bytes)?;
+    let mut w = RoleProc::spawn("appender", &[d, "b", "600"]);
+    w.expect("ready", Duration::from_secs(30));
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    let fam = snap.family("grown").ok_or("no family")?;
+    if fam.series.len() != 700 {
+        return Err(format!("{} series, expected 700", fam.series.len()).into());
+    }
+    if let Some(s) = fam
+        .series
+        .iter()
+        .find(|s| s.value != shmetrics_core::Value::Counter(1))
+    {
+        return Err(format!("series {:?} holds {:?}: expected 1", s.labels, s.value).into());
+    }
+    w.close_stdin();
+    w.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+/// A slot worker with a series limit of 100 that makes 150 new label sets `<life>-<i>`
+/// and increments `first-0` (a label set of the first life).
+fn role_flood(dir: &str, life: &str) {
+    let store = builder(dir).worker_id(2).series_limit(100).open().expect("open");
+    let fam = store
+        .counter_family("flooded", "Flooded", &["n"])
+        .expect("counter");
+    fam.labels(&["first-0"]).inc();
+    for i in 0..150 {
+        fam.labels(&[&format!("{life}-{i}")]).inc();
+    }
+    say("ready");
+    wait_for_stdin_eof();
+}
+
+fn series_limit_across_lives() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let lives = ["first", "second", "third", "fourth", "fifth", "sixth"];
+    for life in lives {
+        let mut w = RoleProc::spawn("flood", &[d, life]);
+        w.expect("ready", Duration::from_secs(30));
+        w.signal(libc::SIGKILL);
+        w.wait(Duration::from_secs(10));
+    }
+    let snap = Reader::new(dir.path())?.snapshot()?;
+    let fam = snap.family("flooded").ok_or("no family")?;
+    // 100 series and the overflow series, whatever the number of lives.
+    if fam.series.len() != 101 {
+        return Err(format!(
+            "{} series after {} lives, expected 101",
+            fam.series.len(),
+            lives.len()
+        )
+        .into());
+    }
+    if snap.counter("flooded", &[("n", "first-0")]) != Some(1 + lives.len() as u64) {
+        return Err(format!(
+            "first-0 = {:?}: a label set of an earlier life keeps its series",
+            snap.counter("flooded", &[("n", "first-0")])
+        )
+        .into());
+    }
+    let total: u64 = fam
+        .series
+        .iter()
+        .map(|s| match s.value {
+            shmetrics_core::Value::Counter(v) => v,
+            _ => 0,
+        })
+        .sum();
+    if total != lives.len() as u64 * 151 {
+        return Err(format!("total {total}, expected {}", lives.len() * 151).into());
+    }
+    Ok(())
+}
+
+/// A slot worker fed a 16 MiB label value and help text.
+fn role_huge(dir: &str) {
+    let store = builder(dir).worker_id(4).open().expect("open");
+    let huge = "x".repeat(16 << 20);
+    let help = store.counter_family("huge_help", &huge, &["k"]);
+    say(format!("help {}", help.is_err()));
+    let fam = store.counter_family("jobs", "Jobs", &["k"]).expect("counter");
+    fam.labels(&["small"]).inc();
+    fam.labels(&[&huge]).inc();
+    let e = fam.remove(&[&huge]);
+    say(format!("remove {}", e.is_err()));
+    say("ready");
+    wait_for_stdin_eof();
+}
+
+fn huge_values() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    for life in 0..2 {
+        let mut w = RoleProc::spawn("huge", &[d]);
+        if w.expect("help", Duration::from_secs(30)) != "true" {
+            return Err("a 16 MiB help text must be refused at the declaration".into());
+        }
+        if w.expect("remove", Duration::from_secs(30)) != "true" {
+            return Err("removing a 16 MiB label value must be refused".into());
+        }
+        w.expect("ready", Duration::from_secs(30));
+        w.signal(libc::SIGKILL);
+        w.wait(Duration::from_secs(10));
+        let snap = Reader::new(dir.path())?.snapshot()?;
+        let want = life + 1;
+        if snap.stats().corrupt_files != 0
+            || snap.counter("jobs", &[("k", "small")]) != Some(want)
+            || snap.counter("jobs", &[("k", "__overflow__")]) != Some(want)
+        {
+            return Err(format!(
+                "life {life}: small {:?}, overflow {:?}, stats {:?}",
+                snap.counter("jobs", &[("k", "small")]),
+                snap.counter("jobs", &[("k", "__overflow__")]),
+                snap.stats()
+            )
+            .into());
+        }
+        let refused = snap
+            .stats()
+            .store_errors
+            .iter()
+            .find(|(k, _)| *k == "label_value")
+            .map(|(_, n)| *n);
+        if refused != Some(want) {
+            return Err(format!("label_value errors {refused:?}, expected {want}").into());
+        }
+    }
+    let names: Vec<String> = entries(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".shm"))
+        .collect();
+    if names != ["slot-4.shm"] {
+        return Err(format!("the slot file must be resumed, not moved aside: {names:?}").into());
     }
     Ok(())
 }

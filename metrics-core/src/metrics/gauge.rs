@@ -66,27 +66,57 @@ impl Gauge {
     }
 }
 
+/// Tries a writer waits for another one's `mostrecent` write to end (64 spins, then
+/// yields) before it takes over: a writer killed mid-write leaves the sequence odd.
+const MR_WAIT_TRIES: u32 = 64 + 1000;
+
 /// Writes a `mostrecent` gauge: value and time change together under a sequence word
 /// (odd while a write is in progress), so a reader never pairs a value with another
-/// write's time.
+/// write's time. The wait for another writer is bounded: a sequence that stays odd, at
+/// one value, for [`MR_WAIT_TRIES`] tries belongs to a writer that died mid-write, and is
+/// taken over.
 fn write_most_recent(s: &[AtomicU64], f: impl FnOnce(f64) -> f64) {
     let seq = &s[MR_SEQ];
     let mut cur = seq.load(Ordering::Relaxed);
-    loop {
+    let mut stuck_at = cur;
+    let mut tries = 0u32;
+    // The even value the sequence had before this write.
+    let base = loop {
         if cur & 1 == 0 {
             match seq.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(actual) => cur = actual,
+                Ok(_) => break cur,
+                Err(actual) => {
+                    cur = actual;
+                    continue;
+                }
             }
-        } else {
-            std::hint::spin_loop();
-            cur = seq.load(Ordering::Relaxed);
         }
-    }
+        if cur != stuck_at {
+            stuck_at = cur;
+            tries = 0;
+        }
+        tries += 1;
+        if tries > MR_WAIT_TRIES {
+            // Still odd at the same value: nobody is writing; keep it odd, as ours.
+            match seq.compare_exchange(cur, cur + 2, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => break cur + 1,
+                Err(actual) => {
+                    cur = actual;
+                    continue;
+                }
+            }
+        }
+        if tries < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+        cur = seq.load(Ordering::Relaxed);
+    };
     let old = f64::from_bits(s[MR_VALUE].load(Ordering::Relaxed));
     s[MR_VALUE].store(f(old).to_bits(), Ordering::Relaxed);
     s[MR_TIME].store(sys::unix_nanos().max(1), Ordering::Relaxed);
-    seq.store(cur + 2, Ordering::Release);
+    seq.store(base + 2, Ordering::Release);
 }
 
 #[allow(private_interfaces)] // sealed: unnameable outside the crate
