@@ -54,7 +54,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
 
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = shmetrics_actix::Metrics::from_metrics(http_metrics(&w.store)?);
-    let endpoint = metrics_endpoint(&w.store, APPLICATION);
+    let endpoint = metrics_endpoint(&w.store, &w.application)?;
     let measured = w.options.metrics;
     actix_web::rt::System::new().block_on(async move {
         // One thread per worker process, as Sanic and gunicorn workers; a client that goes

@@ -35,7 +35,7 @@ struct Slow {
 static ORDERS: AtomicU64 = AtomicU64::new(0);
 
 /// The app of one worker process (`measured`: with the metrics layer).
-fn app(store: &shmetrics_core::Store, measured: bool) -> shmetrics_core::Result<Router> {
+fn app(store: &shmetrics_core::Store, application: &str, measured: bool) -> shmetrics_core::Result<Router> {
     let routes = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route(
@@ -71,7 +71,7 @@ fn app(store: &shmetrics_core::Store, measured: bool) -> shmetrics_core::Result<
                 Json(serde_json::json!({ "slept_ms": ms }))
             }),
         )
-        .route("/metrics", metrics_route(metrics_endpoint(store, APPLICATION)));
+        .route("/metrics", metrics_route(metrics_endpoint(store, application)?));
     Ok(if measured {
         routes.layer(MetricsLayer::from_metrics(http_metrics(store)?))
     } else {
@@ -80,7 +80,7 @@ fn app(store: &shmetrics_core::Store, measured: bool) -> shmetrics_core::Result<
 }
 
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&w.store, w.options.metrics)?;
+    let app = app(&w.store, &w.application, w.options.metrics)?;
     // One thread per worker process, as Sanic and gunicorn workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

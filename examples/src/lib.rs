@@ -22,6 +22,22 @@ use shmetrics_core::Store;
 /// Environment variable that turns the executable into worker `<id>`.
 pub const WORKER_VAR: &str = "SHMETRICS_EXAMPLE_WORKER";
 
+/// A worker that exits sooner than this after it started failed to start.
+pub const START_GRACE: Duration = Duration::from_secs(5);
+
+/// Failed starts in a row after which the supervisor gives up: it stops every worker,
+/// releases the port and exits with an error (so that systemd reports the unit failed).
+pub const MAX_FAILED_STARTS: u32 = 5;
+
+/// The application this deployment runs as: `SHMETRICS_APPLICATION` (a systemd template
+/// unit sets it to its instance name, so one binary can serve several APIs), or `default`.
+pub fn application(default: &str) -> String {
+    match std::env::var(shmetrics_core::ENV_APPLICATION) {
+        Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
+        _ => default.to_string(),
+    }
+}
+
 /// Command-line options of the example servers.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -113,6 +129,8 @@ pub fn init_logging() {
 /// What a worker gets from the supervisor.
 #[derive(Debug)]
 pub struct Worker {
+    /// The application this deployment runs as (see [`application`]).
+    pub application: String,
     /// Worker id (0..N), stable across restarts.
     pub id: u64,
     /// The shared listening socket.
@@ -124,12 +142,13 @@ pub struct Worker {
 }
 
 /// Runs the example: as the supervisor, or (when started by it) as a worker, which
-/// calls `worker_main`.
+/// calls `worker_main`. `application` is the default application name ([`application`]).
 pub fn main(
     application: &str,
     worker_main: fn(Worker) -> Result<(), Box<dyn std::error::Error>>,
 ) -> ExitCode {
     init_logging();
+    let application = &self::application(application);
     if let Ok(id) = std::env::var(WORKER_VAR) {
         return match run_worker(application, &id, worker_main) {
             Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +192,7 @@ fn run_worker(
         .open()?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
     worker_main(Worker {
+        application: application.to_string(),
         id,
         listener,
         store,
@@ -184,8 +204,11 @@ fn run_worker(
 /// them all on SIGTERM or SIGINT.
 fn supervise(application: &str, options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     let dir = metrics_dir(options, application);
-    // Create and check the directory now: a clear error before any worker starts.
-    Store::builder(&dir).application(application).open()?;
+    // Create and check the directory, and the endpoint's settings, now: a clear error
+    // before the port is bound and any worker starts.
+    let store = Store::builder(&dir).application(application).open()?;
+    shmetrics_core::http::MetricsEndpoint::from_env(&store)?;
+    drop(store);
     let addr = SocketAddr::new(options.host, options.port);
     let listener = bind(addr)?;
     tracing::info!(
@@ -202,6 +225,7 @@ fn supervise(application: &str, options: &Options) -> Result<(), Box<dyn std::er
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(std::env::args_os().skip(1))
             .env(WORKER_VAR, id.to_string())
+            .env(shmetrics_core::ENV_APPLICATION, application)
             .env(shmetrics_core::ENV_DIR, &dir)
             .env("LISTEN_FDS", "1")
             .env_remove("LISTEN_PID");
@@ -212,33 +236,68 @@ fn supervise(application: &str, options: &Options) -> Result<(), Box<dyn std::er
         .map_err(std::io::Error::other)?;
         cmd.spawn()
     };
-    let mut workers: Vec<(Child, Instant)> = Vec::with_capacity(options.workers);
+    let mut workers: Vec<Slot> = Vec::with_capacity(options.workers);
     for id in 0..options.workers {
-        workers.push((spawn(id)?, Instant::now()));
+        workers.push(Slot {
+            child: Some(spawn(id)?),
+            started: Instant::now(),
+            failed_starts: 0,
+            restart_at: None,
+        });
     }
-    while !stop.load(Ordering::Relaxed) {
+    let mut gave_up = None;
+    while !stop.load(Ordering::Relaxed) && gave_up.is_none() {
         std::thread::sleep(Duration::from_millis(100));
-        for (id, (child, started)) in workers.iter_mut().enumerate() {
-            let Some(status) = child.try_wait()? else { continue };
+        for (id, w) in workers.iter_mut().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            tracing::warn!(worker = id, pid = child.id(), %status, "worker exited; restarting it");
-            // A worker that dies at once, again and again, is not restarted in a hot loop.
-            if started.elapsed() < Duration::from_secs(1) {
-                std::thread::sleep(Duration::from_secs(1));
+            if let Some(child) = &mut w.child {
+                let Some(status) = child.try_wait()? else { continue };
+                let pid = child.id();
+                w.child = None;
+                let ran = w.started.elapsed();
+                if ran < START_GRACE {
+                    w.failed_starts += 1;
+                } else {
+                    w.failed_starts = 0;
+                }
+                if w.failed_starts >= MAX_FAILED_STARTS {
+                    gave_up = Some(format!(
+                        "worker {id} failed to start {} times in a row (last: {status}, {ran:.1?} after \
+                         starting; its error is logged above): giving up",
+                        w.failed_starts
+                    ));
+                    break;
+                }
+                // A worker that dies at once, again and again, is restarted later and later.
+                let delay = match w.failed_starts {
+                    0 => Duration::ZERO,
+                    n => Duration::from_secs(1 << (n - 1).min(4)),
+                };
+                tracing::warn!(
+                    worker = id,
+                    pid,
+                    %status,
+                    failed_starts = w.failed_starts,
+                    "worker exited {ran:.1?} after starting; restarting it in {delay:?}"
+                );
+                w.restart_at = Some(Instant::now() + delay);
             }
-            *child = spawn(id)?;
-            *started = Instant::now();
+            if w.restart_at.is_some_and(|t| Instant::now() >= t) {
+                w.restart_at = None;
+                w.child = Some(spawn(id)?);
+                w.started = Instant::now();
+            }
         }
     }
     tracing::info!("stopping {} workers", workers.len());
-    for (child, _) in &workers {
+    for child in workers.iter().filter_map(|w| w.child.as_ref()) {
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for (child, _) in &mut workers {
+    for child in workers.iter_mut().filter_map(|w| w.child.as_mut()) {
         loop {
             if child.try_wait()?.is_some() {
                 break;
@@ -252,8 +311,22 @@ fn supervise(application: &str, options: &Options) -> Result<(), Box<dyn std::er
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    drop(listener);
+    if let Some(why) = gave_up {
+        return Err(why.into());
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A worker process of the supervisor, and its restarts.
+struct Slot {
+    /// `None` while waiting to be restarted.
+    child: Option<Child>,
+    started: Instant,
+    /// Exits within [`START_GRACE`] of starting, in a row.
+    failed_starts: u32,
+    restart_at: Option<Instant>,
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -267,30 +340,37 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Longest `/slow` delay.
 pub const MAX_SLOW_MS: u64 = 10_000;
 
-/// The `/metrics` endpoint of the examples: `METRICS_AUTH_TOKEN`, `ENABLE_METRICS`, and a
-/// build-info gauge of the caller's own in the same exposition.
-pub fn metrics_endpoint(store: &Store, application: &'static str) -> shmetrics_core::http::MetricsEndpoint {
+/// The `/metrics` endpoint of the examples: `METRICS_AUTH_TOKEN`, `ENABLE_METRICS` (an
+/// unknown value fails the worker's start), and a build-info gauge of the caller's own in
+/// the same exposition.
+pub fn metrics_endpoint(
+    store: &Store,
+    application: &str,
+) -> shmetrics_core::Result<shmetrics_core::http::MetricsEndpoint> {
     use prometheus_client::encoding::EncodeLabelSet;
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct BuildLabels {
-        application: &'static str,
+        application: String,
         version: &'static str,
     }
-    shmetrics_core::http::MetricsEndpoint::from_env(store).registry(move |registry| {
-        let info = Family::<BuildLabels, Gauge>::default();
-        info.get_or_create(&BuildLabels {
-            application,
-            version: env!("CARGO_PKG_VERSION"),
-        })
-        .set(1);
-        registry.register(
-            "shmetrics_example_build_info",
-            "Build of the example server",
-            info,
-        );
-    })
+    let application = application.to_string();
+    Ok(
+        shmetrics_core::http::MetricsEndpoint::from_env(store)?.registry(move |registry| {
+            let info = Family::<BuildLabels, Gauge>::default();
+            info.get_or_create(&BuildLabels {
+                application: application.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+            registry.register(
+                "shmetrics_example_build_info",
+                "Build of the example server",
+                info,
+            );
+        }),
+    )
 }
 
 /// Request metrics of the examples: `/metrics` itself is not counted.

@@ -5,7 +5,7 @@ use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION};
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
 use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
 
-/// A resource serving `endpoint` on `GET path`: a fresh registry per scrape,
+/// A resource serving `endpoint` on `GET path` (and `HEAD`): a fresh registry per scrape,
 /// OpenMetrics, the bearer token and `ENABLE_METRICS` switch of
 /// [`MetricsEndpoint::from_env`], gzip when accepted. An ordinary resource: other
 /// middleware composes with it.
@@ -14,15 +14,25 @@ use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
 /// use actix_web::App;
 /// use shmetrics_core::http::MetricsEndpoint;
 /// # let dir = tempfile::tempdir().unwrap();
-/// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
-/// let endpoint = MetricsEndpoint::from_env(&store);
+/// # let store = shmetrics_core::Store::open(dir.path())?;
+/// let endpoint = MetricsEndpoint::from_env(&store)?;
 /// let app = App::new().service(shmetrics_actix::metrics_resource("/metrics", endpoint));
 /// # let _ = app;
+/// # Ok::<(), shmetrics_core::Error>(())
 /// ```
 pub fn metrics_resource(path: &str, endpoint: MetricsEndpoint) -> Resource {
+    let exact = path.to_string();
     web::resource(path)
         .app_data(web::Data::new(endpoint))
+        // actix-web matches routes on the percent-decoded path (`/%6detrics` is
+        // `/metrics`), axum on the path as sent: the endpoint answers the path as
+        // configured only, on both.
+        .guard(actix_web::guard::fn_guard(move |ctx| {
+            ctx.head().uri.path() == exact
+        }))
         .route(web::get().to(metrics_handler))
+        // HEAD, as axum's `get` route answers it: the head of the GET answer, no body.
+        .route(web::head().to(metrics_handler))
 }
 
 /// The `/metrics` handler; expects `web::Data<MetricsEndpoint>` in the app data (as

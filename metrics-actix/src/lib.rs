@@ -13,7 +13,7 @@
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let store = Store::from_env()?; // PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus/<api>
 //!     let metrics = Metrics::new(&store)?;
-//!     let endpoint = MetricsEndpoint::from_env(&store);
+//!     let endpoint = MetricsEndpoint::from_env(&store)?;
 //!     HttpServer::new(move || {
 //!         App::new()
 //!             .wrap(metrics.clone())

@@ -174,6 +174,20 @@ fn scenario(addr: SocketAddr, store: &Store) {
     }
     assert_eq!(send("DELETE", "/users/1"), 405);
     assert_eq!(send("PROPFIND", "/users/1"), 405);
+    // HEAD of the endpoint: its GET answer's head, no body.
+    let (status, head, body) = http_request(addr, "HEAD", "/metrics", &[]);
+    assert_eq!(status, 200, "HEAD /metrics");
+    assert!(
+        head.to_ascii_lowercase().contains("application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.is_empty(), "HEAD /metrics sent a body");
+    // Percent-encoded and odd request targets.
+    assert_eq!(send("GET", "/%6detrics"), 404, "/%6detrics is not the endpoint");
+    assert_eq!(send("GET", "/users/%31"), 200);
+    assert_eq!(send("GET", "/users/1?x=%ff&y"), 200);
+    assert_eq!(send("HEAD", "/nothing/here"), 404);
+    assert_eq!(send("GET", "//users/1"), 404);
     let (status, _, body) = http_request(addr, "GET", "/stream", &[]);
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("second"));
@@ -186,7 +200,7 @@ fn scenario(addr: SocketAddr, store: &Store) {
     drop(s);
     wait(store, |snap| {
         snap.gauge("http_requests_in_flight", &[]) == Some(0.0)
-            && snap.family("http_requests").is_some_and(|f| f.series.len() == 9)
+            && snap.family("http_requests").is_some_and(|f| f.series.len() == 10)
     });
 }
 
@@ -208,11 +222,12 @@ fn check(name: &str, snap: &Snapshot) {
         snap.counter("http_requests", &[("method", m), ("path", p), ("status", s)])
     };
     let expected = [
-        ("GET", "/users/{id}", "200", 20),
+        ("GET", "/users/{id}", "200", 22),
         ("POST", "/orders", "201", 7),
         ("GET", "/error", "500", 3),
         ("GET", "/bad", "400", 2),
-        ("GET", "unmatched", "404", 50),
+        ("GET", "unmatched", "404", 52),
+        ("HEAD", "unmatched", "404", 1),
         ("DELETE", "/users/{id}", "405", 1),
         ("OTHER", "/users/{id}", "405", 1),
         ("GET", "/stream", "200", 1),

@@ -73,6 +73,29 @@ impl Opts {
     }
 }
 
+/// The names a family of type `ty` called `name` claims in an exposition: its samples',
+/// and the suffixed names parsers reserve for its type (e.g. `<name>_created`). Two
+/// families whose claims meet make Prometheus drop samples and OpenMetrics parsers reject
+/// the exposition.
+pub(crate) fn claimed_names(ty: MetricType, name: &str) -> Vec<String> {
+    let suffixes: &[&str] = match ty {
+        MetricType::Counter | MetricType::CounterF64 => &["", "_total", "_created"],
+        MetricType::Gauge => &[""],
+        MetricType::Histogram => &["", "_count", "_sum", "_bucket", "_created"],
+        MetricType::Summary => &["", "_count", "_sum", "_created"],
+    };
+    suffixes.iter().map(|s| format!("{name}{s}")).collect()
+}
+
+/// The first name both families claim, if any (families of one name excepted).
+pub(crate) fn clash(a: (MetricType, &str), b: (MetricType, &str)) -> Option<String> {
+    if a.1 == b.1 {
+        return None;
+    }
+    let theirs = claimed_names(b.0, b.1);
+    claimed_names(a.0, a.1).into_iter().find(|n| theirs.contains(n))
+}
+
 /// The label value used for every label of the overflow series.
 pub const OVERFLOW_LABEL_VALUE: &str = "__overflow__";
 

@@ -88,6 +88,23 @@ pub enum Error {
         requested: String,
     },
 
+    /// The exposition would show one sample name for two families (`jobs` as a counter
+    /// is `jobs_total`, as a gauge `jobs_total` is too; a histogram `lat` has `lat_count`).
+    #[error(
+        "metric {name:?} would clash with metric {other:?} declared by {by}: both would expose \
+         {sample:?}, and Prometheus and OpenMetrics parsers reject such an exposition; rename one of them"
+    )]
+    NameClash {
+        /// The metric being declared.
+        name: String,
+        /// The metric already declared.
+        other: String,
+        /// Who declared it ("this process", "live process 1234 (file ...)").
+        by: String,
+        /// The name both would expose.
+        sample: String,
+    },
+
     /// The directory belongs to another application.
     #[error(
         "metrics directory {} belongs to application {owner:?}, not {requested:?}: \

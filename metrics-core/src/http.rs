@@ -660,9 +660,9 @@ impl Drop for RequestTracker {
 /// The `/metrics` endpoint, independent of the web framework: bearer-token check, on/off
 /// switch, a fresh registry per scrape, OpenMetrics text, optional gzip.
 ///
-/// As the seed's production guide: `METRICS_AUTH_TOKEN` (if set and not empty, scrapers
-/// must send `Authorization: Bearer <token>`, compared in constant time; 401 otherwise)
-/// and `ENABLE_METRICS` (`false`, `0`, `no` or `off`: 404).
+/// `METRICS_AUTH_TOKEN` (if set and not empty, scrapers must send `Authorization: Bearer
+/// <token>`, compared in constant time; 401 otherwise) and `ENABLE_METRICS` (a false
+/// spelling such as `false`, `0`, `no`, `off`: 404), read by [`MetricsEndpoint::from_env`].
 #[derive(Clone)]
 pub struct MetricsEndpoint {
     store: Store,
@@ -704,18 +704,47 @@ impl MetricsEndpoint {
     }
 
     /// An endpoint configured from `METRICS_AUTH_TOKEN` and `ENABLE_METRICS`.
-    pub fn from_env(store: &Store) -> Self {
-        let token = std::env::var(ENV_AUTH_TOKEN).ok();
-        let enabled = std::env::var(ENV_ENABLE).ok();
-        MetricsEndpoint::new(store)
-            .bearer_token(token)
-            .enabled(enabled.as_deref().is_none_or(parse_enabled))
+    ///
+    /// Fails (refuse to start on it) when `ENABLE_METRICS` is neither a usual true nor a
+    /// usual false spelling (see [`parse_enabled`]), or when the token, once the
+    /// whitespace around it is trimmed (a newline left by `echo` into an env file), holds
+    /// characters a scraper cannot send in a header.
+    pub fn from_env(store: &Store) -> Result<Self> {
+        let enabled = match std::env::var(ENV_ENABLE) {
+            Ok(v) => parse_enabled(&v).ok_or_else(|| Error::InvalidOption {
+                name: ENV_ENABLE.into(),
+                reason: format!(
+                    "{v:?} is neither true (true, 1, yes, on, y, t, enable, enabled) nor false \
+                     (false, 0, no, off, n, f, disable, disabled, none): set one of them"
+                ),
+            })?,
+            Err(_) => true,
+        };
+        let token = match std::env::var(ENV_AUTH_TOKEN) {
+            Ok(t) => {
+                let t = t.trim();
+                if t.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(Error::InvalidOption {
+                        name: ENV_AUTH_TOKEN.into(),
+                        reason: "the token holds spaces or characters that are not printable ASCII: \
+                                 a scraper cannot send it in an Authorization header; use e.g. \
+                                 `openssl rand -hex 32`"
+                            .into(),
+                    });
+                }
+                Some(t.to_string())
+            }
+            Err(_) => None,
+        };
+        Ok(MetricsEndpoint::new(store).bearer_token(token).enabled(enabled))
     }
 
-    /// Requires `Authorization: Bearer <token>` (`None` or empty: no token).
+    /// Requires `Authorization: Bearer <token>` (`None` or empty: no token). Whitespace
+    /// around the token is trimmed.
     pub fn bearer_token(mut self, token: Option<impl Into<String>>) -> Self {
         self.token = token
             .map(Into::into)
+            .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .map(|t| Arc::from(t.into_bytes().into_boxed_slice()));
         self
@@ -817,12 +846,16 @@ impl std::fmt::Debug for MetricsEndpoint {
     }
 }
 
-/// `ENABLE_METRICS` values that switch the endpoint off: `false`, `0`, `no`, `off`.
-pub fn parse_enabled(v: &str) -> bool {
-    !matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "false" | "0" | "no" | "off"
-    )
+/// An `ENABLE_METRICS` value: `Some(true)` for `true`, `1`, `yes`, `on`, `y`, `t`,
+/// `enable`, `enabled` (and an empty value, as if unset), `Some(false)` for `false`, `0`,
+/// `no`, `off`, `n`, `f`, `disable`, `disabled`, `none`, `0.0`, in any case and with
+/// spaces around; `None` for anything else (refuse to start rather than guess).
+pub fn parse_enabled(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" | "on" | "y" | "t" | "enable" | "enabled" | "1.0" => Some(true),
+        "false" | "0" | "no" | "off" | "n" | "f" | "disable" | "disabled" | "none" | "0.0" => Some(false),
+        _ => None,
+    }
 }
 
 /// Whether `Authorization` carries `Bearer <token>`; the token is compared in constant
@@ -845,10 +878,10 @@ fn accepts_gzip(accept: Option<&[u8]>) -> bool {
     a.split(',').any(|part| {
         let mut it = part.split(';');
         let coding = it.next().unwrap_or("").trim();
+        // Parameter names are case-insensitive (`Q=0` is `q=0`).
         let q_zero = it.any(|p| {
-            let p = p.trim();
-            p.strip_prefix("q=")
-                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            let (name, value) = p.split_once('=').unwrap_or((p, ""));
+            name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f32>().is_ok_and(|q| q == 0.0)
         });
         coding.eq_ignore_ascii_case("gzip") && !q_zero
     })
@@ -884,17 +917,25 @@ mod tests {
         assert!(accepts_gzip(Some(b"gzip")));
         assert!(accepts_gzip(Some(b"deflate, GZIP;q=0.5")));
         assert!(!accepts_gzip(Some(b"gzip;q=0")));
+        assert!(!accepts_gzip(Some(b"gzip;Q=0")));
+        assert!(!accepts_gzip(Some(b"gzip; Q = 0.0")));
+        assert!(accepts_gzip(Some(b"gzip;Q=1")));
         assert!(!accepts_gzip(Some(b"identity")));
         assert!(!accepts_gzip(None));
     }
 
     #[test]
     fn enable_values() {
-        for off in ["false", "0", "no", "OFF", " False "] {
-            assert!(!parse_enabled(off), "{off}");
+        for off in [
+            "false", "0", "no", "OFF", " False ", "disabled", "disable", "n", "none", "f", "0.0",
+        ] {
+            assert_eq!(parse_enabled(off), Some(false), "{off}");
         }
-        for on in ["true", "1", "yes", ""] {
-            assert!(parse_enabled(on), "{on}");
+        for on in ["true", "1", "yes", "", "on", "Enabled", "y", "T"] {
+            assert_eq!(parse_enabled(on), Some(true), "{on}");
+        }
+        for unknown in ["maybe", "2", "falsy", "nope"] {
+            assert_eq!(parse_enabled(unknown), None, "{unknown}");
         }
     }
 }

@@ -55,7 +55,7 @@
 //!
 //! ## Declaring metrics at module level
 //!
-//! The seed's rule (declare metrics once, at module level) works with `LazyLock`
+//! Declaring metrics once, at module level, works with `LazyLock`
 //! statics; workers forked after the declaration each write their own file:
 //!
 //! ```
@@ -139,5 +139,6 @@ pub use names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
 pub use reader::Reader;
 pub use snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 pub use store::{
-    CONTENT_TYPE, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_DIR, Store, StoreBuilder, encode,
+    CONTENT_TYPE, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_APPLICATION, ENV_DIR, ENV_FILE_MODE,
+    Store, StoreBuilder, encode,
 };

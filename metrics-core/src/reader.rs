@@ -376,7 +376,49 @@ impl Reader {
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
         }
+        self.drop_clashes(&mut out, stats);
         out.into_iter().map(FamilyOut::into_merged).collect()
+    }
+
+    /// Leaves out families whose exposed names meet those of another family (files of
+    /// processes that were declared before the check, or of an earlier deployment; Python
+    /// files), and Python families in the store's own `shmetrics_` namespace: an
+    /// exposition must parse. Of two clashing families the first by name stays (`jobs`
+    /// before `jobs_total`, `lat` before `lat_count`). Counted as conflicts.
+    fn drop_clashes(&mut self, out: &mut Vec<FamilyOut>, stats: &mut ScrapeStats) {
+        let mut claimed: HashMap<String, usize> = HashMap::new();
+        let mut keep = vec![true; out.len()];
+        for (i, f) in out.iter().enumerate() {
+            let names = crate::desc::claimed_names(f.ty, &f.name);
+            let why = if f.name.starts_with(crate::desc::SELF_PREFIX) {
+                Some(format!("{} is in the store's own shmetrics_ namespace", f.name))
+            } else {
+                names.iter().find_map(|n| {
+                    claimed
+                        .get(n)
+                        .map(|&j| format!("{} and {} would both expose {n}", out[j].name, f.name))
+                })
+            };
+            match why {
+                Some(why) => {
+                    keep[i] = false;
+                    stats.conflicts += 1;
+                    if self.conflicts_logged.insert(why.clone()) {
+                        tracing::warn!("family left out of the exposition: {why}");
+                    }
+                }
+                None => {
+                    for n in names {
+                        claimed.insert(n, i);
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        out.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
     }
 
     /// Refreshes for a compaction (the caller holds the exclusive directory lock) and
@@ -457,7 +499,7 @@ impl Reader {
             if let Some(r) = &cf.region {
                 for (k, e) in errors.iter_mut().enumerate() {
                     if let Some(w) = r.word((crate::format::H_ERRORS + k) * 8) {
-                        *e = e.wrapping_add(w.load(Ordering::Relaxed));
+                        *e = e.saturating_add(w.load(Ordering::Relaxed));
                     }
                 }
             }
@@ -489,16 +531,16 @@ impl Reader {
         self.files.values().filter(|c| c.good() && c.folded)
     }
 
-    /// Live files' declarations of `name`, for the cross-process schema check at
-    /// declaration: `(pid, path, declaration)`. Refreshes the cache first.
-    pub(crate) fn live_declarations(&mut self, name: &str) -> Result<Vec<(u32, PathBuf, FamilyDesc)>, Error> {
+    /// Live files' declarations, for the cross-process checks at declaration (schema,
+    /// name clashes): `(pid, path, declaration)`. Refreshes the cache first.
+    pub(crate) fn live_declarations(&mut self) -> Result<Vec<(u32, PathBuf, FamilyDesc)>, Error> {
         self.guarded(true, |r| r.refresh(&mut ScrapeStats::default()))?;
         let mut out = Vec::new();
         for cf in self.files.values() {
             if !cf.usable() || !cf.live || self.own_writers.contains(&cf.header.writer_id) {
                 continue;
             }
-            if let Some(f) = cf.parsed.families.iter().find(|f| f.rec.name == name) {
+            for f in &cf.parsed.families {
                 out.push((cf.header.pid, cf.path.clone(), FamilyDesc::from_record(&f.rec)));
             }
         }
@@ -756,7 +798,7 @@ impl Reader {
             if values {
                 for (k, e) in errors.iter_mut().enumerate() {
                     if let Some(w) = region.word((crate::format::H_ERRORS + k) * 8) {
-                        *e = e.wrapping_add(w.load(Ordering::Relaxed));
+                        *e = e.saturating_add(w.load(Ordering::Relaxed));
                     }
                 }
             }
@@ -787,7 +829,7 @@ impl Reader {
                 let skip = !values || (live_gauge && (!cf.live || scope == Scope::Fold));
                 if values {
                     if let Some(w) = region.word(ff.rec.stats_offset as usize) {
-                        fam.stats = fam.stats.wrapping_add(w.load(Ordering::Relaxed));
+                        fam.stats = fam.stats.saturating_add(w.load(Ordering::Relaxed));
                     }
                 }
                 targets.push(if skip { None } else { Some(i) });
@@ -1273,7 +1315,7 @@ impl IndexFamily {
         let mode = self.desc.mode;
         let first = !self.seen[idx];
         match &mut self.acc[idx] {
-            Acc::U64(v) => *v = v.wrapping_add(raw(0).saturating_sub(base(0))),
+            Acc::U64(v) => *v = v.saturating_add(raw(0).saturating_sub(base(0))),
             Acc::F64(v) => *v += (f64::from_bits(raw(0)) - f64::from_bits(base(0))).max(0.0),
             Acc::Gauge { v, t } => {
                 if mode.most_recent() {
@@ -1305,7 +1347,7 @@ impl IndexFamily {
                 let n = buckets.len();
                 debug_assert_eq!(slots, n + 1);
                 for (i, b) in buckets.iter_mut().enumerate() {
-                    *b = b.wrapping_add(raw(i).saturating_sub(base(i)));
+                    *b = b.saturating_add(raw(i).saturating_sub(base(i)));
                 }
                 *sum += f64::from_bits(raw(n)) - f64::from_bits(base(n));
             }
@@ -1474,7 +1516,7 @@ impl Acc {
     fn absorb(&mut self, other: Acc, mode: GaugeMode) {
         match (self, other) {
             (Acc::F64(a), Acc::F64(b)) => *a += b,
-            (Acc::U64(a), Acc::U64(b)) => *a = a.wrapping_add(b),
+            (Acc::U64(a), Acc::U64(b)) => *a = a.saturating_add(b),
             (Acc::Gauge { v, t }, Acc::Gauge { v: bv, t: bt }) => match mode {
                 GaugeMode::Min | GaugeMode::LiveMin => *v = v.min(bv),
                 GaugeMode::Max | GaugeMode::LiveMax => *v = v.max(bv),
@@ -1490,7 +1532,7 @@ impl Acc {
             },
             (Acc::Hist { buckets, sum }, Acc::Hist { buckets: b, sum: s }) => {
                 for (x, y) in buckets.iter_mut().zip(b) {
-                    *x = x.wrapping_add(y);
+                    *x = x.saturating_add(y);
                 }
                 *sum += s;
             }

@@ -168,6 +168,10 @@ impl Snapshot {
         }
     }
 
+    pub(crate) fn stats_mut(&mut self) -> &mut ScrapeStats {
+        &mut self.stats
+    }
+
     /// Leaves the `shmetrics_*` self-metrics out of the encoding.
     pub fn without_self_metrics(mut self) -> Self {
         self.self_metrics = false;

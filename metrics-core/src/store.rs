@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -27,6 +27,16 @@ use crate::writer::{Config, Writer};
 /// The environment variable Python's `prometheus_client` reads for its multiprocess
 /// directory; [`Store::from_env`] reads the same one.
 pub const ENV_DIR: &str = "PROMETHEUS_MULTIPROC_DIR";
+
+/// The environment variable naming the application that owns the directory, for a
+/// deployment that runs one binary as several applications (a systemd template unit sets
+/// it to its instance name). When set, it wins over [`StoreBuilder::application`].
+pub const ENV_APPLICATION: &str = "SHMETRICS_APPLICATION";
+
+/// The environment variable holding the permission bits of the files a store creates
+/// (octal, e.g. `0640` for a scraper in the group). When set, it wins over
+/// [`StoreBuilder::file_mode`].
+pub const ENV_FILE_MODE: &str = "SHMETRICS_FILE_MODE";
 
 /// Content type of the exposition: OpenMetrics text. Prometheus chooses its parser from
 /// this header; serve the body with it (the same body as `text/plain` fails to scrape).
@@ -101,6 +111,7 @@ pub struct StoreBuilder {
     compact_threshold: usize,
     compact_on_open: bool,
     shared_directory: bool,
+    group_writable: bool,
 }
 
 impl StoreBuilder {
@@ -116,6 +127,7 @@ impl StoreBuilder {
             compact_threshold: DEFAULT_COMPACT_THRESHOLD,
             compact_on_open: true,
             shared_directory: false,
+            group_writable: false,
         }
     }
 
@@ -127,9 +139,9 @@ impl StoreBuilder {
         }
     }
 
-    /// Name of the application that owns the directory (default: the executable's name).
-    /// A process of another application opening the directory gets
-    /// [`Error::WrongApplication`].
+    /// Name of the application that owns the directory (default: the executable's name;
+    /// `SHMETRICS_APPLICATION`, when set, wins over both). A process of another
+    /// application opening the directory gets [`Error::WrongApplication`].
     pub fn application(mut self, name: impl Into<String>) -> Self {
         self.application = Some(name.into());
         self
@@ -149,7 +161,9 @@ impl StoreBuilder {
     }
 
     /// Permission bits of the files this process creates (default `0o600`; `0o640` lets a
-    /// scraper in the group read them). Must include owner read and write.
+    /// scraper in the group read them; `SHMETRICS_FILE_MODE`, when set, wins). Must include
+    /// owner read and write. Applied exactly, whatever the umask, to everything the store
+    /// creates: files, the lock file, and the directory (with `x` where `r` is).
     pub fn file_mode(mut self, mode: u32) -> Self {
         self.file_mode = mode;
         self
@@ -176,24 +190,40 @@ impl StoreBuilder {
     }
 
     /// Whether opening the store folds the files dead writers left (default `true`: the
-    /// seed's "clean the directory at startup", done without losing counts).
+    /// usual "clean the directory at startup", done without losing counts).
     pub fn compact_on_open(mut self, compact: bool) -> Self {
         self.compact_on_open = compact;
         self
     }
 
-    /// Accepts a directory that other users may write to (world-writable, or owned by
-    /// another user). Refused by default: on a shared `/dev/shm`, another user could plant
-    /// or replace files there.
+    /// Accepts a directory that other users may write to (world-writable, group-writable,
+    /// or owned by another user). Refused by default: on a shared `/dev/shm`, another user
+    /// could plant or replace files there.
     pub fn allow_shared_directory(mut self, allow: bool) -> Self {
         self.shared_directory = allow;
+        self
+    }
+
+    /// Accepts a directory its group may write to (mode `0770`), when every member of the
+    /// group is trusted. Refused by default: a member could plant or replace files there.
+    pub fn allow_group_writable_directory(mut self, allow: bool) -> Self {
+        self.group_writable = allow;
         self
     }
 
     /// Opens the store: creates the directory if missing, checks that it is usable and
     /// belongs to this application, and compacts what dead writers left.
     /// This process's file is created at the first declaration.
-    pub fn open(self) -> Result<Store> {
+    pub fn open(mut self) -> Result<Store> {
+        if let Some(mode) = std::env::var_os(ENV_FILE_MODE).filter(|m| !m.is_empty()) {
+            let text = mode.to_string_lossy();
+            self.file_mode = u32::from_str_radix(text.trim().trim_start_matches("0o"), 8).map_err(|_| {
+                Error::InvalidOption {
+                    name: ENV_FILE_MODE.into(),
+                    reason: format!("{text:?} is not an octal file mode (e.g. 0640)"),
+                }
+            })?;
+        }
         let dir = self.dir;
         if self.file_mode & !0o666 != 0 || self.file_mode & 0o600 != 0o600 {
             return Err(Error::InvalidOption {
@@ -220,9 +250,13 @@ impl StoreBuilder {
                 ),
             });
         }
-        let application = match self.application {
-            Some(a) => a,
-            None => default_application(),
+        // The deployment's setting wins: one binary may run as several applications.
+        let application = match std::env::var(ENV_APPLICATION) {
+            Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
+            _ => match self.application {
+                Some(a) => a,
+                None => default_application(),
+            },
         };
         if application.is_empty()
             || application.len() > MAX_NAME_BYTES
@@ -235,7 +269,7 @@ impl StoreBuilder {
                 ),
             });
         }
-        prepare_dir(&dir, self.file_mode, self.shared_directory)?;
+        prepare_dir(&dir, self.file_mode, self.shared_directory, self.group_writable)?;
         let lock = DirLock::open_rw(&dir, self.file_mode)?;
         let config = Arc::new(Config {
             dir: dir.clone(),
@@ -250,7 +284,7 @@ impl StoreBuilder {
         {
             let _guard = lock.exclusive()?;
             lock.claim(&dir, &config.application)?;
-            // The seed's "clean the directory at startup", done safely while other
+            // The usual "clean the directory at startup", done safely while other
             // workers run: fold what dead writers left (their counts stay).
             if self.compact_on_open {
                 if let Err(e) = compact::compact(&config, &mut reader, &|_| {}) {
@@ -284,7 +318,30 @@ fn default_application() -> String {
 }
 
 /// Creates `dir` if missing and checks that it is a writable directory of this user.
-fn prepare_dir(dir: &Path, file_mode: u32, shared_ok: bool) -> Result<()> {
+/// Creates `dir` and any missing parent with exactly `mode` (whatever the umask: the
+/// group the mode lets in must be able to reach the files).
+fn create_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while std::fs::symlink_metadata(at).is_err() {
+        missing.push(at);
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?,
+            // Created by another process meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn prepare_dir(dir: &Path, file_mode: u32, shared_ok: bool, group_ok: bool) -> Result<()> {
     let dir_mode = file_mode | ((file_mode & 0o444) >> 2);
     let err = |reason: String, source: Option<std::io::Error>| Error::Directory {
         path: dir.to_path_buf(),
@@ -300,16 +357,12 @@ fn prepare_dir(dir: &Path, file_mode: u32, shared_ok: bool) -> Result<()> {
             ));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(dir_mode)
-                .create(dir)
-                .map_err(|e| {
-                    err(
-                        "does not exist and cannot be created: create it (e.g. with tmpfiles.d) or fix the parent's permissions".into(),
-                        Some(e),
-                    )
-                })?;
+            create_dirs(dir, dir_mode).map_err(|e| {
+                err(
+                    "does not exist and cannot be created: create it (e.g. with tmpfiles.d) or fix the parent's permissions".into(),
+                    Some(e),
+                )
+            })?;
         }
         Err(e) => {
             let reason = if e.raw_os_error() == Some(libc::ENOTDIR) {
@@ -329,6 +382,16 @@ fn prepare_dir(dir: &Path, file_mode: u32, shared_ok: bool) -> Result<()> {
                     "is writable by every user (mode {mode:o}): another user could plant or replace files in it. \
                      Use a directory of its own (e.g. /dev/shm/prometheus/<api>, created by tmpfiles.d with mode 0750), \
                      or StoreBuilder::allow_shared_directory(true)"
+                ),
+                None,
+            ));
+        }
+        if mode & 0o020 != 0 && !group_ok {
+            return Err(err(
+                format!(
+                    "is writable by its group (mode {mode:o}): a member of the group could plant or replace files in it. \
+                     Let the group read only (mode 0750, e.g. with tmpfiles.d), \
+                     or StoreBuilder::allow_group_writable_directory(true) if every member is trusted"
                 ),
                 None,
             ));
@@ -459,14 +522,32 @@ impl Store {
                 requested: desc.describe(),
             });
         }
+        for r in families.values() {
+            if let Some(sample) = crate::desc::clash((desc.ty, &desc.name), (r.desc.ty, &r.desc.name)) {
+                return Err(Error::NameClash {
+                    name: desc.name.clone(),
+                    other: r.desc.name.clone(),
+                    by: "this process".into(),
+                    sample,
+                });
+            }
+        }
         let own = shared.writer.own_ids();
         let id = {
             // Lock order, everywhere: reader mutex, then the directory lock.
             let mut reader = shared.reader();
             let _lock = shared.lock.exclusive()?;
             reader.own_writers = own;
-            for (pid, path, other) in reader.live_declarations(&desc.name)? {
-                if !other.same_schema(&desc) {
+            for (pid, path, other) in reader.live_declarations()? {
+                if let Some(sample) = crate::desc::clash((desc.ty, &desc.name), (other.ty, &other.name)) {
+                    return Err(Error::NameClash {
+                        name: desc.name.clone(),
+                        other: other.name.clone(),
+                        by: format!("live process {pid} (file {})", path.display()),
+                        sample,
+                    });
+                }
+                if other.name == desc.name && !other.same_schema(&desc) {
                     return Err(Error::Conflict {
                         name: desc.name.clone(),
                         by: format!("live process {pid} (file {})", path.display()),
@@ -590,7 +671,17 @@ impl Store {
         let own = shared.writer.own_ids();
         let mut reader = shared.reader();
         reader.own_writers = own;
-        let snapshot = reader.snapshot()?;
+        let mut snapshot = reader.snapshot()?;
+        // Errors this process counted while it had no file (a full filesystem at start).
+        let pending = shared.writer.pending_errors();
+        for (kind, n) in snapshot.stats_mut().store_errors.iter_mut() {
+            if let Some(k) = crate::format::ErrorKind::ALL
+                .iter()
+                .position(|e| e.label() == *kind)
+            {
+                *n = n.saturating_add(pending[k]);
+            }
+        }
         let faults = sys::writer_faults();
         if shared
             .writer_faults_seen

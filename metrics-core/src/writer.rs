@@ -213,6 +213,15 @@ impl Writer {
         series.contains_key(&key)
     }
 
+    /// Errors counted while this process had no file to count them in (shown in its own
+    /// scrapes until a file takes them).
+    pub(crate) fn pending_errors(&self) -> [u64; ERROR_KINDS] {
+        let _gate = sys::enter_gate();
+        let mut st = self.lock();
+        self.sync_fork(&mut st);
+        st.pending_errors
+    }
+
     /// Whether series wait in process memory for file slots.
     #[inline]
     pub(crate) fn has_waiting(&self) -> bool {

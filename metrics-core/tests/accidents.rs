@@ -6,7 +6,7 @@
 //! Like `multiprocess.rs`, the binary is its own child: with `SHMETRICS_TEST_ROLE` set it
 //! runs one role instead of the tests.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::LazyLock;
@@ -31,6 +31,8 @@ const TESTS: &[(&str, Test)] = &[
     ("a_slot_worker_starts_beside_2000_dead_files_under_1024_descriptors", start_beside_2000_dead),
     ("300_live_writers_read_exactly_under_128_descriptors", live_writers_low_nofile),
     ("a_growing_live_file_is_never_called_corrupt", growing_live_files),
+    ("under_umask_0077_everything_the_store_creates_gets_the_configured_mode", umask_0077),
+    ("more_than_1024_writer_files_in_one_process_are_all_released_in_a_fork_child", many_writer_files),
 ];
 
 fn main() {
@@ -62,6 +64,9 @@ fn run_role(role: &str, args: &[String]) {
         "forkmany" => role_fork_many(dir, args[1].parse().expect("count"), false),
         "livemany" => role_fork_many(dir, args[1].parse().expect("count"), true),
         "grower" => role_grower(dir, args[1].parse().expect("id")),
+        "umask" => role_umask(dir),
+        "group_reader" => role_group_reader(dir, args[1].parse().expect("gid")),
+        "manystores" => role_many_stores(dir, args[1].parse().expect("count")),
         other => panic!("unknown role {other}"),
     }
 }
@@ -776,6 +781,148 @@ fn growing_live_files() -> Result<(), Failed> {
     }
     if scrapes < 20 {
         return Err(format!("only {scrapes} scrapes").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Permissions: the configured mode, whatever the umask.
+
+fn role_umask(dir: &str) {
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
+    let api = Path::new(dir).join("prometheus").join("api");
+    let open = || {
+        builder(api.to_str().unwrap())
+            .file_mode(0o640)
+            .worker_id(0)
+            .open()
+            .expect("open")
+    };
+    let store = open();
+    store.counter("jobs", "Jobs").expect("counter").inc();
+    // A dead writer, folded: the accumulator is created too.
+    // SAFETY: this role process is single-threaded.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let s = Store::builder(&api)
+            .application(APP)
+            .file_mode(0o640)
+            .open()
+            .expect("open");
+        s.counter("jobs", "Jobs").expect("counter").inc_by(10);
+        // SAFETY: leave without the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    store.compact().expect("compaction");
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    say(format!(
+        "modes {:o} {:o} {:o} {:o} {:o}",
+        mode(api.parent().unwrap()),
+        mode(&api),
+        mode(&api.join(".shmetrics.lock")),
+        mode(&api.join("slot-0.shm")),
+        mode(&api.join("accumulator.shm")),
+    ));
+    wait_for_stdin_eof();
+}
+
+/// Reads the directory as an unprivileged user of group `gid` (a group scraper).
+fn role_group_reader(dir: &str, gid: u32) {
+    // SAFETY: plain system calls changing this (single-threaded) process's identity.
+    unsafe {
+        assert_eq!(libc::setgroups(0, std::ptr::null()), 0, "setgroups");
+        assert_eq!(libc::setgid(gid), 0, "setgid");
+        assert_eq!(libc::setuid(65534), 0, "setuid");
+    }
+    match Reader::new(dir).and_then(|mut r| r.snapshot()) {
+        Ok(snap) => say(format!(
+            "jobs {:?} unreadable {}",
+            snap.counter("jobs", &[]),
+            snap.stats().unreadable_files
+        )),
+        Err(e) => say(format!("jobs error {e}")),
+    }
+}
+
+fn umask_0077() -> Result<(), Failed> {
+    let base = tempfile::tempdir()?;
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755))?;
+    let d = base.path().to_str().unwrap();
+    let mut w = RoleProc::spawn("umask", &[d]);
+    let modes = w.expect("modes", Duration::from_secs(30));
+    if modes != "750 750 640 640 640" {
+        return Err(format!("modes of parent, directory, lock, slot, accumulator: {modes}").into());
+    }
+    let api = base.path().join("prometheus").join("api");
+    let gid = std::fs::metadata(&api)?.gid();
+    let mut r = RoleProc::spawn("group_reader", &[api.to_str().unwrap(), &gid.to_string()]);
+    let line = r.expect("jobs", Duration::from_secs(30));
+    r.wait(Duration::from_secs(10));
+    w.close_stdin();
+    w.wait(Duration::from_secs(10));
+    if line != "Some(11) unreadable 0" {
+        return Err(format!("a scraper of the group reads: {line}").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// More than 1,024 writer files in one process.
+
+fn role_many_stores(dir: &str, count: usize) {
+    // Two descriptors per store: raise the soft limit to the hard one.
+    set_limit(libc::RLIMIT_NOFILE, u64::MAX);
+    let mut stores = Vec::with_capacity(count);
+    for i in 0..count {
+        let sub = Path::new(dir).join(format!("s{i}"));
+        let store = builder(sub.to_str().unwrap()).open().expect("open");
+        store.counter("jobs", "Jobs").expect("counter").inc();
+        stores.push(store);
+    }
+    // SAFETY: this role process is single-threaded.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // Lives on, holding what it inherited, until the test closes the pipe.
+        wait_for_stdin_eof();
+        // SAFETY: leave without the parent's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    say("forked");
+    // The parent exits: every one of its files must now read as dead.
+}
+
+fn many_writer_files() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let count = 1100;
+    let mut p = RoleProc::spawn("manystores", &[d, &count.to_string()]);
+    p.expect("forked", Duration::from_secs(300));
+    let status = p.wait(Duration::from_secs(60));
+    let mut live = 0;
+    let mut total = 0;
+    for i in 0..count {
+        let snap = Reader::new(dir.path().join(format!("s{i}")))?.snapshot()?;
+        live += snap.stats().live_files;
+        total += jobs(&snap).unwrap_or(0);
+    }
+    p.close_stdin();
+    if !status.success() {
+        return Err(format!("the process ended with {status:?}").into());
+    }
+    if live != 0 || total != count as u64 {
+        return Err(format!(
+            "while a fork child runs, {live} of the exited parent's {count} files still look live (total {total})"
+        )
+        .into());
     }
     Ok(())
 }

@@ -281,6 +281,34 @@ for i, d in enumerate(docs):
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// Families that clash in the exposition, declared by processes that are gone (an earlier
+/// deployment) or by Python workers: one of each clash is left out, counted, and the
+/// exposition parses.
+#[test]
+fn clashing_families_of_dead_writers_are_left_out_and_the_exposition_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Store::builder(dir.path())
+            .application("clash-test")
+            .open()
+            .unwrap()
+    };
+    {
+        let old = open();
+        old.counter("jobs", "Jobs").unwrap().inc_by(3);
+        old.histogram("lat", "Latency", &[1.0]).unwrap().observe(0.5);
+    }
+    let new = open();
+    new.gauge("jobs_total", "Jobs", GaugeMode::Max).unwrap().set(7.0);
+    new.gauge("lat_count", "Count", GaugeMode::Max).unwrap().set(1.0);
+    let snap = new.snapshot().unwrap();
+    assert_eq!(snap.counter("jobs", &[]), Some(3));
+    assert!(snap.family("jobs_total").is_none() && snap.family("lat_count").is_none());
+    assert_eq!(snap.stats().conflicts, 2);
+    let text = snap.encode(Default::default()).unwrap();
+    strict_parse_all(&[text]);
+}
+
 /// Requirement: a stranger's file is reported, not merged, not deleted.
 #[test]
 fn strangers_files_are_reported_not_merged_not_deleted() {

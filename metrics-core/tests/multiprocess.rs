@@ -27,6 +27,7 @@ const TESTS: &[(&str, Test)] = &[
     ("fork_child_writes_its_own_file", fork_child_writes_its_own_file),
     ("gauge_modes_with_live_and_dead_writers", gauge_modes),
     ("full_filesystem_is_an_error_not_a_signal", full_filesystem),
+    ("a_worker_starts_on_a_full_filesystem_and_its_values_reach_the_file_at_the_next_chance", full_at_start),
     ("conflicting_declaration_of_a_live_process_fails", cross_process_conflict),
     ("same_pid_in_two_containers_keeps_two_files", same_pid_in_two_containers),
     ("fork_while_another_thread_creates_series", fork_storm),
@@ -51,6 +52,7 @@ fn run_role(role: &str, args: &[String]) {
         "fork" => role_fork(dir),
         "gauges" => role_gauges(dir, args[1].parse().expect("value"), &args[2]),
         "fill" => role_fill(dir, &args[1]),
+        "fullstart" => role_full_start(dir, &args[1]),
         "declare" => role_declare(dir, &args[1]),
         "container" => role_container(dir, &args[1]),
         "forkstorm" => role_fork_storm(dir),
@@ -635,6 +637,14 @@ fn cross_process_conflict() -> Result<(), Failed> {
     if !msg.contains("[0.1, 1, +Inf]") || !msg.contains("[0.1, 2, +Inf]") {
         return Err(format!("message should show both bucket lists: {msg}").into());
     }
+    // A family that would expose a name the live process's histogram exposes: refused.
+    let e = store
+        .gauge("req_seconds_count", "Count", GaugeMode::Max)
+        .unwrap_err()
+        .to_string();
+    if !e.contains("req_seconds_count") || !e.contains(&pid) {
+        return Err(format!("a clash with a live process should name it ({pid}): {e}").into());
+    }
     // The same buckets as the live process: accepted.
     let h = store.histogram("req_seconds", "Latency", &[0.1, 1.0])?;
     h.observe(0.05);
@@ -804,6 +814,132 @@ fn fork_storm() -> Result<(), Failed> {
     // One file per child plus the parent's.
     if snap.stats().dead_files != STORM_FORKS + 1 {
         return Err(format!("{:?}", snap.stats()).into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// A worker that starts while the filesystem is full: it starts, declares and records in
+// memory, and what it recorded reaches the file at its next write of any series.
+
+const START_SERIES: usize = 3000;
+
+fn role_full_start(dir: &str, limit: &str) {
+    if limit != "none" {
+        // As in `role_fill`: no room at all, EFBIG instead of ENOSPC.
+        // SAFETY: plain syscalls on this process's own limits and signal disposition.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+    }
+    let store = Store::builder(dir)
+        .application("multiprocess-test")
+        .worker_id(0)
+        .open()
+        .expect("the store opens on a full filesystem");
+    let fam = store
+        .counter_family("started", "Series recorded before there was room", &["n"])
+        .expect("declaring works on a full filesystem");
+    let level = store
+        .gauge("level", "A gauge set before there was room", GaugeMode::Max)
+        .expect("declaring works on a full filesystem");
+    level.set(5.0);
+    for i in 0..START_SERIES {
+        fam.labels(&[&format!("series-{i:05}")]).inc();
+    }
+    let errors = store
+        .snapshot()
+        .map(|s| s.stats().store_errors.iter().map(|(_, n)| n).sum::<u64>())
+        .unwrap_or(0);
+    say(format!("started {errors}"));
+    assert_eq!(read_stdin_line(), "room");
+    if limit != "none" {
+        // SAFETY: as above.
+        unsafe {
+            let lim = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+    }
+    // Past the retry interval, one write of one series: the next chance for all.
+    std::thread::sleep(Duration::from_millis(700));
+    fam.labels(&["series-00000"]).inc();
+    say("wrote one");
+    wait_for_stdin_eof();
+}
+
+fn full_at_start() -> Result<(), Failed> {
+    let base = tempfile::tempdir()?;
+    let mnt = base.path().join("mnt");
+    std::fs::create_dir(&mnt)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let _guard = mounted.then(|| Tmpfs { path: mnt.clone() });
+    let store_dir = if mounted {
+        mnt.join("store")
+    } else {
+        base.path().join("store")
+    };
+    std::fs::create_dir(&store_dir)?;
+    let filler = mnt.join("filler");
+    if mounted {
+        // Fill the filesystem to the last block.
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![1u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    } else {
+        eprintln!("full_at_start: cannot mount a tmpfs here; using RLIMIT_FSIZE instead");
+    }
+    let d = store_dir.to_str().unwrap();
+    let limit = if mounted { "none" } else { "0" };
+    let mut p = RoleProc::spawn("fullstart", &[d, limit]);
+    let errors: u64 = p.expect("started", Duration::from_secs(60)).parse()?;
+    if errors == 0 {
+        return Err("the failures to write should be counted".into());
+    }
+    if mounted {
+        std::fs::remove_file(&filler)?;
+    }
+    p.send("room");
+    p.expect("wrote one", Duration::from_secs(60));
+    let snap = Reader::new(&store_dir)?.snapshot()?;
+    let fam = snap.family("started").ok_or("no family in the file")?;
+    if fam.series.len() != START_SERIES {
+        return Err(format!(
+            "{} of {START_SERIES} series in the file after one write",
+            fam.series.len()
+        )
+        .into());
+    }
+    let want = |labels: &[Box<str>]| if &*labels[0] == "series-00000" { 2 } else { 1 };
+    if let Some(s) = fam
+        .series
+        .iter()
+        .find(|s| s.value != Value::Counter(want(&s.labels)))
+    {
+        return Err(format!("series {:?} = {:?}", s.labels, s.value).into());
+    }
+    if snap.gauge("level", &[]) != Some(5.0) {
+        return Err(format!("gauge {:?}, expected 5", snap.gauge("level", &[])).into());
+    }
+    p.close_stdin();
+    let status = p.wait(Duration::from_secs(10));
+    if !status.success() {
+        return Err(format!("the worker ended with {status:?}").into());
     }
     Ok(())
 }

@@ -108,6 +108,38 @@ fn conflicting_declarations_in_one_process_fail() {
     assert!(s.counter_f64_family("c", "h", &["a"]).is_err());
 }
 
+/// `jobs` as a counter is `jobs_total` in the exposition: a gauge `jobs_total` beside it
+/// (or `lat_count` beside a histogram `lat`) would make parsers reject the whole body.
+#[test]
+fn colliding_sample_names_are_refused_at_declaration() {
+    let (_d, s) = store();
+    s.counter("jobs", "h").unwrap();
+    let e = s.gauge("jobs_total", "h", GaugeMode::Max).unwrap_err();
+    assert!(matches!(e, Error::NameClash { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"jobs\"") && msg.contains("\"jobs_total\"") && msg.contains("this process"),
+        "{msg}"
+    );
+    assert!(s.gauge("jobs_created", "h", GaugeMode::Max).is_err());
+    s.histogram("lat", "h", &[1.0]).unwrap();
+    for g in ["lat_count", "lat_bucket", "lat_sum", "lat_created"] {
+        let e = s.gauge(g, "h", GaugeMode::Max).unwrap_err();
+        assert!(matches!(e, Error::NameClash { .. }), "{g}: {e}");
+    }
+    // The other way round: the gauge first, then the family that would expose it.
+    s.gauge("queue_total", "h", GaugeMode::Max).unwrap();
+    assert!(matches!(s.counter("queue", "h"), Err(Error::NameClash { .. })));
+    s.gauge("size_count", "h", GaugeMode::Max).unwrap();
+    assert!(matches!(
+        s.histogram("size", "h", &[1.0]),
+        Err(Error::NameClash { .. })
+    ));
+    // Names that merely look alike are fine.
+    s.gauge("jobs_totals", "h", GaugeMode::Max).unwrap();
+    s.gauge("latency", "h", GaugeMode::Max).unwrap();
+}
+
 #[test]
 fn series_limit_sends_new_label_sets_to_one_overflow_series() {
     let (_d, s) = store();
@@ -208,9 +240,14 @@ fn histogram_buckets_are_le_and_per_bucket() {
     let (_d, s) = store();
     let h: shmetrics_core::Family<Histogram> = s.histogram_family("d", "d", &["r"], &[1.0, 2.0]).unwrap();
     let x = h.labels(&["x"]);
-    for v in [0.0, 1.0, 1.0000001, 2.0, 3.0, f64::INFINITY, -5.0] {
+    for v in [0.0, 1.0, 1.0000001, 2.0, 3.0, 1e300, -5.0] {
         x.observe(v);
     }
+    // Infinities and NaN would make the sum useless for good: refused, counted.
+    for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+        x.observe(v);
+    }
+    assert_eq!(store_errors(&s, "invalid_value"), 3);
     let snap = s.snapshot().unwrap();
     let v = snap.histogram("d", &[("r", "x")]).unwrap();
     assert_eq!(v.buckets, vec![3, 2, 2], "le semantics: v <= bound");
@@ -389,6 +426,18 @@ fn world_writable_or_foreign_directories_are_refused_by_default() {
     assert!(msg.contains("writable by every user (mode 1777)"), "{msg}");
     assert!(msg.contains("allow_shared_directory"), "{msg}");
     Store::builder(&open).allow_shared_directory(true).open().unwrap();
+
+    // Group-writable: a member of the group could plant files too.
+    let group = base.path().join("group");
+    std::fs::create_dir(&group).unwrap();
+    std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let msg = Store::open(&group).unwrap_err().to_string();
+    assert!(msg.contains("writable by its group (mode 770)"), "{msg}");
+    assert!(msg.contains("allow_group_writable_directory"), "{msg}");
+    Store::builder(&group)
+        .allow_group_writable_directory(true)
+        .open()
+        .unwrap();
 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {

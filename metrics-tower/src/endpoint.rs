@@ -16,7 +16,7 @@ use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
 /// use shmetrics_core::http::MetricsEndpoint;
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let store = shmetrics_core::Store::open(dir.path())?;
-/// let app: Router = Router::new().route("/metrics", shmetrics_tower::metrics_route(MetricsEndpoint::from_env(&store)));
+/// let app: Router = Router::new().route("/metrics", shmetrics_tower::metrics_route(MetricsEndpoint::from_env(&store)?));
 /// # Ok::<(), shmetrics_core::Error>(())
 /// ```
 pub fn metrics_route<S>(endpoint: MetricsEndpoint) -> MethodRouter<S>

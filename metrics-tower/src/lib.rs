@@ -12,7 +12,7 @@
 //! let store = Store::from_env()?; // PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus/<api>
 //! let app = Router::new()
 //!     .route("/users/{id}", get(|| async { "user" }))
-//!     .route("/metrics", metrics_route(MetricsEndpoint::from_env(&store)))
+//!     .route("/metrics", metrics_route(MetricsEndpoint::from_env(&store)?))
 //!     .layer(MetricsLayer::new(&store)?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:10010").await?;
 //! axum::serve(listener, app).await?;

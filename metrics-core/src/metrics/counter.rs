@@ -24,16 +24,29 @@ impl Counter {
         self.inc_by(1);
     }
 
-    /// Adds `v`.
+    /// Adds `v`. The total saturates at `u64::MAX` instead of wrapping around to a small
+    /// number (which Prometheus would read as a counter reset).
     #[inline]
     pub fn inc_by(&self, v: u64) {
-        self.cell.with(|s| s[0].fetch_add(v, Ordering::Relaxed));
+        self.cell.with(|s| {
+            let old = s[0].fetch_add(v, Ordering::Relaxed);
+            if old.checked_add(v).is_none() {
+                saturate(&s[0]);
+            }
+        });
     }
 
     /// This process's contribution (not the merged value: scrape for that).
     pub fn get(&self) -> u64 {
         self.cell.with(|s| s[0].load(Ordering::Relaxed))
     }
+}
+
+/// Puts a counter that went past `u64::MAX` back at `u64::MAX`.
+#[cold]
+#[inline(never)]
+fn saturate(slot: &std::sync::atomic::AtomicU64) {
+    slot.store(u64::MAX, Ordering::Relaxed);
 }
 
 #[allow(private_interfaces)] // sealed: unnameable outside the crate

@@ -18,13 +18,14 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Records one observation. NaN is refused (counted in
-    /// `shmetrics_store_errors_total{kind="invalid_value"}` and logged once).
+    /// Records one observation. NaN and infinities are refused (they would make the sum
+    /// NaN or infinite for good): counted in
+    /// `shmetrics_store_errors_total{kind="invalid_value"}` and logged once.
     #[inline]
     pub fn observe(&self, v: f64) {
-        if v.is_nan() {
+        if !v.is_finite() {
             self.cell.writer.count_error(ErrorKind::InvalidValue, &|| {
-                "histogram observation NaN refused".to_string()
+                format!("histogram observation {v} refused: observations must be finite")
             });
             return;
         }
