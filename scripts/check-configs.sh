@@ -73,7 +73,7 @@ assert kinds == ["Deployment", "Service", "ServiceMonitor"], kinds
 sm = next(x for x in docs if x["kind"] == "ServiceMonitor")
 assert sm["spec"]["endpoints"][0]["authorization"]["credentials"]["name"] == "metrics-token"
 unit = open("examples/deploy/systemd/shmetrics-api@.service").read()
-for key in ("[Service]", "PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus/%i", "ExecStart="):
+for key in ("[Service]", "PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus/%i", "SHMETRICS_APPLICATION=%i", "ExecStart="):
     assert key in unit, key
 tmp = open("examples/deploy/tmpfiles.d/shmetrics.conf").read()
 assert "777" not in tmp and len(re.findall(r"^d\s+/dev/shm/prometheus/\w+\s+0750", tmp, re.M)) == 5

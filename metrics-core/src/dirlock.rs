@@ -7,9 +7,16 @@
 //! * Contents: the application that owns the directory (`application=<name>`), written by
 //!   the first process that opens it. One directory belongs to one API.
 //!
+//! `flock` does not queue: while scrapes overlap without a gap (two scrapers, or one
+//! scraping back to back), a process waiting for the exclusive lock could wait for ever.
+//! So a second file, the turnstile `.shmetrics.turn`, gives changes priority: a writer
+//! takes the turnstile exclusively, then the lock, then lets the turnstile go; a scrape
+//! passes through the turnstile (shared, released at once) before it takes the lock
+//! shared. A waiting writer thus waits only for the scrapes already running.
+//!
 //! A `flock` belongs to the open file description, which `fork()` shares between parent
 //! and child: a child using an inherited descriptor would "hold" the parent's lock (and
-//! the parent the child's). So the lock file is opened again, in the child, before its
+//! the parent the child's). So the lock files are opened again, in the child, before their
 //! first use after a fork.
 
 use std::fs::{File, OpenOptions};
@@ -21,15 +28,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Error;
 use crate::sys;
-use crate::writer::LOCK_FILE;
+use crate::writer::{LOCK_FILE, TURN_FILE};
 
-/// An open lock file.
+/// An open lock file, and its turnstile.
 pub(crate) struct DirLock {
     dir: PathBuf,
     path: PathBuf,
     /// `Some(mode)`: opened read-write (a writer), created with this mode if missing.
     write: Option<u32>,
     open: Mutex<OpenLock>,
+    /// The turnstile; `None` in a directory made by a version without one (a reader does
+    /// not create it; a writer does).
+    turn: Mutex<Option<OpenLock>>,
 }
 
 /// The descriptor of the lock file, and the fork generation it was opened in.
@@ -55,7 +65,9 @@ impl DirLock {
     pub(crate) fn open_rw(dir: &Path, mode: u32) -> Result<DirLock, Error> {
         let path = dir.join(LOCK_FILE);
         let file = open_file(dir, &path, Some(mode))?;
-        Ok(DirLock::with(dir, path, Some(mode), file))
+        let lock = DirLock::with(dir, path, Some(mode), file);
+        lock.turn()?;
+        Ok(lock)
     }
 
     /// Opens the lock file of `dir` read-only, if there is one (a reader never creates it).
@@ -79,7 +91,31 @@ impl DirLock {
                 file: Arc::new(file),
                 fork_gen: sys::fork_generation(),
             }),
+            turn: Mutex::new(None),
         }
+    }
+
+    /// The turnstile's descriptor (opened, or created by a writer, on first use and
+    /// again after a fork), if the directory has one.
+    fn turn(&self) -> Result<Option<Arc<File>>, Error> {
+        let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let fork_gen = sys::fork_generation();
+        if turn.as_ref().is_none_or(|t| t.fork_gen != fork_gen) {
+            let path = self.dir.join(TURN_FILE);
+            *turn = match open_file(&self.dir, &path, self.write) {
+                Ok(file) => Some(OpenLock {
+                    file: Arc::new(file),
+                    fork_gen,
+                }),
+                Err(Error::Directory { source: Some(e), .. })
+                    if e.kind() == std::io::ErrorKind::NotFound && self.write.is_none() =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(turn.as_ref().map(|t| Arc::clone(&t.file)))
     }
 
     /// The descriptor to lock through: this process's own (opened again after a fork).
@@ -95,15 +131,34 @@ impl DirLock {
         Ok(Arc::clone(&open.file))
     }
 
-    /// Waits for the exclusive lock.
+    /// Waits for the exclusive lock: through the turnstile, which holds new scrapes back
+    /// meanwhile.
     pub(crate) fn exclusive(&self) -> Result<LockGuard, Error> {
+        let turn = self.turn()?;
+        let _turn = match &turn {
+            Some(t) => {
+                sys::flock_exclusive_blocking(t.as_raw_fd())
+                    .map_err(|e| Error::io("locking", &self.path, e))?;
+                Some(LockGuard { file: Arc::clone(t) })
+            }
+            None => None,
+        };
         let file = self.file()?;
         sys::flock_exclusive_blocking(file.as_raw_fd()).map_err(|e| Error::io("locking", &self.path, e))?;
         Ok(LockGuard { file })
     }
 
-    /// Takes the exclusive lock if nobody holds the lock.
+    /// Takes the exclusive lock if nobody holds the lock or waits for it.
     pub(crate) fn try_exclusive(&self) -> Result<Option<LockGuard>, Error> {
+        let turn = self.turn()?;
+        let _turn = match &turn {
+            Some(t) => match sys::try_flock(t.as_raw_fd(), true) {
+                Ok(true) => Some(LockGuard { file: Arc::clone(t) }),
+                Ok(false) => return Ok(None),
+                Err(e) => return Err(Error::io("locking", &self.path, e)),
+            },
+            None => None,
+        };
         let file = self.file()?;
         match sys::try_flock(file.as_raw_fd(), true) {
             Ok(true) => Ok(Some(LockGuard { file })),
@@ -112,8 +167,12 @@ impl DirLock {
         }
     }
 
-    /// Waits for the shared lock.
+    /// Waits for the shared lock, after any writer waiting at the turnstile.
     pub(crate) fn shared(&self) -> Result<LockGuard, Error> {
+        if let Some(t) = self.turn()? {
+            sys::flock_shared_blocking(t.as_raw_fd()).map_err(|e| Error::io("locking", &self.path, e))?;
+            let _ = sys::flock_unlock(t.as_raw_fd());
+        }
         let file = self.file()?;
         sys::flock_shared_blocking(file.as_raw_fd()).map_err(|e| Error::io("locking", &self.path, e))?;
         Ok(LockGuard { file })

@@ -17,8 +17,14 @@
 //! * **fork-safe**: metrics declared at module level (statics) before `fork()` write into
 //!   the child's own file in the child, without a `getpid()` per write.
 //! * **Robust**: files are versioned (`FORMAT.md`); the reader bounds-checks everything
-//!   and skips (and counts) a corrupt file instead of failing the scrape; space is
-//!   reserved with `fallocate`, so a full `/dev/shm` is a counted error, never a SIGBUS.
+//!   and skips (and counts) a corrupt file instead of failing the scrape, leaves files of a
+//!   newer version alone, retries a file it cannot read for a moment and never replaces
+//!   one it could not read; space is reserved with `fallocate`, so a full `/dev/shm` is a
+//!   counted error (values wait in memory), never a SIGBUS. A mapped file that another
+//!   process cuts short would raise SIGBUS at the next access: the store installs a SIGBUS
+//!   handler that answers such faults in its own mappings (a reader reads the file again, a
+//!   writer keeps running) and passes every other SIGBUS on, so they end the process as
+//!   before. A program that installs its own SIGBUS handler later replaces it.
 //! * **Bounded**: every family has a series limit; past it, new label sets share one
 //!   overflow series.
 //!

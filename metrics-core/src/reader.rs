@@ -27,7 +27,7 @@ use crate::python::{self, PyReader};
 use crate::region::Region;
 use crate::snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 use crate::sys;
-use crate::writer::{LOCK_FILE, STORE_EXT, TMP_PREFIX};
+use crate::writer::{LOCK_FILE, STORE_EXT, TMP_PREFIX, TURN_FILE};
 
 /// Merges the files of one directory; keeps decoded metadata between scrapes.
 ///
@@ -575,7 +575,7 @@ impl Reader {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             let name_str = name.to_string_lossy();
-            if name_str == LOCK_FILE || name_str.starts_with(TMP_PREFIX) {
+            if name_str == LOCK_FILE || name_str == TURN_FILE || name_str.starts_with(TMP_PREFIX) {
                 continue;
             }
             let path = entry.path();

@@ -470,7 +470,8 @@ impl Snapshot {
         let mut m = encoder.encode_descriptor(
             "shmetrics_store_errors",
             "Operations the store refused, by kind: growth (filesystem full or file limit), \
-             invalid_value (negative or NaN increment), label_count (wrong number of label values).",
+             invalid_value (negative, NaN or infinite value), label_count (wrong number of label values), \
+             label_value (label value too long), slot_skipped (unusable file at a worker slot's name).",
             None,
             PcMetricType::Counter,
         )?;

@@ -55,6 +55,8 @@ pub(crate) const STORE_EXT: &str = ".shm";
 pub(crate) const TMP_PREFIX: &str = ".tmp-";
 /// The directory lock file.
 pub(crate) const LOCK_FILE: &str = ".shmetrics.lock";
+/// The directory lock's turnstile (see `dirlock`).
+pub(crate) const TURN_FILE: &str = ".shmetrics.turn";
 
 /// What a handle asks the writer to bind to (`family`: index among this process's
 /// declarations, not the family id inside a file).

@@ -140,6 +140,24 @@ fn colliding_sample_names_are_refused_at_declaration() {
     s.gauge("latency", "h", GaugeMode::Max).unwrap();
 }
 
+/// A counter never wraps around to a small number (a reset to Prometheus): it stops at
+/// `u64::MAX`, in the process and in the merge of several processes.
+#[test]
+fn integer_counters_saturate_instead_of_wrapping() {
+    let (d, s) = store();
+    let c = s.counter("big", "h").unwrap();
+    c.inc_by(u64::MAX - 1);
+    c.inc();
+    c.inc();
+    c.inc_by(u64::MAX);
+    assert_eq!(c.get(), u64::MAX);
+    // A second writer's file: the sum saturates too.
+    let other = Store::builder(d.path()).application("store-test").open().unwrap();
+    other.counter("big", "h").unwrap().inc_by(10);
+    assert_eq!(s.snapshot().unwrap().counter("big", &[]), Some(u64::MAX));
+    assert!(s.scrape().unwrap().contains("big_total 18446744073709551615\n"));
+}
+
 #[test]
 fn series_limit_sends_new_label_sets_to_one_overflow_series() {
     let (_d, s) = store();
