@@ -113,9 +113,10 @@ fn churn() -> Result<(), Failed> {
         max_entries = max_entries.max(entries(dir.path()).len());
     }
     // Each writer folds its dead predecessors when it opens the store: besides the lock
-    // file and the accumulator, at most the last writer's (dead) file is left.
+    // file, its turnstile and the accumulator, at most the last writer's (dead) file is
+    // left.
     let left = entries(dir.path());
-    if left.len() > 3 || max_entries > 4 {
+    if left.len() > 4 || max_entries > 5 {
         return Err(format!(
             "{} entries left ({left:?}), at most {max_entries} at once",
             left.len()
