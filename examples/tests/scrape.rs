@@ -5,25 +5,12 @@ use std::process::{Command, Output, Stdio};
 
 use shmetrics_core::testing::ensure_python_prometheus_client;
 
-/// The example binary, built (or found up to date) by cargo in this test's profile.
+mod common;
+
+/// The `scrape` example, built once for the tests of this binary.
 fn scrape_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "shmetrics-examples", "--example", "scrape"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build --example scrape failed");
-    });
-    // target/debug/deps/<test> -> target/debug/examples/scrape
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("scrape")
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| common::example_bin("scrape")).clone()
 }
 
 fn scrape(args: &[&str]) -> Output {

@@ -8,31 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The example binary, built (or found up to date) by cargo in this test's profile.
+mod common;
+
+/// The `axum_workers` example, built once for the tests of this binary.
 fn axum_workers() -> PathBuf {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "shmetrics-examples",
-                "--example",
-                "axum_workers",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cargo build --example axum_workers failed");
-    });
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("axum_workers")
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| common::example_bin("axum_workers")).clone()
 }
 
 fn free_port() -> u16 {

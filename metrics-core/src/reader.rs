@@ -1708,4 +1708,62 @@ mod tests {
         assert!(header.used > md.len() as usize);
         assert!(cf.region.as_ref().unwrap().accessible() >= header.used);
     }
+
+    /// Out of descriptors (or memory) is a passing state: never a verdict on the file.
+    #[test]
+    fn running_out_of_descriptors_is_transient_not_damage() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::EINTR,
+        ] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert!(
+                matches!(transient("cannot open", &e), Problem::Transient(_)),
+                "{e}"
+            );
+        }
+        let denied = io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(
+            transient("cannot open", &denied),
+            Problem::Unreadable(_)
+        ));
+    }
+
+    /// A file that could not be read for a passing reason is read again at the very next
+    /// pass, and what was read of it before is served meanwhile; a corrupt one is not read
+    /// again until it changes.
+    #[test]
+    fn a_transient_problem_is_retried_at_the_next_pass_and_a_corrupt_file_once_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::builder(dir.path()).open().unwrap();
+        store.counter("jobs", "Jobs").unwrap().inc();
+        let path = store.file_path().unwrap();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        let listing = Listing::of(&md);
+        let mut cf = CachedFile::new((md.dev(), md.ino()), path.clone());
+        cf.refresh(listing, &[], None);
+        assert!(cf.good());
+        cf.problem = Some(Problem::Transient("cannot open: Too many open files".into()));
+        cf.fresh = false;
+        assert!(cf.usable(), "what was read before is still served");
+        cf.refresh(listing, &[], None);
+        assert!(cf.good(), "retried at the next pass: {:?}", cf.problem);
+        cf.forget();
+        cf.problem = Some(Problem::Corrupt("damaged".into()));
+        cf.problem_listing = listing;
+        cf.refresh(listing, &[], None);
+        assert!(
+            !cf.usable() && !cf.fresh,
+            "a corrupt file is not read again unchanged"
+        );
+        let changed = Listing {
+            size: listing.size + 1,
+            ..listing
+        };
+        cf.refresh(changed, &[], None);
+        assert!(cf.good(), "read again once changed: {:?}", cf.problem);
+    }
 }

@@ -483,21 +483,27 @@ fn gauge_modes() -> Result<(), Failed> {
 
 const FILL_SERIES: usize = 3000;
 
-fn role_fill(dir: &str, limit: &str) {
-    if limit != "none" {
-        // RLIMIT_FSIZE variant: the kernel sends SIGXFSZ past the limit; ignore it so the
-        // failure shows up as EFBIG, as a full tmpfs shows up as ENOSPC.
-        let bytes: u64 = limit.parse().expect("limit");
-        // SAFETY: plain syscalls on this process's own limits and signal disposition.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-        }
+/// Limits the size of files this process writes (`"none"`: no limit). The kernel sends
+/// SIGXFSZ past the limit; it is ignored so the failure shows up as EFBIG, as a full tmpfs
+/// shows up as ENOSPC.
+fn limit_file_size(limit: &str) {
+    let bytes = match limit {
+        "none" => libc::RLIM_INFINITY,
+        n => n.parse().expect("limit"),
+    };
+    // SAFETY: plain syscalls on this process's own limits and signal disposition.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
     }
+}
+
+fn role_fill(dir: &str, limit: &str) {
+    limit_file_size(limit);
     let store = open(dir);
     let fam = store
         .counter_family("filled", "Series until full", &["n"])
@@ -510,16 +516,7 @@ fn role_fill(dir: &str, limit: &str) {
     }
     say("filled");
     assert_eq!(read_stdin_line(), "more");
-    if limit != "none" {
-        // SAFETY: as above.
-        unsafe {
-            let lim = libc::rlimit {
-                rlim_cur: libc::RLIM_INFINITY,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-        }
-    }
+    limit_file_size("none");
     // Space is back: after the retry interval every write can bind.
     std::thread::sleep(Duration::from_millis(700));
     for n in &names {
@@ -539,9 +536,10 @@ impl Drop for Tmpfs {
     }
 }
 
-fn full_filesystem() -> Result<(), Failed> {
-    let base = tempfile::tempdir()?;
-    let mnt = base.path().join("mnt");
+/// A 1 MiB tmpfs mounted at `<base>/mnt`, unmounted on drop; `None` where mounting is not
+/// permitted (the tests then limit file sizes instead).
+fn small_tmpfs(base: &std::path::Path) -> Result<(std::path::PathBuf, Option<Tmpfs>), Failed> {
+    let mnt = base.join("mnt");
     std::fs::create_dir(&mnt)?;
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
@@ -550,7 +548,13 @@ fn full_filesystem() -> Result<(), Failed> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let _guard = mounted.then(|| Tmpfs { path: mnt.clone() });
+    Ok((mnt.clone(), mounted.then_some(Tmpfs { path: mnt })))
+}
+
+fn full_filesystem() -> Result<(), Failed> {
+    let base = tempfile::tempdir()?;
+    let (mnt, guard) = small_tmpfs(base.path())?;
+    let mounted = guard.is_some();
     let (store_dir, limit, filler) = if mounted {
         // Leave about 96 KiB for the store: FILL_SERIES series need about 270 KiB.
         let filler = mnt.join("filler");
@@ -825,18 +829,7 @@ fn fork_storm() -> Result<(), Failed> {
 const START_SERIES: usize = 3000;
 
 fn role_full_start(dir: &str, limit: &str) {
-    if limit != "none" {
-        // As in `role_fill`: no room at all, EFBIG instead of ENOSPC.
-        // SAFETY: plain syscalls on this process's own limits and signal disposition.
-        unsafe {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-        }
-    }
+    limit_file_size(limit);
     let store = Store::builder(dir)
         .application("multiprocess-test")
         .worker_id(0)
@@ -858,16 +851,7 @@ fn role_full_start(dir: &str, limit: &str) {
         .unwrap_or(0);
     say(format!("started {errors}"));
     assert_eq!(read_stdin_line(), "room");
-    if limit != "none" {
-        // SAFETY: as above.
-        unsafe {
-            let lim = libc::rlimit {
-                rlim_cur: libc::RLIM_INFINITY,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-        }
-    }
+    limit_file_size("none");
     // Past the retry interval, one write of one series: the next chance for all.
     std::thread::sleep(Duration::from_millis(700));
     fam.labels(&["series-00000"]).inc();
@@ -877,16 +861,8 @@ fn role_full_start(dir: &str, limit: &str) {
 
 fn full_at_start() -> Result<(), Failed> {
     let base = tempfile::tempdir()?;
-    let mnt = base.path().join("mnt");
-    std::fs::create_dir(&mnt)?;
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let _guard = mounted.then(|| Tmpfs { path: mnt.clone() });
+    let (mnt, guard) = small_tmpfs(base.path())?;
+    let mounted = guard.is_some();
     let store_dir = if mounted {
         mnt.join("store")
     } else {
