@@ -28,6 +28,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::desc::FamilyDesc;
 use crate::error::Error;
 use crate::format::{self, ERROR_KINDS, HEADER_BYTES};
 use crate::reader::{Acc, FoldPlan, Reader, is_transient};
@@ -97,8 +98,78 @@ pub(crate) fn compact(
     Ok(stats)
 }
 
-/// One round: folds up to [`FOLD_BATCH`] of the plan's sources and deletes them and the
-/// leftovers. Returns whether sources are left for another round.
+/// Where a round folds: an accumulator read in this pass, or a new one.
+struct Target {
+    path: PathBuf,
+    /// Writer id of the accumulator read, `None` for a new one.
+    writer_id: Option<u64>,
+    /// What the name holds now (must not change until the rename).
+    ident: Option<(u64, u64)>,
+}
+
+/// The accumulator a round folds into and the sources it folds there: dead files whose
+/// declarations agree with the accumulator's and with each other's. The first accumulator
+/// that can take some sources does (`accumulator.shm` first); files that none can take (a
+/// release declared a family with other labels or buckets) start a new one.
+fn choose(config: &Config, plan: &FoldPlan) -> (Target, Vec<usize>) {
+    let pick = |decls: &mut Vec<FamilyDesc>| -> Vec<usize> {
+        let mut chosen = Vec::new();
+        for (i, src) in plan.sources.iter().enumerate() {
+            if chosen.len() == FOLD_BATCH {
+                break;
+            }
+            let agrees = src.decls.iter().all(|d| {
+                decls
+                    .iter()
+                    .find(|x| x.name == d.name)
+                    .is_none_or(|x| x.same_schema(d))
+            });
+            if agrees {
+                for d in &src.decls {
+                    if !decls.iter().any(|x| x.name == d.name) {
+                        decls.push(d.clone());
+                    }
+                }
+                chosen.push(i);
+            }
+        }
+        chosen
+    };
+    for acc in &plan.accumulators {
+        let mut decls = acc.decls.clone();
+        let chosen = pick(&mut decls);
+        if !chosen.is_empty() {
+            let target = Target {
+                path: acc.path.clone(),
+                writer_id: Some(acc.writer_id),
+                ident: Some(acc.ident),
+            };
+            return (target, chosen);
+        }
+    }
+    let has_primary = plan
+        .accumulators
+        .first()
+        .is_some_and(|a| a.path.file_name() == Some(std::ffi::OsStr::new(ACCUMULATOR)));
+    let (path, ident) = if has_primary {
+        let name = format!("accumulator-{:016x}{STORE_EXT}", sys::random_u64());
+        (config.dir.join(name), None)
+    } else {
+        (config.dir.join(ACCUMULATOR), plan.primary)
+    };
+    let chosen = pick(&mut Vec::new());
+    (
+        Target {
+            path,
+            writer_id: None,
+            ident,
+        },
+        chosen,
+    )
+}
+
+/// One round: folds up to [`FOLD_BATCH`] of the plan's sources into one accumulator, and
+/// deletes them and the leftovers. Returns whether sources are left for another round.
 fn fold_round(
     config: &Config,
     reader: &mut Reader,
@@ -106,37 +177,35 @@ fn fold_round(
     stats: &mut CompactionStats,
     hook: &dyn Fn(&str),
 ) -> Result<bool, Error> {
-    let acc_path = config.dir.join(ACCUMULATOR);
+    let (target, chosen) = choose(config, plan);
     // Hold each file's lock while folding it: proof that its writer is dead, and no one
     // (a worker taking its slot back) can open it for writing meanwhile.
     let mut held = Vec::new();
     let mut selected: Vec<(PathBuf, u64)> = Vec::new();
-    for (path, id, ident) in &plan.sources {
-        if held.len() == FOLD_BATCH {
-            break;
-        }
+    for &i in &chosen {
+        let src = &plan.sources[i];
         let f = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(path)
+            .open(&src.path)
         {
             Ok(f) => f,
             // Out of descriptors: fold what is held now, the rest in the next round.
             Err(e) if is_transient(&e) && !held.is_empty() => break,
-            Err(e) => return Err(Error::io("opening", path, e)),
+            Err(e) => return Err(Error::io("opening", &src.path, e)),
         };
         // The name must still be the file that was read.
-        if f.metadata().map(|m| (m.dev(), m.ino())).ok() != Some(*ident) {
+        if f.metadata().map(|m| (m.dev(), m.ino())).ok() != Some(src.ident) {
             continue;
         }
         match sys::try_flock(f.as_raw_fd(), true) {
             Ok(true) => {}
             // Came back to life (cannot happen without the directory lock): not folded.
             Ok(false) => continue,
-            Err(e) => return Err(Error::io("locking", path, e)),
+            Err(e) => return Err(Error::io("locking", &src.path, e)),
         }
         held.push(f);
-        selected.push((path.clone(), *id));
+        selected.push((src.path.clone(), src.writer_id));
     }
     let leftovers: Vec<PathBuf> = plan.leftovers.iter().map(|(p, _)| p.clone()).collect();
     if selected.is_empty() && leftovers.is_empty() {
@@ -144,7 +213,7 @@ fn fold_round(
     }
     if !selected.is_empty() {
         let ids: HashSet<u64> = selected.iter().map(|(_, id)| *id).collect();
-        let view = reader.fold_view(&ids)?;
+        let view = reader.fold_view(&ids, target.writer_id)?;
         let mut folded: Vec<u64> = selected.iter().map(|(_, id)| *id).collect();
         folded.extend(plan.leftovers.iter().map(|(_, id)| *id));
         let (words, series) = build_accumulator(config, &view, &folded);
@@ -152,19 +221,22 @@ fn fold_round(
         let tmp = config
             .dir
             .join(format!("{TMP_PREFIX}{:016x}{STORE_EXT}", sys::random_u64()));
-        let before = identity(&acc_path);
+        let before = identity(&target.path);
         write_file(config, &tmp, &words)?;
         hook(STEPS[1]);
         // Only over the accumulator that was read (or where none was).
-        if before != plan.accumulator || identity(&acc_path) != before {
+        if before != target.ident || identity(&target.path) != before {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::Directory {
                 path: config.dir.clone(),
-                reason: format!("not compacting: {ACCUMULATOR} changed while it was being folded"),
+                reason: format!(
+                    "not compacting: {} changed while it was being folded",
+                    target.path.display()
+                ),
                 source: None,
             });
         }
-        std::fs::rename(&tmp, &acc_path).map_err(|e| {
+        std::fs::rename(&tmp, &target.path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::io("renaming", &tmp, e)
         })?;

@@ -98,9 +98,11 @@
 //! multiprocess mode (`counter_<pid>.db`, `gauge_<mode>_<pid>.db`, `histogram_<pid>.db`,
 //! `summary_<pid>.db`; clients 0.18 and later, and older ones), with the rules of its
 //! `MultiProcessCollector`: a Rust service or sidecar started with the same
-//! `PROMETHEUS_MULTIPROC_DIR` as Python workers serves one `/metrics` for both. A family
-//! both sides declare alike (same type, gauge mode, buckets, label names) adds up; one
-//! declared differently keeps the Rust declaration and is counted in
+//! `PROMETHEUS_MULTIPROC_DIR` as Python workers serves one `/metrics` for both, written as
+//! prometheus_client 0.26 serves it (its name escaping, its `le` strings). A family both
+//! sides declare of one type (and gauge mode) adds up, each series keeping its own labels
+//! and bucket bounds where the declarations differ (as between two releases of a rolling
+//! deploy); one declared with another type keeps the Rust declaration and is counted in
 //! `shmetrics_family_conflicts`. Python files are only read, never compacted or deleted,
 //! and their `live*` gauges follow Python's rule: a file counts while it exists (the
 //! supervisor's `mark_process_dead` removes it). Python summaries (count and sum) keep

@@ -104,6 +104,78 @@ pub(crate) fn escape_help(help: &str) -> String {
     out
 }
 
+/// `repr(v)` of Python: the shortest digits that read back as `v`, in fixed notation
+/// (`0.001`, `1000000.0`, always with a fraction) for decimal exponents from -4 to 16,
+/// else in exponent notation with a sign and at least two exponent digits (`1e-05`,
+/// `1.5e+20`).
+pub(crate) fn py_repr(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    if v == 0.0 {
+        return if v.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    // Rust's `{:e}` gives the same shortest round-trip digits: `d.ddde±x`.
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let n = digits.len() as i32;
+    // The decimal point sits `decpt` digits after the first one's start.
+    let decpt = exp + 1;
+    let body = if decpt <= -4 || decpt > 16 {
+        let mut m = digits[..1].to_string();
+        if n > 1 {
+            m.push('.');
+            m.push_str(&digits[1..]);
+        }
+        let e = decpt - 1;
+        format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+    } else if decpt <= 0 {
+        format!("0.{}{digits}", "0".repeat((-decpt) as usize))
+    } else if decpt >= n {
+        format!("{digits}{}.0", "0".repeat((decpt - n) as usize))
+    } else {
+        let (a, b) = digits.split_at(decpt as usize);
+        format!("{a}.{b}")
+    };
+    format!("{sign}{body}")
+}
+
+/// A float as Python's `prometheus_client` writes an `le` bound (and every value) in its
+/// exposition (`floatToGoString`): `+Inf`, `-Inf`, `NaN`; Python's `repr`, except that a
+/// positive number with more than six digits before its point is written in exponent form
+/// (`1e+06`, `1.234567e+06`; the rule of prometheus_client 0.26). This crate writes histogram bounds the same way, for its own
+/// families too, so a series keeps its `le` values when it moves between Python's collector
+/// and shmetrics.
+pub fn format_bound(v: f64) -> String {
+    if v == f64::INFINITY {
+        return "+Inf".into();
+    }
+    if v == f64::NEG_INFINITY {
+        return "-Inf".into();
+    }
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    let s = py_repr(v);
+    match s.find('.') {
+        Some(dot) if v > 0.0 && dot > 6 => {
+            let joined = format!("{}.{}{}", &s[..1], &s[1..dot], &s[dot + 1..]);
+            let mantissa = joined.trim_end_matches(['0', '.']);
+            format!("{mantissa}e+{:02}", dot - 1)
+        }
+        _ => s,
+    }
+}
+
 /// `n` buckets starting at `start`, each `factor` times the previous one.
 ///
 /// ```
@@ -169,6 +241,42 @@ mod tests {
         assert!(check_stored_buckets(&[1.0, f64::INFINITY]).is_ok());
         assert!(check_stored_buckets(&[1.0]).is_err());
         assert!(check_stored_buckets(&[f64::NAN, f64::INFINITY]).is_err());
+    }
+
+    #[test]
+    fn bounds_are_written_as_python_writes_them() {
+        // Python 3.11: [floatToGoString(b) for b in ...]
+        let cases: [(f64, &str); 22] = [
+            (1e-9, "1e-09"),
+            (1e-5, "1e-05"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e6, "1e+06"),
+            (1e20, "1e+20"),
+            (0.005, "0.005"),
+            (0.0001, "0.0001"),
+            (1.0, "1.0"),
+            (2.5, "2.5"),
+            (10.0, "10.0"),
+            (100000.0, "100000.0"),
+            (999999.0, "999999.0"),
+            (1234567.0, "1.234567e+06"),
+            (12345678901.0, "1.2345678901e+10"),
+            (1e15, "1e+15"),
+            (1e16, "1e+16"),
+            (1.5e300, "1.5e+300"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (-1e6, "-1000000.0"),
+            (-0.25, "-0.25"),
+            (f64::INFINITY, "+Inf"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_bound(v), want, "{v:e}");
+        }
+        assert_eq!(format_bound(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_bound(f64::NAN), "NaN");
+        assert_eq!(py_repr(0.0), "0.0");
+        assert_eq!(py_repr(123.456), "123.456");
     }
 
     #[test]

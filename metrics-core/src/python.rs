@@ -18,14 +18,18 @@
 //! Python's: a `live*` gauge file exists while its process lives (the supervisor's
 //! `mark_process_dead` deletes it), so every file present is merged.
 //!
+//! As Python's collector, series are merged by their sample labels: files of two releases
+//! that declare a family with other labels keep both sets of series, and a histogram
+//! series keeps its own bucket bounds (a bound it never had is not shown for it). `le` is
+//! an ordinary label outside a histogram's buckets. Names are written as prometheus_client
+//! 0.26's default exposition writes its samples (see [`escape_name`]).
+//!
 //! Where Python would produce an invalid exposition this reader skips, counts and logs
-//! instead: a family whose files disagree on its type, gauge mode or label names keeps
-//! the first file's declaration (files in name order) and the other entries are counted
-//! as conflicts; entries whose names are not valid Prometheus names, or whose sample does
-//! not belong to the file's type, are counted as skipped. Histograms get the union of
-//! the bounds seen in the family (a bound missing in a series adds nothing to it). A file
-//! that breaks the layout is skipped as a whole and counted as corrupt. These files are
-//! only read: never modified, compacted or deleted.
+//! instead: a family whose files disagree on its type or gauge mode keeps the first file's
+//! (files in name order) and the other entries are counted as conflicts; entries whose
+//! label names clash once escaped, or whose sample does not belong to the file's type, are
+//! counted as skipped. A file that breaks the layout is skipped as a whole and counted as
+//! corrupt. These files are only read: never modified, compacted or deleted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -36,7 +40,7 @@ use std::sync::atomic::Ordering;
 use crate::format::{Corrupt, GaugeMode, MetricType, corrupt};
 use crate::keys::KeyTable;
 use crate::names;
-use crate::reader::{Acc, FamilyOut};
+use crate::reader::{Acc, FamilyOut, OutSeries};
 use crate::region::Region;
 use crate::snapshot::ScrapeStats;
 
@@ -96,8 +100,8 @@ enum Sample {
     Total,
     /// `<metric>` of a gauge.
     Value,
-    /// `<metric>_bucket` with its `le` bound.
-    Bucket(f64),
+    /// `<metric>_bucket` (its bound is the key's `le` label).
+    Bucket,
     /// `<metric>_sum`.
     Sum,
     /// `<metric>_count`.
@@ -106,16 +110,34 @@ enum Sample {
 
 /// A parsed JSON key.
 struct KeyInfo {
+    /// The metric's name as Python exposes it (escaped, see [`escape_name`]).
     metric: Box<str>,
     help: Box<str>,
-    /// `None`: the entry cannot be exposed (the reason is logged once).
+    /// `Err`: the entry cannot be exposed (the reason is logged once).
     sample: Result<Sample, String>,
-    /// Label names, sorted (Python sorts them), without `le`.
-    label_names: Box<[Box<str>]>,
-    /// Label values in the order of `label_names`.
-    label_values: Box<[Box<str>]>,
+    /// Label names (escaped) and values, sorted by name as Python sorts them; `le` too.
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// The bound of a `<metric>_bucket` sample: its `le` label, parsed as Python does.
+    le: Option<f64>,
     /// The key itself.
     bytes: Box<[u8]>,
+}
+
+/// A metric or label name as prometheus_client 0.26's default exposition writes its
+/// samples (escaping `underscores`): each character outside `[a-zA-Z0-9_]`, and a leading
+/// digit, replaced by `_`. That covers UTF-8 names (`app.temp` is served as `app_temp`;
+/// clients before 0.22 refuse such names, so their files never hold them) and colons: 0.26
+/// writes the samples of `a:b` as `a_b` (under a `# TYPE a:b` line of its own); this
+/// reader names the family as its samples are named, so the series are the ones
+/// Prometheus stores from Python's collector.
+fn escape_name(name: &str) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let ok = c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit());
+            if ok { c } else { '_' }
+        })
+        .collect()
 }
 
 impl KeyInfo {
@@ -133,22 +155,22 @@ impl KeyInfo {
         ) else {
             return Err(shape());
         };
-        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(labels.len());
+        let mut pairs: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(labels.len());
         for (k, v) in labels {
-            pairs.push((k, v.as_str().ok_or_else(shape)?));
+            pairs.push((escape_name(k).into(), v.as_str().ok_or_else(shape)?.into()));
         }
         pairs.sort_unstable();
-        let le = pairs
-            .iter()
-            .position(|(k, _)| *k == "le")
-            .map(|i| pairs.remove(i).1);
-        let sample = Self::classify(metric, sample, le, &pairs);
+        let le = pairs.iter().find(|(k, _)| &**k == "le").map(|(_, v)| v.clone());
+        let sample = Self::classify(metric, sample, le.as_deref(), &pairs);
         Ok(KeyInfo {
-            metric: metric.into(),
+            metric: escape_name(metric).into(),
             help: help.into(),
+            le: match &sample {
+                Ok(Sample::Bucket) => le.and_then(|b| b.trim().parse().ok()),
+                _ => None,
+            },
             sample,
-            label_names: pairs.iter().map(|(k, _)| Box::from(*k)).collect(),
-            label_values: pairs.iter().map(|(_, v)| Box::from(*v)).collect(),
+            labels: pairs.into(),
             bytes: key.into(),
         })
     }
@@ -157,24 +179,35 @@ impl KeyInfo {
         metric: &str,
         sample: &str,
         le: Option<&str>,
-        labels: &[(&str, &str)],
+        labels: &[(Box<str>, Box<str>)],
     ) -> Result<Sample, String> {
-        names::check_metric_name(metric).map_err(|r| format!("metric name {metric:?} {r}"))?;
-        for (k, _) in labels {
+        if metric.is_empty() {
+            return Err("an empty metric name".into());
+        }
+        for (i, (k, _)) in labels.iter().enumerate() {
             names::check_label_name(k).map_err(|r| format!("label name {k:?} of {metric} {r}"))?;
+            if i > 0 && labels[i - 1].0 == *k {
+                return Err(format!("label name {k:?} of {metric} twice once escaped"));
+            }
         }
         let suffix = sample
             .strip_prefix(metric)
             .ok_or_else(|| format!("sample {sample:?} does not belong to metric {metric:?}"))?;
-        let s = match (suffix, le) {
-            ("_total", None) => Sample::Total,
-            ("", None) => Sample::Value,
-            ("_sum", None) => Sample::Sum,
-            ("_count", None) => Sample::Count,
-            ("_bucket", Some(le)) => Sample::Bucket(
-                le.parse()
-                    .map_err(|_| format!("bucket bound le={le:?} of {metric} is not a number"))?,
-            ),
+        let s = match suffix {
+            "_total" => Sample::Total,
+            "" => Sample::Value,
+            "_sum" => Sample::Sum,
+            "_count" => Sample::Count,
+            "_bucket" => match le.map(|b| b.trim().parse::<f64>()) {
+                Some(Ok(_)) => Sample::Bucket,
+                Some(Err(_)) => {
+                    return Err(format!(
+                        "bucket bound le={:?} of {metric} is not a number",
+                        le.unwrap_or_default()
+                    ));
+                }
+                None => return Err(format!("bucket of {metric} without an le label")),
+            },
             _ => {
                 return Err(format!(
                     "sample {sample:?} of {metric} is not one this reader knows"
@@ -192,10 +225,17 @@ impl KeyInfo {
                 | (PyKind::Gauge(_), Ok(Sample::Value))
                 | (
                     PyKind::Histogram,
-                    Ok(Sample::Bucket(_) | Sample::Sum | Sample::Count)
+                    Ok(Sample::Bucket | Sample::Sum | Sample::Count)
                 )
                 | (PyKind::Summary, Ok(Sample::Sum | Sample::Count))
         )
+    }
+
+    /// The labels of the series this entry adds to in a file of `kind`: all of them but
+    /// the `le` of a histogram's bucket (Python keeps `le` on counters, gauges, summaries).
+    fn series_labels(&self, kind: PyKind) -> impl Iterator<Item = &(Box<str>, Box<str>)> + Clone {
+        let bucket = kind == PyKind::Histogram && self.le.is_some();
+        self.labels.iter().filter(move |(k, _)| !(bucket && &**k == "le"))
     }
 }
 
@@ -531,7 +571,9 @@ struct PyFamily {
     name: Box<str>,
     help: Box<str>,
     kind: PyKind,
-    label_names: Box<[Box<str>]>,
+    /// Series by their label names and values, interleaved (`name, value, name, value`):
+    /// Python merges by sample labels, so files of two releases that declare other labels
+    /// each keep their series.
     keys: KeyTable,
     acc: Vec<PyAcc>,
     seen: Vec<bool>,
@@ -574,11 +616,13 @@ impl PyFamily {
 
     /// The series of `key` in a file of process `pid`.
     fn series(&mut self, key: &KeyInfo, pid: &str) -> u32 {
-        let extra = self.kind.per_process().then_some(pid);
-        let count = key.label_values.len() + usize::from(extra.is_some());
-        let (i, new) = self
-            .keys
-            .index(key.label_values.iter().map(|v| &**v).chain(extra), count);
+        let extra = self.kind.per_process().then_some(("pid", pid));
+        let labels = key
+            .series_labels(self.kind)
+            .map(|(k, v)| (&**k, &**v))
+            .chain(extra);
+        let count = 2 * labels.clone().count();
+        let (i, new) = self.keys.index(labels.flat_map(|(k, v)| [k, v]), count);
         if new {
             self.acc.push(self.zero());
             self.seen.push(false);
@@ -586,8 +630,9 @@ impl PyFamily {
         i as u32
     }
 
-    /// Adds one entry to series `i`, as Python's `_accumulate_metrics` does.
-    fn add(&mut self, i: usize, sample: &Sample, value: f64, ts: f64) {
+    /// Adds one entry to series `i` (`le`: the bound of a bucket), as Python's
+    /// `_accumulate_metrics` does.
+    fn add(&mut self, i: usize, sample: &Sample, le: Option<f64>, value: f64, ts: f64) {
         self.used = true;
         self.seen[i] = true;
         let mode = match self.kind {
@@ -627,10 +672,11 @@ impl PyFamily {
                     *set = true;
                 }
             },
-            (PyAcc::Hist { buckets, .. }, Sample::Bucket(le)) => {
-                match buckets.iter_mut().find(|(b, _)| b == le) {
+            (PyAcc::Hist { buckets, .. }, Sample::Bucket) => {
+                let le = le.unwrap_or(f64::INFINITY);
+                match buckets.iter_mut().find(|(b, _)| *b == le) {
                     Some((_, c)) => *c += value,
-                    None => buckets.push((*le, value)),
+                    None => buckets.push((le, value)),
                 }
             }
             (PyAcc::Hist { sum, .. }, Sample::Sum) => *sum += value,
@@ -642,54 +688,67 @@ impl PyFamily {
     }
 
     fn out(&mut self) -> FamilyOut {
-        let mut label_names: Vec<String> = self.label_names.iter().map(|n| n.to_string()).collect();
-        if self.kind.per_process() {
-            label_names.push("pid".into());
-        }
-        let mut bounds: Vec<f64> = Vec::new();
-        if self.kind == PyKind::Histogram {
-            for (a, _) in self.acc.iter().zip(&self.seen).filter(|(_, s)| **s) {
-                if let PyAcc::Hist { buckets, .. } = a {
-                    bounds.extend(buckets.iter().map(|(b, _)| *b).filter(|b| !b.is_nan()));
-                }
-            }
-            bounds.push(f64::INFINITY);
-            bounds.sort_by(f64::total_cmp);
-            bounds.dedup();
-        }
-        let mut series = Vec::with_capacity(self.acc.len());
         self.keys.sort();
         let (keys, acc, seen) = (&self.keys, &self.acc, &self.seen);
+        // The family's label names (and bounds): those of its first series; a series
+        // with others (a file of another release) keeps its own.
+        let mut label_names: Option<Arc<[String]>> = None;
+        let mut family_bounds: Option<Vec<f64>> = None;
+        let mut series = Vec::with_capacity(self.acc.len());
         for &i in keys.sorted() {
             let i = i as usize;
             if !seen[i] {
                 continue;
             }
-            let a = match &acc[i] {
-                PyAcc::Counter(v) => Acc::F64(*v),
+            let (a, bounds) = match &acc[i] {
+                PyAcc::Counter(v) => (Acc::F64(*v), None),
                 PyAcc::Gauge { set: false, .. } => continue,
-                PyAcc::Gauge { v, t, .. } => Acc::Gauge {
-                    v: *v,
-                    t: (t.max(0.0) * 1e9) as u64,
-                },
+                PyAcc::Gauge { v, t, .. } => (
+                    Acc::Gauge {
+                        v: *v,
+                        t: (t.max(0.0) * 1e9) as u64,
+                    },
+                    None,
+                ),
                 PyAcc::Hist { buckets, sum } => {
-                    let mut counts = vec![0u64; bounds.len()];
-                    for (b, c) in buckets {
-                        if let Ok(j) = bounds.binary_search_by(|x| x.total_cmp(b)) {
-                            counts[j] = counts[j].saturating_add(c.max(0.0) as u64);
-                        }
-                    }
-                    Acc::Hist {
-                        buckets: counts,
-                        sum: *sum,
-                    }
+                    // The series' own bounds, as Python keeps them, sorted.
+                    let mut own: Vec<(f64, f64)> =
+                        buckets.iter().filter(|(b, _)| !b.is_nan()).copied().collect();
+                    own.sort_by(|x, y| x.0.total_cmp(&y.0));
+                    let bounds: Vec<f64> = own.iter().map(|(b, _)| *b).collect();
+                    let counts = own.iter().map(|(_, c)| c.max(0.0) as u64).collect();
+                    (
+                        Acc::Hist {
+                            buckets: counts,
+                            sum: *sum,
+                        },
+                        Some(bounds),
+                    )
                 }
-                PyAcc::Summary { count, sum } => Acc::Summary {
-                    count: *count,
-                    sum: *sum,
-                },
+                PyAcc::Summary { count, sum } => (
+                    Acc::Summary {
+                        count: *count,
+                        sum: *sum,
+                    },
+                    None,
+                ),
             };
-            series.push((Arc::clone(keys.key(i)), a));
+            let parts = keys.key(i);
+            let names: Arc<[String]> = parts.iter().step_by(2).map(|n| n.to_string()).collect();
+            let values: Arc<[Box<str>]> = parts.iter().skip(1).step_by(2).cloned().collect();
+            let family_names = label_names.get_or_insert_with(|| Arc::clone(&names));
+            let fam_bounds = bounds
+                .as_ref()
+                .map(|b| &*family_bounds.get_or_insert_with(|| b.clone()));
+            series.push(OutSeries {
+                labels: values,
+                names: (*names != **family_names).then_some(names),
+                bounds: match (bounds, fam_bounds) {
+                    (Some(b), Some(f)) if b != *f => Some(b.into()),
+                    _ => None,
+                },
+                acc: a,
+            });
         }
         FamilyOut {
             name: self.name.to_string(),
@@ -699,14 +758,10 @@ impl PyFamily {
                 PyKind::Gauge(m) => m,
                 _ => GaugeMode::All,
             },
-            label_names,
-            buckets: if self.kind == PyKind::Histogram {
-                bounds
-            } else {
-                Vec::new()
-            },
+            label_names: label_names.map(|n| n.to_vec()).unwrap_or_default(),
+            buckets: family_bounds.unwrap_or_default(),
             series,
-            sorted: true,
+            sorted: false,
         }
     }
 }
@@ -843,7 +898,7 @@ impl PyReader {
                 let Ok(sample) = &key.sample else { continue };
                 let value = f64_in(data, e.value_at);
                 let ts = if has_ts { f64_in(data, e.value_at + 8) } else { 0.0 };
-                fams.list[e.slot.family as usize].add(e.slot.series as usize, sample, value, ts);
+                fams.list[e.slot.family as usize].add(e.slot.series as usize, sample, key.le, value, ts);
             }
         }
         let out = self
@@ -937,7 +992,7 @@ impl Families {
         logged: &mut HashSet<String>,
         stats: &mut ScrapeStats,
     ) -> Option<Slot> {
-        if !key.fits(kind) || (kind.per_process() && key.label_names.iter().any(|n| &**n == "pid")) {
+        if !key.fits(kind) || (kind.per_process() && key.labels.iter().any(|(n, _)| &**n == "pid")) {
             stats.python_skipped += 1;
             let why = match &key.sample {
                 Err(e) => e.clone(),
@@ -960,7 +1015,6 @@ impl Families {
                     name: key.metric.clone(),
                     help: key.help.clone(),
                     kind,
-                    label_names: key.label_names.clone(),
                     keys: KeyTable::new(),
                     acc: Vec::new(),
                     seen: Vec::new(),
@@ -972,12 +1026,11 @@ impl Families {
             }
         };
         let fam = &mut self.list[fi as usize];
-        if fam.kind != kind || fam.label_names != key.label_names {
+        // Files of two releases may declare other labels or buckets: their series all
+        // show, as Python's. Another type (or gauge mode) cannot be one family.
+        if fam.kind != kind {
             stats.conflicts += 1;
-            let why = format!(
-                "{}: {kind:?} with labels {:?} here, {:?} with labels {:?} in the first file",
-                key.metric, key.label_names, fam.kind, fam.label_names
-            );
+            let why = format!("{}: {kind:?} here, {:?} in the first file", key.metric, fam.kind);
             if logged.insert(why.clone()) {
                 tracing::warn!(file = %path.display(), "prometheus_client family declared differently: {why}");
             }
@@ -1060,13 +1113,26 @@ mod tests {
     fn keys() {
         let k = KeyInfo::parse(br#"["h", "h_bucket", {"le": "+Inf", "b": "\u00e9\"", "a": "1"}, "help"]"#)
             .unwrap();
-        assert_eq!(k.sample, Ok(Sample::Bucket(f64::INFINITY)));
-        assert_eq!(&*k.label_names, &["a".into(), "b".into()] as &[Box<str>]);
-        assert_eq!(&*k.label_values, &["1".into(), "é\"".into()] as &[Box<str>]);
+        assert_eq!(k.sample, Ok(Sample::Bucket));
+        assert_eq!(k.le, Some(f64::INFINITY));
+        let series: Vec<(&str, &str)> = k
+            .series_labels(PyKind::Histogram)
+            .map(|(n, v)| (&**n, &**v))
+            .collect();
+        assert_eq!(series, [("a", "1"), ("b", "é\"")]);
+        // `le` is an ordinary label outside a histogram's buckets.
+        let c = KeyInfo::parse(br#"["sli", "sli_total", {"le": "0.5"}, ""]"#).unwrap();
+        assert_eq!(c.sample, Ok(Sample::Total));
+        assert_eq!(c.series_labels(PyKind::Counter).count(), 1);
+        // UTF-8 names, escaped as Python's exposition does.
+        let u = KeyInfo::parse(br#"["app.temp", "app.temp", {"http.method": "GET"}, ""]"#).unwrap();
+        assert_eq!(u.sample, Ok(Sample::Value));
+        assert_eq!(&*u.metric, "app_temp");
+        assert_eq!(&*u.labels[0].0, "http_method");
         assert!(KeyInfo::parse(br#"["h", "h_sum", {}]"#).is_err());
         assert!(KeyInfo::parse(b"[1, 2, 3, 4]").is_err());
-        let bad = KeyInfo::parse(br#"["caf\u00e9", "caf\u00e9", {}, ""]"#).unwrap();
-        assert!(bad.sample.is_err());
+        let utf8 = KeyInfo::parse(br#"["caf\u00e9", "caf\u00e9", {}, ""]"#).unwrap();
+        assert_eq!(&*utf8.metric, "caf_");
         let other = KeyInfo::parse(br#"["c", "c_created", {}, ""]"#).unwrap();
         assert!(other.sample.is_err());
     }

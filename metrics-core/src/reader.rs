@@ -55,6 +55,8 @@ pub struct Reader {
     pub(crate) own_writers: Vec<u64>,
     /// The dead files a compaction's merge takes values from.
     fold_selected: HashSet<u64>,
+    /// The accumulator (writer id) a compaction folds into.
+    fold_target: Option<u64>,
 }
 
 /// Why a file is not read in a pass.
@@ -146,11 +148,47 @@ pub(crate) struct CachedFile {
     pub(crate) folded: bool,
 }
 
+/// The merged families of the last pass, kept between passes with their series indexes.
+/// A name has one entry per declaration met (files of two releases may declare a family
+/// with other labels or buckets: each declaration's series show); one of them is the
+/// reference, the declaration of the first file in merge order.
 #[derive(Default)]
 struct MergeIndex {
     families: Vec<IndexFamily>,
-    by_name: HashMap<String, usize>,
+    by_name: HashMap<String, Vec<usize>>,
     next_epoch: u64,
+}
+
+impl MergeIndex {
+    /// The entry of `desc`'s declaration, created if needed.
+    fn entry(&mut self, desc: FamilyDesc) -> usize {
+        if let Some(list) = self.by_name.get(&desc.name) {
+            if let Some(&j) = list.iter().find(|&&j| self.families[j].desc.same_schema(&desc)) {
+                return j;
+            }
+        }
+        self.next_epoch += 1;
+        let j = self.families.len();
+        self.by_name.entry(desc.name.clone()).or_default().push(j);
+        self.families.push(IndexFamily::new(desc, self.next_epoch));
+        j
+    }
+
+    /// The entry a file's declaration `rec` merges into: its own declaration's, if it is of
+    /// the reference's type and gauge mode (labels and buckets may differ); `None` when it
+    /// cannot be shown beside the reference.
+    fn entry_for(&mut self, rec: &crate::format::FamilyRecord) -> Option<usize> {
+        let desc = FamilyDesc::from_record(rec);
+        let list = self.by_name.get(&desc.name)?;
+        if let Some(&j) = list.iter().find(|&&j| self.families[j].desc.same_schema(&desc)) {
+            return Some(j);
+        }
+        let reference = list.iter().map(|&j| &self.families[j]).find(|f| f.reference)?;
+        if reference.desc.ty != desc.ty || reference.desc.mode != desc.mode {
+            return None;
+        }
+        Some(self.entry(desc))
+    }
 }
 
 struct IndexFamily {
@@ -161,6 +199,10 @@ struct IndexFamily {
     seen: Vec<bool>,
     covered: Vec<bool>,
     declared: bool,
+    /// The reference declaration of its name (the others are other releases').
+    reference: bool,
+    /// Whether this pass took values of files into it.
+    folded_here: bool,
     stats: u64,
 }
 
@@ -213,13 +255,45 @@ pub(crate) struct FoldView {
 
 /// What a compaction may fold, as read now.
 pub(crate) struct FoldPlan {
-    /// Dead writer files, read whole in this pass: (path, writer id, (device, inode)).
-    pub sources: Vec<(PathBuf, u64, (u64, u64))>,
+    /// Dead writer files, read whole in this pass.
+    pub sources: Vec<FoldSource>,
     /// Files folded by an earlier compaction, still to be deleted.
     pub leftovers: Vec<(PathBuf, u64)>,
-    /// (device, inode) of what the accumulator's name holds, if anything: the
-    /// accumulator read in this pass, or an entry that is not a file.
-    pub accumulator: Option<(u64, u64)>,
+    /// The accumulators read in this pass, `accumulator.shm` first.
+    pub accumulators: Vec<FoldTarget>,
+    /// (device, inode) of what `accumulator.shm` holds, if anything: the accumulator read
+    /// in this pass, or an entry that is not a file.
+    pub primary: Option<(u64, u64)>,
+}
+
+/// A dead writer file a compaction may fold.
+pub(crate) struct FoldSource {
+    pub path: PathBuf,
+    pub writer_id: u64,
+    /// (device, inode), to check that the name still holds the file read.
+    pub ident: (u64, u64),
+    /// Its families' declarations.
+    pub decls: Vec<FamilyDesc>,
+}
+
+/// An accumulator a compaction may fold into.
+pub(crate) struct FoldTarget {
+    pub path: PathBuf,
+    pub writer_id: u64,
+    pub ident: (u64, u64),
+    pub decls: Vec<FamilyDesc>,
+}
+
+/// Whether `name` is an accumulator's: `accumulator.shm`, or `accumulator-<16 hex>.shm`
+/// for the series of families that other releases declare otherwise.
+pub(crate) fn is_accumulator_name(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    if name == crate::compact::ACCUMULATOR {
+        return true;
+    }
+    name.strip_prefix("accumulator-")
+        .and_then(|r| r.strip_suffix(STORE_EXT))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Reader {
@@ -257,6 +331,7 @@ impl Reader {
             lock: None,
             own_writers: Vec::new(),
             fold_selected: HashSet::new(),
+            fold_target: None,
         })
     }
 
@@ -282,11 +357,21 @@ impl Reader {
             let mut stats = ScrapeStats::default();
             r.refresh(&mut stats)?;
             let python = r.python.merge(&mut stats);
-            let native: Vec<FamilyOut> = r
-                .merge(Scope::All, &mut stats)
-                .into_iter()
-                .map(|f| f.out())
-                .collect();
+            let mut native: Vec<FamilyOut> = Vec::new();
+            for entry in r.merge(Scope::All, &mut stats) {
+                let out = entry.out();
+                // Another release's declaration of the family just before: its series
+                // join the reference's (they differ in labels or buckets only).
+                match native.last_mut() {
+                    Some(prev) if prev.name == out.name => {
+                        if let Err(why) = prev.absorb(out) {
+                            stats.conflicts += 1;
+                            tracing::warn!("family left out: {why}");
+                        }
+                    }
+                    _ => native.push(out),
+                }
+            }
             Ok((r.combine(native, python, &mut stats), stats))
         });
         drop(guard);
@@ -427,12 +512,22 @@ impl Reader {
     /// totals.
     pub(crate) fn fold_plan(&mut self) -> Result<FoldPlan, Error> {
         self.guarded(true, |r| r.refresh(&mut ScrapeStats::default()))?;
-        let mut accumulator = None;
-        if let Some(acc) = self.files.get(std::ffi::OsStr::new(crate::compact::ACCUMULATOR)) {
-            // Something planted there that is not a file (a symlink, a FIFO) holds no
-            // counts: the new accumulator replaces the entry itself, never its target.
-            accumulator = Some(acc.ident);
-            if acc.regular && (!acc.good() || !acc.header.accumulator()) {
+        let mut primary = None;
+        let mut accumulators = Vec::new();
+        for (name, acc) in &self.files {
+            if !is_accumulator_name(name) {
+                continue;
+            }
+            let is_primary = name == std::ffi::OsStr::new(crate::compact::ACCUMULATOR);
+            if is_primary {
+                // Something planted there that is not a file (a symlink, a FIFO) holds no
+                // counts: a new accumulator may replace the entry itself, never its target.
+                primary = Some(acc.ident);
+            }
+            if !acc.regular {
+                continue;
+            }
+            if !acc.good() || !acc.header.accumulator() {
                 let why = match &acc.problem {
                     Some(p) => p.reason(),
                     None if !acc.fresh => "it could not be read in this pass".to_string(),
@@ -443,16 +538,32 @@ impl Reader {
                     reason: format!(
                         "not compacting: {} cannot be read ({why}); it is left as it is, and dead \
                          writers' files are kept (they still count) until it can be read",
-                        crate::compact::ACCUMULATOR
+                        name.to_string_lossy()
                     ),
                     source: None,
                 });
+            }
+            let target = FoldTarget {
+                path: acc.path.clone(),
+                writer_id: acc.header.writer_id,
+                ident: acc.ident,
+                decls: acc.declarations(),
+            };
+            if is_primary {
+                accumulators.insert(0, target);
+            } else {
+                accumulators.push(target);
             }
         }
         let sources = self
             .fold_sources()
             .filter(|c| !c.header.accumulator())
-            .map(|c| (c.path.clone(), c.header.writer_id, c.ident))
+            .map(|c| FoldSource {
+                path: c.path.clone(),
+                writer_id: c.header.writer_id,
+                ident: c.ident,
+                decls: c.declarations(),
+            })
             .collect();
         let leftovers = self
             .folded_files()
@@ -461,36 +572,74 @@ impl Reader {
         Ok(FoldPlan {
             sources,
             leftovers,
-            accumulator,
+            accumulators,
+            primary,
         })
     }
 
-    /// Merges the accumulator and the dead files `selected` (writer ids, among the plan's
-    /// sources) as read by the last [`fold_plan`](Reader::fold_plan): the view a
-    /// compaction writes.
-    /// Fails if a file shrank while it was read: a compaction must not delete a file whose
-    /// values it did not read.
-    pub(crate) fn fold_view(&mut self, selected: &HashSet<u64>) -> Result<FoldView, Error> {
+    /// Merges the accumulator `target` (writer id; `None` for a new one) and the dead files
+    /// `selected` (writer ids, among the plan's sources, all declaring their families as
+    /// `target` does) as read by the last [`fold_plan`](Reader::fold_plan): the view a
+    /// compaction writes. Fails if a file shrank while it was read (a compaction must not
+    /// delete a file whose values it did not read), or if two of them declare a family
+    /// differently.
+    pub(crate) fn fold_view(
+        &mut self,
+        selected: &HashSet<u64>,
+        target: Option<u64>,
+    ) -> Result<FoldView, Error> {
         self.fold_selected = selected.clone();
-        self.guarded(false, |r| Ok(r.fold_view_pass(selected)))
+        self.fold_target = target;
+        self.guarded(false, |r| r.fold_view_pass(selected, target))
     }
 
-    fn fold_view_pass(&mut self, selected: &HashSet<u64>) -> FoldView {
+    fn fold_view_pass(&mut self, selected: &HashSet<u64>, target: Option<u64>) -> Result<FoldView, Error> {
         let mut stats = ScrapeStats::default();
+        let dir = self.dir.clone();
         let idx = self.merge(Scope::Fold, &mut stats);
-        let families = idx
-            .iter()
-            .map(|f| FoldFamily {
+        // One declaration per name: the one the folded files hold (the others' files
+        // give declarations only), or the reference for a name none of them holds.
+        let mut families: Vec<FoldFamily> = Vec::new();
+        let mut valued: HashSet<String> = HashSet::new();
+        let mut declared_only: HashMap<String, FoldFamily> = HashMap::new();
+        for f in &idx {
+            let series: Vec<(Arc<[Box<str>]>, Acc)> = (0..f.acc.len())
+                .filter_map(|i| f.visible(i).map(|a| (Arc::clone(f.keys.key(i)), a.clone())))
+                .collect();
+            let fam = FoldFamily {
                 desc: f.desc.clone(),
-                series: (0..f.acc.len())
-                    .filter_map(|i| f.visible(i).map(|a| (Arc::clone(f.keys.key(i)), a.clone())))
-                    .collect(),
+                series,
                 stats: f.stats,
-            })
-            .collect();
+            };
+            if f.folded_here {
+                if !valued.insert(fam.desc.name.clone()) {
+                    return Err(Error::Directory {
+                        path: dir,
+                        reason: format!(
+                            "not compacting: the files to fold declare {} differently",
+                            fam.desc.name
+                        ),
+                        source: None,
+                    });
+                }
+                families.push(fam);
+            } else if f.reference || !declared_only.contains_key(&fam.desc.name) {
+                declared_only.insert(fam.desc.name.clone(), fam);
+            }
+        }
+        for (name, mut fam) in declared_only {
+            if !valued.contains(&name) {
+                fam.series.clear();
+                families.push(fam);
+            }
+        }
+        families.sort_by(|a, b| a.desc.name.cmp(&b.desc.name));
         let inputs: Vec<&CachedFile> = self
             .fold_sources()
-            .filter(|c| c.header.accumulator() || selected.contains(&c.header.writer_id))
+            .filter(|c| {
+                (c.header.accumulator() && Some(c.header.writer_id) == target)
+                    || selected.contains(&c.header.writer_id)
+            })
             .collect();
         let folded_ids: HashSet<u64> = inputs.iter().map(|c| c.header.writer_id).collect();
         let mut errors = [0u64; ERROR_KINDS];
@@ -511,11 +660,11 @@ impl Reader {
                 }
             }
         }
-        FoldView {
+        Ok(FoldView {
             families,
             errors,
             removals,
-        }
+        })
     }
 
     /// Files whose values a compaction folds: readable, not live, not already folded, and
@@ -704,6 +853,7 @@ impl Reader {
     fn merge(&mut self, scope: Scope, stats: &mut ScrapeStats) -> Vec<&mut IndexFamily> {
         let index = &mut self.index;
         let fold_selected = &self.fold_selected;
+        let fold_target = self.fold_target;
         // Good files, live first, then newest first: the order decides which declaration
         // is the reference and which of two per-process gauges with one pid is shown.
         let mut order: Vec<&mut CachedFile> = self
@@ -751,27 +901,16 @@ impl Reader {
         }
         for fam in &mut index.families {
             fam.declared = false;
+            fam.reference = false;
+            fam.folded_here = false;
         }
-        for (name, desc) in refs {
-            match index.by_name.get(&name) {
-                Some(&i) => {
-                    let fam = &mut index.families[i];
-                    if !fam.desc.same_schema(&desc) {
-                        index.next_epoch += 1;
-                        *fam = IndexFamily::new(desc, index.next_epoch);
-                    } else {
-                        fam.desc.help = desc.help;
-                    }
-                    fam.declared = true;
-                }
-                None => {
-                    index.next_epoch += 1;
-                    let mut fam = IndexFamily::new(desc, index.next_epoch);
-                    fam.declared = true;
-                    index.by_name.insert(name, index.families.len());
-                    index.families.push(fam);
-                }
-            }
+        for (_, desc) in refs {
+            let help = desc.help.clone();
+            let j = index.entry(desc);
+            let fam = &mut index.families[j];
+            fam.desc.help = help;
+            fam.declared = true;
+            fam.reference = true;
         }
         for fam in &mut index.families {
             fam.reset();
@@ -789,7 +928,8 @@ impl Reader {
             let values = match scope {
                 Scope::All => true,
                 Scope::Fold => {
-                    cf.header.accumulator() || (!cf.live && fold_selected.contains(&cf.header.writer_id))
+                    (cf.header.accumulator() && Some(cf.header.writer_id) == fold_target)
+                        || (!cf.live && fold_selected.contains(&cf.header.writer_id))
                 }
             };
             let Some(region) = cf.region.as_ref() else {
@@ -807,27 +947,24 @@ impl Reader {
             cf.fam_merged.resize(cf.parsed.families.len(), None);
             let mut targets: Vec<Option<usize>> = Vec::with_capacity(cf.parsed.families.len());
             for (ff, cache) in cf.parsed.families.iter().zip(cf.fam_merged.iter_mut()) {
-                let i = index.by_name[&ff.rec.name];
-                let fam = &mut index.families[i];
-                let ok = match *cache {
-                    Some((j, epoch)) if j == i && epoch == fam.epoch => true,
-                    _ => {
-                        if fam.desc.same_schema(&FamilyDesc::from_record(&ff.rec)) {
-                            *cache = Some((i, fam.epoch));
-                            true
-                        } else {
-                            false
-                        }
-                    }
+                let cached = match *cache {
+                    Some((j, epoch)) if index.families.get(j).is_some_and(|f| f.epoch == epoch) => Some(j),
+                    _ => index.entry_for(&ff.rec),
                 };
-                if !ok {
+                let Some(i) = cached else {
+                    // Another type or gauge mode than the reference's: cannot be shown.
                     stats.conflicts += 1;
                     targets.push(None);
                     continue;
-                }
+                };
+                let fam = &mut index.families[i];
+                *cache = Some((i, fam.epoch));
+                // A declaration of another release may be first met here.
+                fam.declared = true;
                 let live_gauge = fam.desc.ty == MetricType::Gauge && fam.desc.mode.live_only();
                 let skip = !values || (live_gauge && (!cf.live || scope == Scope::Fold));
                 if values {
+                    fam.folded_here = true;
                     if let Some(w) = region.word(ff.rec.stats_offset as usize) {
                         fam.stats = fam.stats.saturating_add(w.load(Ordering::Relaxed));
                     }
@@ -877,7 +1014,8 @@ impl Reader {
         stats.overflow = overflow;
 
         let mut out: Vec<&mut IndexFamily> = index.families.iter_mut().filter(|f| f.declared).collect();
-        out.sort_by(|a, b| a.desc.name.cmp(&b.desc.name));
+        // By name, the reference declaration first.
+        out.sort_by(|a, b| a.desc.name.cmp(&b.desc.name).then(b.reference.cmp(&a.reference)));
         out
     }
 }
@@ -953,6 +1091,15 @@ impl<'a> RemovalIndex<'a> {
 }
 
 impl CachedFile {
+    /// The declarations of the file's families.
+    fn declarations(&self) -> Vec<FamilyDesc> {
+        self.parsed
+            .families
+            .iter()
+            .map(|f| FamilyDesc::from_record(&f.rec))
+            .collect()
+    }
+
     fn is_slot(&self) -> bool {
         self.path
             .file_name()
@@ -1053,11 +1200,9 @@ impl CachedFile {
             return self.try_refresh(own, application);
         }
         if !self.known {
-            if header.accumulator()
-                && self.path.file_name() != Some(std::ffi::OsStr::new(crate::compact::ACCUMULATOR))
-            {
+            if header.accumulator() && !self.path.file_name().is_some_and(is_accumulator_name) {
                 return Err(Problem::Corrupt(format!(
-                    "an accumulator under another name than {}",
+                    "an accumulator under another name than {} or accumulator-<16 hex digits>.shm",
                     crate::compact::ACCUMULATOR
                 )));
             }
@@ -1238,6 +1383,8 @@ impl IndexFamily {
             seen: Vec::new(),
             covered: Vec::new(),
             declared: false,
+            reference: false,
+            folded_here: false,
             stats: 0,
         }
     }
@@ -1386,7 +1533,7 @@ impl IndexFamily {
         let mut series = Vec::with_capacity(self.acc.len());
         for &i in self.keys.sorted() {
             if let Some(a) = self.visible(i as usize) {
-                series.push((Arc::clone(self.keys.key(i as usize)), a.clone()));
+                series.push(OutSeries::plain(Arc::clone(self.keys.key(i as usize)), a.clone()));
             }
         }
         FamilyOut {
@@ -1411,9 +1558,30 @@ pub(crate) struct FamilyOut {
     /// Label names, `pid` last for per-process gauges.
     pub label_names: Vec<String>,
     pub buckets: Vec<f64>,
-    pub series: Vec<(Arc<[Box<str>]>, Acc)>,
+    pub series: Vec<OutSeries>,
     /// Whether `series` is in label order already.
     pub sorted: bool,
+}
+
+/// One series of a [`FamilyOut`].
+pub(crate) struct OutSeries {
+    pub labels: Arc<[Box<str>]>,
+    /// Its own label names, when they are not the family's.
+    pub names: Option<Arc<[String]>>,
+    /// Its own bucket bounds (histograms), when they are not the family's.
+    pub bounds: Option<Arc<[f64]>>,
+    pub acc: Acc,
+}
+
+impl OutSeries {
+    pub(crate) fn plain(labels: Arc<[Box<str>]>, acc: Acc) -> Self {
+        OutSeries {
+            labels,
+            names: None,
+            bounds: None,
+            acc,
+        }
+    }
 }
 
 impl FamilyOut {
@@ -1421,19 +1589,27 @@ impl FamilyOut {
         let mut series: Vec<MergedSeries> = self
             .series
             .into_iter()
-            .map(|(labels, a)| MergedSeries {
-                labels,
-                value: match a {
+            .map(|s| MergedSeries {
+                labels: s.labels,
+                names: s.names,
+                value: match s.acc {
                     Acc::U64(v) => Value::Counter(v),
                     Acc::F64(v) => Value::CounterF64(v),
                     Acc::Gauge { v, .. } => Value::Gauge(v),
-                    Acc::Hist { buckets, sum } => Value::Histogram(HistogramValue { buckets, sum }),
+                    Acc::Hist { buckets, sum } => Value::Histogram(HistogramValue {
+                        buckets,
+                        sum,
+                        bounds: s.bounds,
+                    }),
                     Acc::Summary { count, sum } => Value::Summary { count, sum },
                 },
             })
             .collect();
         if !self.sorted {
-            series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            series.sort_by(|a, b| {
+                (a.names.as_deref().unwrap_or(&self.label_names), &a.labels)
+                    .cmp(&(b.names.as_deref().unwrap_or(&self.label_names), &b.labels))
+            });
         }
         MergedFamily {
             name: self.name,
@@ -1446,68 +1622,146 @@ impl FamilyOut {
         }
     }
 
-    /// Adds the series of `py`, the family of the same name in Python's files, to this
-    /// native family: counters and histograms add up, gauges combine by their mode.
-    /// Refused (and nothing changes) unless both declare the same type, gauge mode,
-    /// histogram bounds and label names.
-    fn absorb(&mut self, py: FamilyOut) -> Result<(), String> {
-        let same_type = match (self.ty, py.ty) {
-            (MetricType::Counter | MetricType::CounterF64, MetricType::CounterF64) => true,
-            (MetricType::Gauge, MetricType::Gauge) => self.mode == py.mode,
-            (MetricType::Histogram, MetricType::Histogram) => self.buckets == py.buckets,
-            _ => false,
-        };
-        let describe = |f: &FamilyOut| match f.ty {
-            MetricType::Gauge => format!("a {} gauge with labels {:?}", f.mode, f.label_names),
-            MetricType::Histogram => format!(
-                "a histogram with bounds {:?} and labels {:?}",
-                f.buckets, f.label_names
-            ),
-            t => format!("a {t:?} with labels {:?}", f.label_names),
-        };
-        // Where each native label's value sits in the Python key.
-        let order: Option<Vec<usize>> = self
-            .label_names
-            .iter()
-            .map(|n| py.label_names.iter().position(|p| p == n))
-            .collect();
-        let order = match order {
-            Some(o) if same_type && py.label_names.len() == self.label_names.len() => o,
-            _ => {
-                return Err(format!(
-                    "{} is {} in shmetrics files and {} in prometheus_client files",
-                    self.name,
-                    describe(self),
-                    describe(&py)
-                ));
+    /// The identity of series `s`: its (label name, value) pairs, sorted.
+    fn identity(&self, s: &OutSeries) -> Vec<(String, Box<str>)> {
+        let names = s.names.as_deref().unwrap_or(&self.label_names);
+        let mut id: Vec<(String, Box<str>)> = names.iter().cloned().zip(s.labels.iter().cloned()).collect();
+        id.sort();
+        id
+    }
+
+    /// Adds the series of `other`, the family of the same name from other files (Python's,
+    /// or native files declaring it with other labels or buckets), to this one: counters and
+    /// histograms add up, gauges combine by their mode. Series keep their own label names
+    /// and bounds where they differ from this family's (a rolling deploy that added a label
+    /// or changed buckets keeps both sets, as Python's collector does); two series with the
+    /// same labels and other bounds add up bound by bound, over the union of the bounds.
+    ///
+    /// Refused (and nothing changes) unless both are of one type (and gauge mode): such
+    /// series cannot be shown as one family.
+    fn absorb(&mut self, other: FamilyOut) -> Result<(), String> {
+        let same_type = match (self.ty, other.ty) {
+            (MetricType::Counter | MetricType::CounterF64, MetricType::Counter | MetricType::CounterF64) => {
+                true
             }
+            (MetricType::Gauge, MetricType::Gauge) => self.mode == other.mode,
+            (a, b) => a == b,
         };
-        if self.ty == MetricType::Counter {
+        if !same_type {
+            let describe = |f: &FamilyOut| match f.ty {
+                MetricType::Gauge => format!("a {} gauge", f.mode),
+                t => format!("a {t:?}"),
+            };
+            return Err(format!(
+                "{} is {} in some files and {} in others",
+                self.name,
+                describe(self),
+                describe(&other)
+            ));
+        }
+        if self.ty != other.ty {
+            // Integer and float counters: the sum is a float.
             self.ty = MetricType::CounterF64;
-            for (_, a) in &mut self.series {
-                if let Acc::U64(v) = *a {
-                    *a = Acc::F64(v as f64);
+            for s in &mut self.series {
+                if let Acc::U64(v) = s.acc {
+                    s.acc = Acc::F64(v as f64);
                 }
             }
         }
-        let mut at: HashMap<Arc<[Box<str>]>, usize> = self
+        let mut at: HashMap<Vec<(String, Box<str>)>, usize> = self
             .series
             .iter()
             .enumerate()
-            .map(|(i, (k, _))| (Arc::clone(k), i))
+            .map(|(i, s)| (self.identity(s), i))
             .collect();
-        for (labels, acc) in py.series {
-            let key: Arc<[Box<str>]> = order.iter().map(|&i| labels[i].clone()).collect();
-            match at.get(&key) {
-                Some(&i) => self.series[i].1.absorb(acc, self.mode),
+        let other_names = other.label_names.clone();
+        let other_buckets = other.buckets.clone();
+        for mut s in other.series {
+            if let Acc::U64(v) = s.acc {
+                if self.ty == MetricType::CounterF64 {
+                    s.acc = Acc::F64(v as f64);
+                }
+            }
+            let names: Arc<[String]> = s.names.take().unwrap_or_else(|| other_names.clone().into());
+            let bounds: Arc<[f64]> = s.bounds.take().unwrap_or_else(|| other_buckets.clone().into());
+            // In this family's label order when it has the same names.
+            let (labels, names) = match reorder(&names, &s.labels, &self.label_names) {
+                Some(labels) => (labels, None),
+                None => (s.labels, Some(names)),
+            };
+            let incoming = OutSeries {
+                labels,
+                names,
+                bounds: (self.ty == MetricType::Histogram && *bounds != *self.buckets).then_some(bounds),
+                acc: s.acc,
+            };
+            let id = self.identity(&incoming);
+            match at.get(&id) {
+                Some(&i) => {
+                    let family_buckets = self.buckets.clone();
+                    merge_series(&mut self.series[i], incoming, &family_buckets, self.mode);
+                }
                 None => {
-                    at.insert(Arc::clone(&key), self.series.len());
-                    self.series.push((key, acc));
+                    at.insert(id, self.series.len());
+                    self.series.push(incoming);
                     self.sorted = false;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// `values` (named `names`) in the order of `wanted`, if both are the same set of names.
+fn reorder(names: &[String], values: &Arc<[Box<str>]>, wanted: &[String]) -> Option<Arc<[Box<str>]>> {
+    if names == wanted {
+        return Some(Arc::clone(values));
+    }
+    if names.len() != wanted.len() {
+        return None;
+    }
+    wanted
+        .iter()
+        .map(|w| names.iter().position(|n| n == w).map(|i| values[i].clone()))
+        .collect()
+}
+
+/// Adds `b` (the same series from other files) into `a`. Histograms whose bounds differ add
+/// up bound by bound over the union of the bounds (each file's counts stay on its own
+/// bounds: nothing is counted under a bound a file did not have).
+fn merge_series(a: &mut OutSeries, b: OutSeries, family_buckets: &[f64], mode: GaugeMode) {
+    match (&mut a.acc, b.acc) {
+        (
+            Acc::Hist { buckets, sum },
+            Acc::Hist {
+                buckets: b_buckets,
+                sum: b_sum,
+            },
+        ) => {
+            let a_bounds: Vec<f64> = a.bounds.as_deref().unwrap_or(family_buckets).to_vec();
+            let b_bounds: Vec<f64> = b.bounds.as_deref().unwrap_or(family_buckets).to_vec();
+            if a_bounds == b_bounds {
+                for (x, y) in buckets.iter_mut().zip(b_buckets) {
+                    *x = x.saturating_add(y);
+                }
+            } else {
+                let mut union: Vec<f64> = a_bounds.iter().chain(&b_bounds).copied().collect();
+                union.sort_by(f64::total_cmp);
+                union.dedup();
+                let mut counts = vec![0u64; union.len()];
+                for (bounds, values) in [(&a_bounds, &*buckets), (&b_bounds, &b_buckets)] {
+                    for (bound, n) in bounds.iter().zip(values) {
+                        if let Ok(j) = union.binary_search_by(|x| x.total_cmp(bound)) {
+                            counts[j] = counts[j].saturating_add(*n);
+                        }
+                    }
+                }
+                *buckets = counts;
+                a.bounds = (union != family_buckets).then(|| union.into());
+            }
+            *sum += b_sum;
+        }
+        (acc, other) => acc.absorb(other, mode),
     }
 }
 

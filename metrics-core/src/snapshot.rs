@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType as PcMetricType;
 use prometheus_client::registry::Registry;
 
 use crate::format::{GaugeMode, MetricType};
-use crate::names::escape_help;
+use crate::names::{escape_help, format_bound};
 
 /// The merged value of one series.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,10 +42,14 @@ pub enum Value {
 /// A merged histogram.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistogramValue {
-    /// Count per bucket (not cumulative), in the order of the family's bounds, +Inf last.
+    /// Count per bucket (not cumulative), in the order of the bounds (the series' own
+    /// [`bounds`](HistogramValue::bounds), or the family's), +Inf last.
     pub buckets: Vec<u64>,
     /// Sum of all observations.
     pub sum: f64,
+    /// The series' own bucket bounds, when they are not the family's: processes of two
+    /// releases that declare other buckets each keep theirs, as Python's collector does.
+    pub bounds: Option<Arc<[f64]>>,
 }
 
 impl HistogramValue {
@@ -58,10 +62,22 @@ impl HistogramValue {
 /// One merged series.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergedSeries {
-    /// Label values, in the order of [`MergedFamily::label_names`].
+    /// Label values, in the order of the series' label names ([`MergedSeries::names`],
+    /// or the family's [`MergedFamily::label_names`]).
     pub labels: Arc<[Box<str>]>,
+    /// The series' own label names, when they are not the family's: processes of two
+    /// releases that declare other labels (a label added in a rolling deploy) each keep
+    /// their series, as Python's collector does.
+    pub names: Option<Arc<[String]>>,
     /// The merged value.
     pub value: Value,
+}
+
+impl MergedSeries {
+    /// This series' label names.
+    pub fn label_names<'a>(&'a self, family: &'a MergedFamily) -> &'a [String] {
+        self.names.as_deref().unwrap_or(&family.label_names)
+    }
 }
 
 /// One merged family.
@@ -76,9 +92,11 @@ pub struct MergedFamily {
     pub metric_type: MetricType,
     /// Gauge mode (`All` for other types).
     pub mode: GaugeMode,
-    /// Label names; per-process gauge modes end with `pid`.
+    /// Label names; per-process gauge modes end with `pid`. A series may have its own
+    /// ([`MergedSeries::names`]).
     pub label_names: Vec<String>,
-    /// Histogram upper bounds with +Inf last; empty for other types.
+    /// Histogram upper bounds with +Inf last; empty for other types. A series may have
+    /// its own ([`HistogramValue::bounds`]).
     pub buckets: Vec<f64>,
     /// Series, sorted by label values.
     pub series: Vec<MergedSeries>,
@@ -87,18 +105,16 @@ pub struct MergedFamily {
 impl MergedFamily {
     /// The series whose labels are exactly `labels` (name, value pairs, any order).
     pub fn get(&self, labels: &[(&str, &str)]) -> Option<&Value> {
-        if labels.len() != self.label_names.len() {
-            return None;
-        }
-        let wanted: Option<Vec<&str>> = self
-            .label_names
-            .iter()
-            .map(|n| labels.iter().find(|(k, _)| k == n).map(|(_, v)| *v))
-            .collect();
-        let wanted = wanted?;
         self.series
             .iter()
-            .find(|s| s.labels.iter().map(|b| &**b).eq(wanted.iter().copied()))
+            .find(|s| {
+                let names = s.label_names(self);
+                names.len() == labels.len()
+                    && names
+                        .iter()
+                        .zip(s.labels.iter())
+                        .all(|(n, v)| labels.iter().any(|(k, want)| *k == n.as_str() && *want == &**v))
+            })
             .map(|s| &s.value)
     }
 }
@@ -140,9 +156,9 @@ pub struct ScrapeStats {
     pub store_errors: Vec<(&'static str, u64)>,
     /// Lookups sent to the overflow series, per family.
     pub overflow: Vec<(String, u64)>,
-    /// (file, family) pairs skipped because the file declares the family differently
-    /// (also Python entries, and Python families declared differently from the native
-    /// family of the same name).
+    /// (file, family) pairs skipped because the file declares the family with another
+    /// type or gauge mode (also Python entries, Python families of another type than the
+    /// native family of the same name, and families whose exposed names would clash).
     pub conflicts: u64,
     /// Python `prometheus_client` files (`*.db`) merged.
     pub python_files: u64,
@@ -252,19 +268,90 @@ impl Snapshot {
     /// # Ok::<(), shmetrics_core::Error>(())
     /// ```
     pub fn encode(mut self, mut registry: Registry) -> crate::Result<String> {
-        let (summaries, families) = std::mem::take(&mut self.families)
+        // Histograms and summaries are written here, the rest by prometheus-client: its
+        // encoder has no summary type, and writes `le` bounds its own way, where this
+        // crate writes them as Python's prometheus_client does (`names::format_bound`).
+        let (own, families) = std::mem::take(&mut self.families)
             .into_iter()
-            .partition(|f| f.metric_type == MetricType::Summary);
+            .partition(|f| matches!(f.metric_type, MetricType::Summary | MetricType::Histogram));
         self.families = families;
+        let own: Vec<MergedFamily> = own;
         let estimate = 64 + self.stats.series * 64;
         registry.register_collector(Box::new(self));
         let mut body = String::with_capacity(estimate);
         text::encode_registry(&mut body, &registry).map_err(|_| crate::Error::Encode)?;
-        for fam in &summaries {
-            write_summary(&mut body, fam);
+        for fam in &own {
+            match fam.metric_type {
+                MetricType::Summary => write_summary(&mut body, fam),
+                _ => write_histogram(&mut body, fam),
+            }
         }
         text::encode_eof(&mut body).map_err(|_| crate::Error::Encode)?;
         Ok(body)
+    }
+}
+
+/// Writes a sample's name and labels (`extra` last, e.g. the `le` of a bucket).
+fn write_sample_head(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    names: &[String],
+    values: &[Box<str>],
+    extra: Option<(&str, &str)>,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    let pairs = names
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(|v| &**v))
+        .chain(extra);
+    let mut first = true;
+    for (n, v) in pairs {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        out.push_str(n);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    if !first {
+        out.push('}');
+    }
+    out.push(' ');
+}
+
+/// Writes a histogram family: per series its cumulative buckets (bounds written by
+/// [`format_bound`]), `_count` and `_sum`.
+fn write_histogram(out: &mut String, fam: &MergedFamily) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {} {}", fam.name, escape_help(&fam.help));
+    let _ = writeln!(out, "# TYPE {} histogram", fam.name);
+    for s in &fam.series {
+        let Value::Histogram(h) = &s.value else {
+            continue;
+        };
+        let names = s.label_names(fam);
+        let bounds = h.bounds.as_deref().unwrap_or(&fam.buckets);
+        let mut cumulative = 0u64;
+        for (bound, n) in bounds.iter().zip(&h.buckets) {
+            cumulative = cumulative.saturating_add(*n);
+            let le = format_bound(*bound);
+            write_sample_head(out, &fam.name, "_bucket", names, &s.labels, Some(("le", &le)));
+            let _ = writeln!(out, "{cumulative}");
+        }
+        write_sample_head(out, &fam.name, "_count", names, &s.labels, None);
+        let _ = writeln!(out, "{}", h.count());
+        write_sample_head(out, &fam.name, "_sum", names, &s.labels, None);
+        let _ = writeln!(out, "{}", format_bound(h.sum));
     }
 }
 
@@ -278,38 +365,8 @@ fn write_summary(out: &mut String, fam: &MergedFamily) {
             continue;
         };
         for (suffix, v) in [("_count", count), ("_sum", sum)] {
-            out.push_str(&fam.name);
-            out.push_str(suffix);
-            if !fam.label_names.is_empty() {
-                out.push('{');
-                for (i, (n, v)) in fam.label_names.iter().zip(s.labels.iter()).enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(n);
-                    out.push_str("=\"");
-                    for c in v.chars() {
-                        match c {
-                            '\\' => out.push_str("\\\\"),
-                            '"' => out.push_str("\\\""),
-                            '\n' => out.push_str("\\n"),
-                            c => out.push(c),
-                        }
-                    }
-                    out.push('"');
-                }
-                out.push('}');
-            }
-            out.push(' ');
-            match v {
-                v if v.is_nan() => out.push_str("NaN"),
-                v if v == f64::INFINITY => out.push_str("+Inf"),
-                v if v == f64::NEG_INFINITY => out.push_str("-Inf"),
-                v => {
-                    let _ = write!(out, "{v:?}");
-                }
-            }
-            out.push('\n');
+            write_sample_head(out, &fam.name, suffix, s.label_names(fam), &s.labels, None);
+            let _ = writeln!(out, "{}", format_bound(v));
         }
     }
 }
@@ -352,11 +409,12 @@ fn encode_series(
     s: &MergedSeries,
     value: &Value,
 ) -> Result<(), std::fmt::Error> {
-    if fam.label_names.is_empty() {
+    let names = s.label_names(fam);
+    if names.is_empty() {
         return encode_value(metric, value, &fam.buckets);
     }
     let labels = SeriesLabels {
-        names: &fam.label_names,
+        names,
         values: &s.labels,
     };
     encode_value(&mut metric.encode_family(&labels)?, value, &fam.buckets)
@@ -400,6 +458,7 @@ fn encode_value(
             None => series.encode_gauge(v),
         },
         Value::Histogram(h) => {
+            let bounds = h.bounds.as_deref().unwrap_or(bounds);
             let pairs: Vec<(f64, u64)> = bounds.iter().copied().zip(h.buckets.iter().copied()).collect();
             series.encode_histogram::<NoLabelSet>(h.sum, h.count(), &pairs, None)
         }

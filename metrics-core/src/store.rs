@@ -547,7 +547,9 @@ impl Store {
                         sample,
                     });
                 }
-                if other.name == desc.name && !other.same_schema(&desc) {
+                // Other labels or buckets may coexist (both releases of a rolling deploy
+                // running: each keeps its series); another type or gauge mode cannot.
+                if other.name == desc.name && (other.ty != desc.ty || other.mode != desc.mode) {
                     return Err(Error::Conflict {
                         name: desc.name.clone(),
                         by: format!("live process {pid} (file {})", path.display()),
