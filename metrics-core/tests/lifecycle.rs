@@ -29,6 +29,7 @@ const TESTS: &[(&str, Test)] = &[
     ("garbage_left_past_the_published_length_never_reaches_a_series", unpublished_tail),
     ("the_series_limit_holds_across_restarts_of_a_slot", series_limit_across_lives),
     ("a_huge_label_value_or_help_is_refused_and_the_slot_resumes", huge_values),
+    ("a_rolling_deploy_that_changes_labels_and_buckets_keeps_every_series_through_compaction", rolling_deploy),
 ];
 
 fn main() {
@@ -60,6 +61,7 @@ fn run_role(role: &str, args: &[String]) {
         "appender" => role_appender(dir, &args[1], args[2].parse().expect("count")),
         "flood" => role_flood(dir, &args[1]),
         "huge" => role_huge(dir),
+        "release" => role_release(dir, &args[1], args[2].parse().expect("amount")),
         other => panic!("unknown role {other}"),
     }
 }
@@ -432,9 +434,15 @@ fn slot_schema_change() -> Result<(), Failed> {
         )
         .into());
     }
+    // The live declaration is the family's; the old release's observation (2.0, in its
+    // bucket 10) stays on its own bound beside the new one's (2.0, in bucket 5).
     let h = snap.histogram("slot_sizes", &[]).ok_or("no histogram")?;
-    if snap.family("slot_sizes").unwrap().buckets != vec![0.5, 5.0, f64::INFINITY] || h.count() != 1 {
-        return Err(format!("the live declaration must win: {:?}", snap.family("slot_sizes")).into());
+    let fam = snap.family("slot_sizes").unwrap();
+    if fam.buckets != vec![0.5, 5.0, f64::INFINITY]
+        || h.bounds.as_deref() != Some(&[0.5, 1.0, 5.0, 10.0, f64::INFINITY][..])
+        || h.buckets != vec![0, 0, 1, 1, 0]
+    {
+        return Err(format!("both releases' observations, on their own bounds: {fam:?}").into());
     }
     let names = entries(dir.path());
     if !names.contains("slot-1.shm") || !names.iter().any(|n| n.starts_with("w-")) {
@@ -846,6 +854,142 @@ fn huge_values() -> Result<(), Failed> {
         .collect();
     if names != ["slot-4.shm"] {
         return Err(format!("the slot file must be resumed, not moved aside: {names:?}").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// A rolling deploy whose new release adds a label and changes buckets: both releases'
+// series show, on their own labels and bounds, through compactions, with bounded files.
+
+/// A worker of release `v1` (`jobs{queue}`, buckets 1 and 5) or `v2` (`jobs{queue,
+/// priority}`, buckets 2 and 5), adding `amount`; exits when its stdin closes.
+fn role_release(dir: &str, release: &str, amount: u64) {
+    let store = builder(dir).open().expect("open");
+    if release == "v1" {
+        let jobs = store.counter_family("jobs", "Jobs", &["queue"]).expect("counter");
+        jobs.labels(&["a"]).inc_by(amount);
+        let lat = store
+            .histogram_family("lat", "Latency", &["route"], &[1.0, 5.0])
+            .expect("histogram");
+        lat.labels(&["/v1"]).observe(1.5);
+        lat.labels(&["/both"]).observe(0.5);
+    } else {
+        let jobs = store
+            .counter_family("jobs", "Jobs", &["queue", "priority"])
+            .expect("counter");
+        jobs.labels(&["a", "high"]).inc_by(amount);
+        let lat = store
+            .histogram_family("lat", "Latency", &["route"], &[2.0, 5.0])
+            .expect("histogram");
+        lat.labels(&["/v2"]).observe(1.5);
+        lat.labels(&["/both"]).observe(1.5);
+    }
+    say("written");
+    wait_for_stdin_eof();
+}
+
+fn release(d: &str, which: &str, amounts: &[u64], live: bool) -> Vec<RoleProc> {
+    let mut ws: Vec<RoleProc> = amounts
+        .iter()
+        .map(|a| RoleProc::spawn("release", &[d, which, &a.to_string()]))
+        .collect();
+    for w in &mut ws {
+        w.expect("written", Duration::from_secs(30));
+    }
+    if !live {
+        for w in &mut ws {
+            w.close_stdin();
+            assert!(w.wait(Duration::from_secs(10)).success());
+        }
+        ws.clear();
+    }
+    ws
+}
+
+fn rolling_deploy() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let check = |v1: u64, v2: u64, n1: u64, n2: u64| -> Result<(), Failed> {
+        let snap = Reader::new(dir.path())?.snapshot()?;
+        let jobs_v1 = snap.counter("jobs", &[("queue", "a")]);
+        let jobs_v2 = snap.counter("jobs", &[("queue", "a"), ("priority", "high")]);
+        if jobs_v1 != (v1 > 0).then_some(v1)
+            || jobs_v2 != (v2 > 0).then_some(v2)
+            || snap.stats().conflicts != 0
+        {
+            return Err(format!(
+                "jobs {jobs_v1:?} {jobs_v2:?}, expected {v1} {v2}: {:?}",
+                snap.stats()
+            )
+            .into());
+        }
+        let inf = f64::INFINITY;
+        let h = |r: &str| snap.histogram("lat", &[("route", r)]).cloned();
+        let own = |r: &str, bounds: &[f64], buckets: Vec<u64>| -> Result<(), Failed> {
+            let v = h(r).ok_or(format!("no series {r}"))?;
+            let b = v
+                .bounds
+                .as_deref()
+                .unwrap_or(&snap.family("lat").unwrap().buckets);
+            if b != bounds || v.buckets != buckets {
+                return Err(format!("{r}: {b:?} {:?}, expected {bounds:?} {buckets:?}", v.buckets).into());
+            }
+            Ok(())
+        };
+        if n1 > 0 {
+            own("/v1", &[1.0, 5.0, inf], vec![0, n1, 0])?;
+        }
+        if n2 > 0 {
+            own("/v2", &[2.0, 5.0, inf], vec![n2, 0, 0])?;
+        }
+        match (n1, n2) {
+            (0, _) => own("/both", &[2.0, 5.0, inf], vec![n2, 0, 0])?,
+            (_, 0) => own("/both", &[1.0, 5.0, inf], vec![n1, 0, 0])?,
+            _ => own("/both", &[1.0, 2.0, 5.0, inf], vec![n1, n2, 0, 0])?,
+        }
+        // A strict parser accepts the exposition.
+        let text = snap.encode(Default::default())?;
+        let tmp = tempfile::NamedTempFile::new()?;
+        std::fs::write(tmp.path(), &text)?;
+        let ok = std::process::Command::new("python3")
+            .args(["-c", "import sys; from prometheus_client.openmetrics.parser import text_string_to_metric_families as p; list(p(open(sys.argv[1]).read()))"])
+            .arg(tmp.path())
+            .status()?
+            .success();
+        if !ok {
+            return Err(format!("the exposition does not parse:\n{text}").into());
+        }
+        Ok(())
+    };
+    shmetrics_core::testing::ensure_python_prometheus_client();
+    release(d, "v1", &[1, 2, 3], false);
+    check(6, 0, 3, 0)?;
+    // The new release starts while an old worker still runs; its store folds the dead.
+    let old = release(d, "v1", &[10], true);
+    let new = release(d, "v2", &[100, 200], true);
+    check(16, 300, 4, 2)?;
+    drop(old);
+    drop(new);
+    // Both releases' dead files folded, each declaration into its own accumulator.
+    builder(d).open()?.compact()?;
+    check(16, 300, 4, 2)?;
+    // More churn of the new release, then a rollback: files stay bounded, totals exact.
+    for round in 0..3 {
+        release(d, "v2", &[1, 1, 1], false);
+        builder(d).open()?.compact()?;
+        check(16, 303 + 3 * round, 4, 5 + 3 * round)?;
+    }
+    release(d, "v1", &[4], false);
+    builder(d).open()?.compact()?;
+    check(20, 309, 5, 11)?;
+    let files: Vec<String> = entries(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".shm"))
+        .collect();
+    let accumulators = files.iter().filter(|n| n.starts_with("accumulator")).count();
+    if accumulators != 2 || files.len() != 2 {
+        return Err(format!("expected two accumulators and nothing else: {files:?}").into());
     }
     Ok(())
 }

@@ -630,16 +630,15 @@ fn cross_process_conflict() -> Result<(), Failed> {
     let mut other = RoleProc::spawn("declare", &[d, "0.1,1"]);
     other.expect("declared", Duration::from_secs(30));
     let store = open(d);
-    let e = store
-        .histogram("req_seconds", "Latency", &[0.1, 2.0])
-        .unwrap_err();
+    // Another type than the live process's: refused, with both declarations named.
+    let e = store.gauge("req_seconds", "Latency", GaugeMode::Max).unwrap_err();
     let msg = e.to_string();
     let pid = other.pid().to_string();
     if !msg.contains("already declared differently by live process") || !msg.contains(&pid) {
         return Err(format!("message should name the live process {pid}: {msg}").into());
     }
-    if !msg.contains("[0.1, 1, +Inf]") || !msg.contains("[0.1, 2, +Inf]") {
-        return Err(format!("message should show both bucket lists: {msg}").into());
+    if !msg.contains("[0.1, 1, +Inf]") || !msg.contains("gauge (mode max)") {
+        return Err(format!("message should show both declarations: {msg}").into());
     }
     // A family that would expose a name the live process's histogram exposes: refused.
     let e = store
@@ -649,13 +648,31 @@ fn cross_process_conflict() -> Result<(), Failed> {
     if !e.contains("req_seconds_count") || !e.contains(&pid) {
         return Err(format!("a clash with a live process should name it ({pid}): {e}").into());
     }
-    // The same buckets as the live process: accepted.
-    let h = store.histogram("req_seconds", "Latency", &[0.1, 1.0])?;
-    h.observe(0.05);
-    // Once the other process is gone (a previous deployment), new buckets are accepted;
-    // the merge shows the live declaration and counts the old file as a conflict.
+    // Other buckets than the live process's (a rolling deploy that changed them, both
+    // releases running): accepted; each process's series keeps its own bounds, and a
+    // series both have adds up bound by bound, as Python's collector does.
+    let h = store.histogram("req_seconds", "Latency", &[0.1, 2.0])?;
+    h.observe(1.5);
+    let snap = store.snapshot()?;
+    let v = snap.histogram("req_seconds", &[]).ok_or("no histogram")?;
+    let bounds = v
+        .bounds
+        .as_deref()
+        .ok_or("the series should have its own bounds")?;
+    if bounds != [0.1, 1.0, 2.0, f64::INFINITY]
+        || v.buckets != vec![0, 1, 1, 0]
+        || snap.stats().conflicts != 0
+    {
+        return Err(format!(
+            "merged {bounds:?} {:?}, conflicts {}",
+            v.buckets,
+            snap.stats().conflicts
+        )
+        .into());
+    }
     other.close_stdin();
     other.wait(Duration::from_secs(10));
+    // Once the other process is gone (a previous deployment), its series stay too.
     let fresh = tempfile::tempdir()?;
     let f = fresh.path().to_str().unwrap();
     let mut old = RoleProc::spawn("declare", &[f, "0.1,1"]);
@@ -667,7 +684,7 @@ fn cross_process_conflict() -> Result<(), Failed> {
     h.observe(3.0);
     let snap = new.snapshot()?;
     let v = snap.histogram("req_seconds", &[]).ok_or("no histogram")?;
-    if v.buckets != vec![0, 0, 1, 0] || snap.stats().conflicts != 1 {
+    if v.buckets != vec![0, 1, 0, 1, 0] || snap.stats().conflicts != 0 {
         return Err(format!("merged {:?}, conflicts {}", v.buckets, snap.stats().conflicts).into());
     }
     Ok(())

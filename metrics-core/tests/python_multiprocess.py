@@ -3,7 +3,12 @@
     worker ID           write a fixed set of metrics (every type, every gauge mode, awkward
                         label values) into $PROMETHEUS_MULTIPROC_DIR, print "ready", then
                         stay alive until stdin closes
+    scenario NAME       write one of the SCENARIOS below, print "ready", stay alive until
+                        stdin closes (or until killed)
     collect DIR         print MultiProcessCollector's merge of DIR, normalised (JSON)
+    serve DIR           print what Python serves for DIR (MultiProcessCollector, then the
+                        OpenMetrics exposition with its default escaping, read back by the
+                        strict parser), normalised (JSON), `le` strings as written
     parse FILE          parse an OpenMetrics exposition with the strict parser, print it
                         normalised (JSON)
     mark-dead DIR PID   what a supervisor's child_exit hook does: mark_process_dead
@@ -22,16 +27,19 @@ import sys
 import time
 
 
-def normalise(families):
+def normalise(families, raw_le=False):
     out = {}
     for fam in families:
         samples = []
         for s in fam.samples:
             labels = dict(s.labels)
-            if "le" in labels:
+            if "le" in labels and not raw_le and fam.type == "histogram":
                 labels["le"] = repr(float(labels["le"]))
             v = s.value
-            v = "NaN" if math.isnan(v) else v
+            if math.isnan(v):
+                v = "NaN"
+            elif math.isinf(v):
+                v = "+Inf" if v > 0 else "-Inf"
             samples.append([s.name, labels, v])
         samples.sort(key=lambda s: json.dumps(s[:2], sort_keys=True))
         out[fam.name] = {"type": fam.type, "help": fam.documentation, "samples": samples}
@@ -74,6 +82,142 @@ def worker(wid):
     sys.stdin.read()
 
 
+SCENARIOS = {}
+
+
+def scenario(fn):
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+@scenario
+def le_labels():
+    from prometheus_client import Counter, Gauge, Summary
+
+    Counter("sli_requests", "Requests under a latency objective", ["le"]).labels("0.5").inc()
+    Gauge("sli_level", "Level", ["le"], multiprocess_mode="max").labels("0.5").set(3)
+    Summary("sli_latency", "Latency", ["le"]).labels("1").observe(2)
+
+
+@scenario
+def utf8_names():
+    from prometheus_client import Counter, Gauge
+
+    Gauge("app.temp", "Temperature", ["http.method"]).labels("GET").set(7)
+    Counter("app.requests", "Requests", ["http.method", "0rigin"]).labels("POST", "x").inc(2)
+
+
+@scenario
+def awkward_buckets():
+    from prometheus_client import Histogram
+
+    h = Histogram("awkward_seconds", "Awkward bounds", buckets=(1e-9, 1e-5, 0.1 + 0.2, 1e6, 1e20))
+    for v in (1e-10, 1e-6, 0.2, 0.3, 5.0, 2e6, 1e21):
+        h.observe(v)
+    many = Histogram("many_buckets", "25 bounds", ["kind"], buckets=[0.001 * 2 ** i for i in range(25)])
+    for i in range(40):
+        many.labels("a").observe(0.0007 * 1.5 ** i)
+
+
+@scenario
+def deploy_old():
+    from prometheus_client import Counter, Histogram
+
+    Counter("jobs", "Jobs", ["queue"]).labels("a").inc(3)
+    lat = Histogram("lat", "Latency", ["route"], buckets=(1, 5))
+    lat.labels("/old").observe(1.5)
+    lat.labels("/both").observe(0.5)
+
+
+@scenario
+def deploy_new():
+    from prometheus_client import Counter, Histogram
+
+    jobs = Counter("jobs", "Jobs", ["queue", "priority"])
+    jobs.labels("a", "high").inc(5)
+    lat = Histogram("lat", "Latency", ["route"], buckets=(2, 5))
+    lat.labels("/new").observe(1.5)
+    lat.labels("/both").observe(1.5)
+
+
+@scenario
+def mixed():
+    from prometheus_client import Counter, Histogram
+
+    Counter("mixed_jobs", "Jobs", ["queue"]).labels("a").inc(2)
+    lat = Histogram("mixed_lat", "Latency", ["route"], buckets=(1, 5))
+    lat.labels("/py").observe(1.5)
+    lat.labels("/both").observe(0.5)
+
+
+@scenario
+def misc():
+    from prometheus_client import Counter, Gauge, Histogram
+
+    Counter("app:requests:rate", "Colons", ["code"]).labels("200").inc(4)
+    Counter("payload", "Bytes", namespace="ns", subsystem="sub", unit="bytes").inc(10)
+    Counter("with_total", "Declared with the suffix").inc(2)
+    Counter("without", "Declared without it").inc(3)
+    extremes = Gauge("extremes", "Extreme values", ["which"], multiprocess_mode="max")
+    for which, v in [("tiny", 5e-324), ("huge", 1.7976931348623157e308), ("inf", float("inf")),
+                     ("-inf", float("-inf")), ("nan", float("nan")), ("neg", -2.5)]:
+        extremes.labels(which).set(v)
+    per_pid = Gauge("per_pid", "All mode, odd values", ["which"])
+    per_pid.labels("inf").set(float("inf"))
+    per_pid.labels("nan").set(float("nan"))
+    Histogram("sizes_bytes", "Sizes", buckets=(1, 10, 100)).observe(1e308)
+
+
+@scenario
+def inprogress():
+    from prometheus_client import Gauge
+
+    g = Gauge("in_progress", "In progress", multiprocess_mode="livesum")
+    g_all = Gauge("in_progress_all", "In progress")
+    with g.track_inprogress(), g_all.track_inprogress():
+        print("ready", os.getpid(), flush=True)
+        time.sleep(3600)
+
+
+@scenario
+def forked():
+    from prometheus_client import Counter, Gauge
+
+    c = Counter("forked_jobs", "Jobs", ["who"])
+    g = Gauge("forked_level", "Level", multiprocess_mode="sum")
+    c.labels("parent").inc(1)
+    g.set(1)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        c.labels("child").inc(10)
+        c.labels("parent").inc(100)
+        g.set(5)
+        os.write(w, b"x")
+        sys.stdin.read()
+        os._exit(0)
+    os.read(r, 1)  # the child has written
+    c.labels("parent").inc(1000)
+
+
+def run_scenario(name):
+    SCENARIOS[name]()
+    print("ready", os.getpid(), flush=True)
+    sys.stdin.read()
+
+
+def serve(path):
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.openmetrics.exposition import generate_latest
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)
+    text = generate_latest(registry).decode("utf-8")
+    return normalise(text_string_to_metric_families(text), raw_le=True)
+
+
 def collect(path):
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -112,11 +256,16 @@ def main():
         worker(int(sys.argv[2]))
     elif cmd == "collect":
         json.dump(normalise(collect(sys.argv[2])), sys.stdout)
+    elif cmd == "serve":
+        json.dump(serve(sys.argv[2]), sys.stdout)
+    elif cmd == "scenario":
+        run_scenario(sys.argv[2])
     elif cmd == "parse":
         from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
         with open(sys.argv[2], encoding="utf-8") as f:
-            json.dump(normalise(text_string_to_metric_families(f.read())), sys.stdout)
+            raw = len(sys.argv) > 3 and sys.argv[3] == "raw-le"
+            json.dump(normalise(text_string_to_metric_families(f.read()), raw_le=raw), sys.stdout)
     elif cmd == "mark-dead":
         from prometheus_client import multiprocess
 

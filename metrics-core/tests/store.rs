@@ -270,9 +270,9 @@ fn histogram_buckets_are_le_and_per_bucket() {
     let v = snap.histogram("d", &[("r", "x")]).unwrap();
     assert_eq!(v.buckets, vec![3, 2, 2], "le semantics: v <= bound");
     let text = s.scrape().unwrap();
-    assert!(text.contains("d_bucket{le=\"1.0\",r=\"x\"} 3\n"), "{text}");
-    assert!(text.contains("d_bucket{le=\"2.0\",r=\"x\"} 5\n"), "{text}");
-    assert!(text.contains("d_bucket{le=\"+Inf\",r=\"x\"} 7\n"), "{text}");
+    assert!(text.contains("d_bucket{r=\"x\",le=\"1.0\"} 3\n"), "{text}");
+    assert!(text.contains("d_bucket{r=\"x\",le=\"2.0\"} 5\n"), "{text}");
+    assert!(text.contains("d_bucket{r=\"x\",le=\"+Inf\"} 7\n"), "{text}");
     assert!(text.contains("d_count{r=\"x\"} 7\n"), "{text}");
 }
 
