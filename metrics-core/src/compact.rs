@@ -28,15 +28,17 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::desc::FamilyDesc;
 use crate::error::Error;
-use crate::format::{self, ERROR_KINDS, HEADER_BYTES};
-use crate::reader::{Acc, FoldPlan, Reader, is_transient};
+use crate::format::desc::FamilyDesc;
+use crate::format::header::NewHeader;
+use crate::format::records;
+use crate::format::{self, ACCUMULATOR, ACCUMULATOR_PREFIX, STORE_EXT, TMP_PREFIX};
+use crate::read::Reader;
+use crate::read::acc::Acc;
+use crate::read::fold::{FoldPlan, FoldView};
+use crate::read::scan::is_transient;
 use crate::sys;
-use crate::writer::{Config, STORE_EXT, TMP_PREFIX};
-
-/// Name of the accumulator file.
-pub(crate) const ACCUMULATOR: &str = "accumulator.shm";
+use crate::write::config::Config;
 
 /// Temporary files older than this, with no writer holding their lock, are leftovers of
 /// a crash and are deleted.
@@ -66,10 +68,11 @@ pub(crate) const STEPS: [&str; 5] = ["locked", "written", "renamed", "unlinked",
 pub(crate) const FOLD_BATCH: usize = 64;
 
 /// Folds dead writers into the accumulator, in rounds of at most [`FOLD_BATCH`] files.
-/// The caller holds the exclusive directory lock.
+/// The caller holds the exclusive directory lock; `own`: its own writer ids (live).
 pub(crate) fn compact(
     config: &Config,
     reader: &mut Reader,
+    own: &[u64],
     hook: &dyn Fn(&str),
 ) -> Result<CompactionStats, Error> {
     let _gate = sys::enter_gate();
@@ -84,7 +87,7 @@ pub(crate) fn compact(
     let mut bound = None;
     loop {
         rounds += 1;
-        let plan = reader.fold_plan()?;
+        let plan = reader.fold_plan(own)?;
         let bound = *bound.get_or_insert(plan.sources.len() + 1);
         if (plan.sources.is_empty() && plan.leftovers.is_empty()) || rounds > bound {
             break;
@@ -152,7 +155,7 @@ fn choose(config: &Config, plan: &FoldPlan) -> (Target, Vec<usize>) {
         .first()
         .is_some_and(|a| a.path.file_name() == Some(std::ffi::OsStr::new(ACCUMULATOR)));
     let (path, ident) = if has_primary {
-        let name = format!("accumulator-{:016x}{STORE_EXT}", sys::random_u64());
+        let name = format!("{ACCUMULATOR_PREFIX}{:016x}{STORE_EXT}", sys::random_u64());
         (config.dir.join(name), None)
     } else {
         (config.dir.join(ACCUMULATOR), plan.primary)
@@ -168,21 +171,20 @@ fn choose(config: &Config, plan: &FoldPlan) -> (Target, Vec<usize>) {
     )
 }
 
-/// One round: folds up to [`FOLD_BATCH`] of the plan's sources into one accumulator, and
-/// deletes them and the leftovers. Returns whether sources are left for another round.
-fn fold_round(
-    config: &Config,
-    reader: &mut Reader,
+/// Source files held open and locked, and the (path, writer id) of each.
+type Locked = (Vec<std::fs::File>, Vec<(PathBuf, u64)>);
+
+/// Opens and locks the chosen sources, each still the file the plan read: proof that its
+/// writer is dead, and no one (a worker taking its slot back) can open it for writing while
+/// it is folded. Returns the held files and the (path, writer id) of each; stops early when
+/// out of descriptors (the rest wait for the next round).
+fn lock_sources(
     plan: &FoldPlan,
-    stats: &mut CompactionStats,
-    hook: &dyn Fn(&str),
-) -> Result<bool, Error> {
-    let (target, chosen) = choose(config, plan);
-    // Hold each file's lock while folding it: proof that its writer is dead, and no one
-    // (a worker taking its slot back) can open it for writing meanwhile.
+    chosen: &[usize],
+) -> Result<Locked, Error> {
     let mut held = Vec::new();
     let mut selected: Vec<(PathBuf, u64)> = Vec::new();
-    for &i in &chosen {
+    for &i in chosen {
         let src = &plan.sources[i];
         let f = match OpenOptions::new()
             .read(true)
@@ -207,6 +209,20 @@ fn fold_round(
         held.push(f);
         selected.push((src.path.clone(), src.writer_id));
     }
+    Ok((held, selected))
+}
+
+/// One round: folds up to [`FOLD_BATCH`] of the plan's sources into one accumulator, and
+/// deletes them and the leftovers. Returns whether sources are left for another round.
+fn fold_round(
+    config: &Config,
+    reader: &mut Reader,
+    plan: &FoldPlan,
+    stats: &mut CompactionStats,
+    hook: &dyn Fn(&str),
+) -> Result<bool, Error> {
+    let (target, chosen) = choose(config, plan);
+    let (held, selected) = lock_sources(plan, &chosen)?;
     let leftovers: Vec<PathBuf> = plan.leftovers.iter().map(|(p, _)| p.clone()).collect();
     if selected.is_empty() && leftovers.is_empty() {
         return Ok(false);
@@ -296,24 +312,25 @@ fn write_file(config: &Config, path: &std::path::Path, words: &[u64]) -> Result<
 
 /// The accumulator's words: header, application, folded ids, families with their series
 /// and values, and the removals still in force for files not folded.
-fn build_accumulator(config: &Config, view: &crate::reader::FoldView, folded: &[u64]) -> (Vec<u64>, usize) {
-    let mut w: Vec<u64> = vec![0; format::HEADER_WORDS];
-    w[format::H_MAGIC] = u64::from_le_bytes(format::MAGIC);
-    w[format::H_VERSION] = u64::from(format::VERSION) | ((HEADER_BYTES as u64) << 32);
-    w[format::H_PID] = u64::from(sys::current_pid()) | (u64::from(format::FLAG_ACCUMULATOR) << 32);
-    w[format::H_START] = sys::unix_nanos();
-    w[format::H_WRITER_ID] = sys::random_u64();
-    w[format::H_WORKER] = format::NO_WORKER;
-    w[format::H_ERRORS..format::H_ERRORS + ERROR_KINDS].copy_from_slice(&view.errors);
-    w.extend(format::encode_application(&config.application));
-    w.extend(format::encode_folded(folded));
+fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u64>, usize) {
+    let mut w: Vec<u64> = NewHeader {
+        pid: sys::current_pid(),
+        flags: format::FLAG_ACCUMULATOR,
+        writer_id: sys::random_u64(),
+        worker: None,
+        errors: view.errors,
+    }
+    .words()
+    .to_vec();
+    w.extend(records::encode_application(&config.application));
+    w.extend(records::encode_folded(folded));
     let mut series_count = 0;
     for (id, fam) in view.families.iter().enumerate() {
         let slots = format::series_slots(fam.desc.ty, fam.desc.mode, fam.desc.buckets.len());
         // One block: the statistics slot, then every series' slots.
         let block_slots = 1 + slots * fam.series.len();
         let block_at = w.len() * 8;
-        w.push(format::values_header(block_slots));
+        w.push(records::values_header(block_slots));
         let first_slot = block_at + 8;
         w.push(fam.stats);
         for (_, acc) in &fam.series {
@@ -329,18 +346,18 @@ fn build_accumulator(config: &Config, view: &crate::reader::FoldView, folded: &[
                 Acc::Summary { .. } => {} // Python files only: never folded
             }
         }
-        w.extend(format::encode_family(
+        w.extend(records::encode_family(
             &fam.desc.record(id as u32, first_slot as u64),
         ));
         for (i, (labels, _)) in fam.series.iter().enumerate() {
             let values: Vec<&str> = labels.iter().map(|l| &**l).collect();
             let off = first_slot + 8 + i * slots * 8;
-            w.extend(format::encode_series(id as u32, off as u64, &values));
+            w.extend(records::encode_series(id as u32, off as u64, &values));
         }
         series_count += fam.series.len();
     }
     for r in &view.removals {
-        w.extend(format::encode_removal(r));
+        w.extend(records::encode_removal(r));
     }
     w[format::H_USED] = (w.len() * 8) as u64;
     (w, series_count)

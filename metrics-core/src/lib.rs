@@ -110,43 +110,37 @@
 //! [`Reader`] alone reads such a directory without writing to it; the `scrape` example
 //! prints it.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 #![deny(missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod cell;
 mod compact;
-mod desc;
-mod dirlock;
 mod error;
 mod family;
 mod format;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
-mod keys;
-mod metrics;
-mod names;
-mod parse;
-mod python;
-mod reader;
-mod region;
-mod snapshot;
+mod read;
 mod store;
 mod sys;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod testing;
-mod writer;
+mod write;
 
 pub use compact::CompactionStats;
-pub use desc::{OVERFLOW_LABEL_VALUE, Opts};
 pub use error::{Error, Result};
 pub use family::Family;
+pub use family::counter::{Counter, CounterF64};
+pub use family::gauge::Gauge;
+pub use family::histogram::Histogram;
+pub use family::metric::Metric;
+pub use format::desc::{OVERFLOW_LABEL_VALUE, Opts};
+pub use format::names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
 pub use format::{GaugeMode, MAX_HELP_BYTES, MAX_LABEL_VALUE_BYTES, MetricType};
-pub use metrics::{Counter, CounterF64, Gauge, Histogram, Metric};
-pub use names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
-pub use reader::Reader;
-pub use snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
+pub use read::Reader;
+pub use read::snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 pub use store::{
-    CONTENT_TYPE, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_APPLICATION, ENV_DIR, ENV_FILE_MODE,
-    Store, StoreBuilder, encode,
+    CONTENT_TYPE, DEFAULT_COMPACT_THRESHOLD, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_APPLICATION,
+    ENV_DIR, ENV_FILE_MODE, Store, StoreBuilder, encode,
 };

@@ -1,279 +1,12 @@
-//! The file format (version 1), as specified in `FORMAT.md`: constants, record encoding,
-//! and a decoder that treats every length and offset as untrusted.
-//!
-//! The decoder never touches shared memory: the reader first copies words out of the
-//! mapping with atomic loads, then hands the local copy to the functions here.
+//! Encoding and decoding of the records of `FORMAT.md`. The decoders treat every length
+//! and offset as untrusted and work on local copies of words.
 
 use std::fmt;
 
-#[cfg(target_endian = "big")]
-compile_error!(
-    "shmetrics files are little-endian and the store writes native atomics: big-endian hosts are not supported"
-);
-
-/// Bytes 0..8 of every store file.
-pub(crate) const MAGIC: [u8; 8] = *b"SHMETRIC";
-/// The format version this crate writes and reads.
-pub(crate) const VERSION: u32 = 1;
-/// Size of the header in bytes (16 words).
-pub(crate) const HEADER_BYTES: usize = 128;
-/// Header size in words.
-pub(crate) const HEADER_WORDS: usize = HEADER_BYTES / 8;
-
-// Header word indexes.
-pub(crate) const H_MAGIC: usize = 0;
-/// low 32 bits: version, high 32 bits: header size in bytes.
-pub(crate) const H_VERSION: usize = 1;
-/// Bytes in use: every record lies below this offset. Release-stored by the writer.
-pub(crate) const H_USED: usize = 2;
-/// low 32 bits: pid of the writer, high 32 bits: flags (0).
-pub(crate) const H_PID: usize = 3;
-/// Wall-clock start of the writer, nanoseconds since the Unix epoch.
-pub(crate) const H_START: usize = 4;
-/// Random 64-bit identity of the writer (survives pid reuse and containers).
-pub(crate) const H_WRITER_ID: usize = 5;
-/// Stable worker id, or `NO_WORKER`.
-pub(crate) const H_WORKER: usize = 6;
-/// First of the error counters (see [`ErrorKind`]).
-pub(crate) const H_ERRORS: usize = 7;
-/// Number of error counters in the header (words 7 to 11; readers that know fewer
-/// ignore the others, which older writers leave at zero).
-pub(crate) const ERROR_KINDS: usize = 5;
-
-/// `H_WORKER` value of a writer without a stable worker id.
-pub(crate) const NO_WORKER: u64 = u64::MAX;
-
-/// Kinds of store error counted in writer headers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ErrorKind {
-    /// The file could not grow (filesystem full, size limit): a series or family waits in
-    /// process memory until space comes back.
-    Growth = 0,
-    /// A value was refused: negative or NaN counter increment.
-    InvalidValue = 1,
-    /// A label lookup with the wrong number of values (sent to the overflow series).
-    LabelCount = 2,
-    /// A label value longer than [`MAX_LABEL_VALUE_BYTES`] (sent to the overflow series).
-    LabelValue = 3,
-    /// A worker slot's file could not be used (a symlink or another kind of file planted
-    /// at its name, or a newer format version): the worker wrote an ordinary file instead.
-    SlotSkipped = 4,
-}
-
-impl ErrorKind {
-    pub(crate) const ALL: [ErrorKind; ERROR_KINDS] = [
-        ErrorKind::Growth,
-        ErrorKind::InvalidValue,
-        ErrorKind::LabelCount,
-        ErrorKind::LabelValue,
-        ErrorKind::SlotSkipped,
-    ];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            ErrorKind::Growth => "growth",
-            ErrorKind::InvalidValue => "invalid_value",
-            ErrorKind::LabelCount => "label_count",
-            ErrorKind::LabelValue => "label_value",
-            ErrorKind::SlotSkipped => "slot_skipped",
-        }
-    }
-}
-
-// Record kinds.
-pub(crate) const REC_APPLICATION: u32 = 1;
-pub(crate) const REC_FAMILY: u32 = 2;
-pub(crate) const REC_SERIES: u32 = 3;
-pub(crate) const REC_VALUES: u32 = 4;
-pub(crate) const REC_FOLDED: u32 = 5;
-pub(crate) const REC_REMOVAL: u32 = 6;
-
-/// Header flag (word 3, high half): the file is the directory's accumulator of folded
-/// dead writers.
-pub(crate) const FLAG_ACCUMULATOR: u32 = 1;
-/// Most baselines one removal record may hold.
-pub(crate) const MAX_BASELINES: usize = 1 << 20;
-/// Record kinds with this bit set may be skipped by readers that do not know them.
-pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
-
-/// Largest record a reader accepts, in bytes.
-pub(crate) const MAX_RECORD_BYTES: usize = 16 << 20;
-/// Longest metric, label or application name.
-pub(crate) const MAX_NAME_BYTES: usize = 1024;
-/// Longest label value a writer stores (Prometheus users never need more; a longer one
-/// goes to the family's overflow series and is counted).
-pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
-/// Longest help text a writer stores.
-pub const MAX_HELP_BYTES: usize = 64 << 10;
-/// Most label names per family.
-pub(crate) const MAX_LABELS: usize = 64;
-/// Most histogram buckets per family (including +Inf).
-pub(crate) const MAX_BUCKETS: usize = 1024;
-
-/// The metric type of a family, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MetricType {
-    /// Monotonic integer counter (one u64 slot).
-    Counter,
-    /// Monotonic float counter (one f64 slot).
-    CounterF64,
-    /// Gauge (one f64 slot; three for the `mostrecent` modes).
-    Gauge,
-    /// Histogram with fixed buckets (one u64 per bucket, then the f64 sum).
-    Histogram,
-    /// Summary of a count and a sum, without quantiles: only read from Python
-    /// `prometheus_client` files, never stored by this crate.
-    Summary,
-}
-
-impl MetricType {
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            MetricType::Counter => 1,
-            MetricType::CounterF64 => 2,
-            MetricType::Gauge => 3,
-            MetricType::Histogram => 4,
-            MetricType::Summary => 0,
-        }
-    }
-
-    pub(crate) fn from_code(c: u8) -> Option<Self> {
-        Some(match c {
-            1 => MetricType::Counter,
-            2 => MetricType::CounterF64,
-            3 => MetricType::Gauge,
-            4 => MetricType::Histogram,
-            _ => return None,
-        })
-    }
-}
-
-/// How the gauges of several processes combine into one value (Python's
-/// `multiprocess_mode`). The `live*` modes ignore processes that have exited.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum GaugeMode {
-    /// One series per process, with a `pid` label; exited processes stay.
-    #[default]
-    All,
-    /// One series per live process, with a `pid` label.
-    LiveAll,
-    /// The smallest value of any process.
-    Min,
-    /// The smallest value of any live process.
-    LiveMin,
-    /// The largest value of any process.
-    Max,
-    /// The largest value of any live process.
-    LiveMax,
-    /// The sum over all processes.
-    Sum,
-    /// The sum over live processes (e.g. requests in flight).
-    LiveSum,
-    /// The value most recently set by any process.
-    MostRecent,
-    /// The value most recently set by a live process.
-    LiveMostRecent,
-}
-
-impl GaugeMode {
-    /// Every mode, in code order.
-    pub const ALL: [GaugeMode; 10] = [
-        GaugeMode::All,
-        GaugeMode::LiveAll,
-        GaugeMode::Min,
-        GaugeMode::LiveMin,
-        GaugeMode::Max,
-        GaugeMode::LiveMax,
-        GaugeMode::Sum,
-        GaugeMode::LiveSum,
-        GaugeMode::MostRecent,
-        GaugeMode::LiveMostRecent,
-    ];
-
-    pub(crate) fn code(self) -> u8 {
-        GaugeMode::ALL.iter().position(|m| *m == self).unwrap_or(0) as u8
-    }
-
-    pub(crate) fn from_code(c: u8) -> Option<Self> {
-        GaugeMode::ALL.get(usize::from(c)).copied()
-    }
-
-    /// Python's name for the mode (`"livesum"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GaugeMode::All => "all",
-            GaugeMode::LiveAll => "liveall",
-            GaugeMode::Min => "min",
-            GaugeMode::LiveMin => "livemin",
-            GaugeMode::Max => "max",
-            GaugeMode::LiveMax => "livemax",
-            GaugeMode::Sum => "sum",
-            GaugeMode::LiveSum => "livesum",
-            GaugeMode::MostRecent => "mostrecent",
-            GaugeMode::LiveMostRecent => "livemostrecent",
-        }
-    }
-
-    /// Whether processes that have exited are left out.
-    pub fn live_only(self) -> bool {
-        matches!(
-            self,
-            GaugeMode::LiveAll
-                | GaugeMode::LiveMin
-                | GaugeMode::LiveMax
-                | GaugeMode::LiveSum
-                | GaugeMode::LiveMostRecent
-        )
-    }
-
-    /// Whether each process gets its own series with a `pid` label.
-    pub fn per_process(self) -> bool {
-        matches!(self, GaugeMode::All | GaugeMode::LiveAll)
-    }
-
-    pub(crate) fn most_recent(self) -> bool {
-        matches!(self, GaugeMode::MostRecent | GaugeMode::LiveMostRecent)
-    }
-}
-
-impl fmt::Display for GaugeMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for GaugeMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        GaugeMode::ALL
-            .iter()
-            .copied()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown gauge mode {s:?}; expected one of: all, liveall, min, livemin, max, livemax, sum, livesum, mostrecent, livemostrecent"
-                )
-            })
-    }
-}
-
-/// Number of value slots of one series.
-pub(crate) fn series_slots(ty: MetricType, mode: GaugeMode, buckets: usize) -> usize {
-    match ty {
-        MetricType::Counter | MetricType::CounterF64 => 1,
-        MetricType::Gauge if mode.most_recent() => 3,
-        MetricType::Gauge => 1,
-        MetricType::Histogram => buckets + 1,
-        MetricType::Summary => 2,
-    }
-}
-
-// Slot layout of a `mostrecent` gauge: a sequence word (odd while a write is in
-// progress), the value, and the wall-clock time of the write in Unix nanoseconds.
-pub(crate) const MR_SEQ: usize = 0;
-pub(crate) const MR_VALUE: usize = 1;
-pub(crate) const MR_TIME: usize = 2;
+use super::{
+    GaugeMode, MAX_BASELINES, MAX_BUCKETS, MAX_LABELS, MAX_NAME_BYTES, MAX_RECORD_BYTES, MetricType,
+    REC_APPLICATION, REC_FAMILY, REC_FOLDED, REC_REMOVAL, REC_SERIES, REC_VALUES,
+};
 
 /// A family record, decoded.
 #[derive(Clone, Debug, PartialEq)]
@@ -396,7 +129,7 @@ pub(crate) fn decode_folded(body: &[u64]) -> Result<Vec<u64>, Corrupt> {
 }
 
 /// Encodes a removal record.
-pub(crate) fn encode_removal(r: &crate::parse::Removal) -> Vec<u64> {
+pub(crate) fn encode_removal(r: &crate::format::records::Removal) -> Vec<u64> {
     let mut b = RecordBuf::new(REC_REMOVAL);
     let nlabels = r.labels.as_ref().map_or(0, |l| l.len());
     b.word(r.time)
@@ -420,7 +153,7 @@ pub(crate) fn encode_removal(r: &crate::parse::Removal) -> Vec<u64> {
 }
 
 /// Decodes a removal record body.
-pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::parse::Removal, Corrupt> {
+pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::format::records::Removal, Corrupt> {
     let mut c = Cursor::new(body);
     let time = c.word()?;
     let (flags, nlabels) = c.halves()?;
@@ -437,7 +170,7 @@ pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::parse::Removal, Corr
         return Err(corrupt!("removal with {n} baselines"));
     }
     let family = c.string(MAX_NAME_BYTES)?;
-    crate::names::check_metric_name(&family).map_err(|e| corrupt!("removal family: {e}"))?;
+    crate::format::names::check_metric_name(&family).map_err(|e| corrupt!("removal family: {e}"))?;
     let mut labels = Vec::with_capacity(nlabels as usize);
     for _ in 0..nlabels {
         labels.push(c.string(MAX_RECORD_BYTES)?.into_boxed_str());
@@ -461,7 +194,7 @@ pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::parse::Removal, Corr
         for _ in 0..ns {
             values.push(c.word()?);
         }
-        baselines.push(crate::parse::Baseline {
+        baselines.push(crate::format::records::Baseline {
             writer_id,
             labels: bl.into_boxed_slice(),
             values,
@@ -470,7 +203,7 @@ pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::parse::Removal, Corr
     if !c.at_end() {
         return Err(corrupt!("trailing words in removal record"));
     }
-    Ok(crate::parse::Removal {
+    Ok(crate::format::records::Removal {
         time,
         family,
         labels: (!whole).then(|| labels.into_boxed_slice()),
@@ -478,9 +211,27 @@ pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::parse::Removal, Corr
     })
 }
 
+/// One baseline of a removal: a file's values of a series when it was removed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Baseline {
+    pub writer_id: u64,
+    pub labels: Box<[Box<str>]>,
+    pub values: Vec<u64>,
+}
+
+/// A removal of one series, or of every series of a family.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Removal {
+    pub time: u64,
+    pub family: String,
+    /// `None`: every series of the family.
+    pub labels: Option<Box<[Box<str>]>>,
+    pub baselines: Vec<Baseline>,
+}
+
 /// Why a file is not accepted. Kept short: it ends up in a log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Corrupt(pub String);
+pub(crate) struct Corrupt(pub(crate) String);
 
 impl fmt::Display for Corrupt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -571,12 +322,12 @@ pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
     }
     let stats_offset = c.word()?;
     let name = c.string(MAX_NAME_BYTES)?;
-    crate::names::check_metric_name(&name).map_err(|e| corrupt!("family name: {e}"))?;
+    crate::format::names::check_metric_name(&name).map_err(|e| corrupt!("family name: {e}"))?;
     let help = c.string(MAX_RECORD_BYTES)?;
     let mut labels = Vec::with_capacity(nlabels);
     for _ in 0..nlabels {
         let l = c.string(MAX_NAME_BYTES)?;
-        crate::names::check_label_name(&l).map_err(|e| corrupt!("label name: {e}"))?;
+        crate::format::names::check_label_name(&l).map_err(|e| corrupt!("label name: {e}"))?;
         if labels.contains(&l) {
             return Err(corrupt!("duplicate label name {l:?}"));
         }
@@ -588,7 +339,7 @@ pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
     }
     match ty {
         MetricType::Histogram => {
-            crate::names::check_stored_buckets(&buckets).map_err(|e| corrupt!("buckets: {e}"))?;
+            crate::format::names::check_stored_buckets(&buckets).map_err(|e| corrupt!("buckets: {e}"))?;
             if labels.iter().any(|l| l == "le") {
                 return Err(corrupt!("histogram with an `le` label"));
             }
@@ -691,10 +442,8 @@ impl<'a> SeriesView<'a> {
             let len = u64::from_le_bytes(len_bytes) as usize;
             let start = pos + 8;
             pos = start + len.div_ceil(8) * 8;
-            let raw = &bytes[start..start + len];
-            // SAFETY: `raw` is exactly a string `view_series` validated as UTF-8 (the view
-            // can only be built by `view_series`, and borrows the bytes immutably).
-            unsafe { std::str::from_utf8_unchecked(raw) }
+            // Validated by `view_series`: the check cannot fail here.
+            std::str::from_utf8(&bytes[start..start + len]).unwrap_or("")
         })
     }
 }
@@ -764,11 +513,11 @@ mod tests {
         let f = encode_folded(&[1, 2, u64::MAX]);
         assert_eq!(decode_folded(&f[1..]).unwrap(), vec![1, 2, u64::MAX]);
         assert!(decode_folded(&f[1..3]).is_err());
-        let r = crate::parse::Removal {
+        let r = crate::format::records::Removal {
             time: 42,
             family: "req".into(),
             labels: Some(vec![Box::from("GET"), Box::from("/a")].into_boxed_slice()),
-            baselines: vec![crate::parse::Baseline {
+            baselines: vec![crate::format::records::Baseline {
                 writer_id: 7,
                 labels: vec![Box::from("GET"), Box::from("/a")].into_boxed_slice(),
                 values: vec![3, 4],
@@ -776,7 +525,7 @@ mod tests {
         };
         let w = encode_removal(&r);
         assert_eq!(decode_removal(&w[1..]).unwrap(), r);
-        let whole = crate::parse::Removal {
+        let whole = crate::format::records::Removal {
             labels: None,
             baselines: vec![],
             ..r

@@ -33,16 +33,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::format::{Corrupt, GaugeMode, MetricType, corrupt};
-use crate::keys::KeyTable;
-use crate::names;
-use crate::reader::{Acc, FamilyOut, OutSeries};
-use crate::region::Region;
-use crate::snapshot::ScrapeStats;
+use super::acc::Acc;
+use super::join::{FamilyOut, OutSeries};
+use super::keys::KeyTable;
+use super::scan::{Problem, open_read_only};
+use super::snapshot::ScrapeStats;
+use crate::format::names;
+use crate::format::records::{Corrupt, corrupt};
+use crate::format::{GaugeMode, MetricType};
+use crate::sys::region::Region;
 
 /// File name extension of Python's multiprocess files.
 pub(crate) const PY_EXT: &str = ".db";
@@ -299,9 +303,9 @@ impl PyError {
         PyError::Transient(format!("{action}: {e}"))
     }
 
-    fn from_problem(p: crate::reader::Problem) -> Self {
+    fn from_problem(p: Problem) -> Self {
         match p {
-            crate::reader::Problem::Corrupt(c) => PyError::Corrupt(Corrupt(c)),
+            Problem::Corrupt(c) => PyError::Corrupt(Corrupt(c)),
             other => PyError::Transient(other.short()),
         }
     }
@@ -359,7 +363,7 @@ impl PyFile {
 
     /// Maps the whole file as it is now; its size. The descriptor is closed again at once.
     fn map_now(&mut self) -> Result<usize, PyError> {
-        let file = crate::reader::open_read_only(&self.path).map_err(PyError::from_problem)?;
+        let file = open_read_only(&self.path).map_err(PyError::from_problem)?;
         let md = file.metadata().map_err(|e| PyError::io("cannot stat", &e))?;
         if !md.is_file() {
             return Err(corrupt!("not a regular file").into());
@@ -768,10 +772,37 @@ impl PyFamily {
 
 /// A `.db` file found in the directory listing.
 pub(crate) struct Listed {
-    pub name: OsString,
-    pub path: PathBuf,
-    pub ident: (u64, u64),
-    pub regular: bool,
+    name: OsString,
+    path: PathBuf,
+    ident: (u64, u64),
+    regular: bool,
+}
+
+/// Takes directory `entry` (named `name`) into `listed` if it is one of Python's files;
+/// whether it did. From the directory entry, without a stat per file (thousands of them in
+/// a Python directory): a symlink is reported, never followed. `dir_dev`: the directory's
+/// device, looked up once.
+pub(crate) fn list_entry(
+    dir: &Path,
+    dir_dev: &mut Option<u64>,
+    entry: &std::fs::DirEntry,
+    name: &str,
+    listed: &mut Vec<Listed>,
+) -> bool {
+    if parse_file_name(name).is_none() {
+        return false;
+    }
+    let Ok(file_type) = entry.file_type() else {
+        return true;
+    };
+    let dev = *dir_dev.get_or_insert_with(|| std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0));
+    listed.push(Listed {
+        name: entry.file_name(),
+        path: entry.path(),
+        ident: (dev, std::os::unix::fs::DirEntryExt::ino(entry)),
+        regular: file_type.is_file(),
+    });
+    true
 }
 
 /// The Python side of a [`Reader`](crate::Reader): the directory's `.db` files, the keys
@@ -869,37 +900,7 @@ impl PyReader {
                     }
                 }
             }
-            if let Some(reason) = &f.corrupt {
-                stats.corrupt_files += 1;
-                stats.corrupt.push((f.path.clone(), reason.clone()));
-                if !f.logged {
-                    f.logged = true;
-                    tracing::warn!(
-                        file = %f.path.display(),
-                        reason = %reason,
-                        "skipping unreadable prometheus_client file in the metrics directory \
-                         (left in place; counted in shmetrics_corrupt_files)"
-                    );
-                }
-                continue;
-            }
-            stats.python_files += 1;
-            let Some(region) = &f.region else { continue };
-            stats.mapped_bytes += region.accessible() as u64;
-            let has_ts = f.value_bytes == 16;
-            for e in &mut f.entries {
-                let key = &keys.infos[e.key_id as usize];
-                if !fams.valid(e.slot) {
-                    match fams.resolve(key, f.kind, &f.pid, &f.path, logged, stats) {
-                        Some(slot) => e.slot = slot,
-                        None => continue,
-                    }
-                }
-                let Ok(sample) = &key.sample else { continue };
-                let value = f64_in(data, e.value_at);
-                let ts = if has_ts { f64_in(data, e.value_at + 8) } else { 0.0 };
-                fams.list[e.slot.family as usize].add(e.slot.series as usize, sample, key.le, value, ts);
-            }
+            add_values(f, data, keys, fams, logged, stats);
         }
         let out = self
             .fams
@@ -933,6 +934,49 @@ struct Families {
     list: Vec<PyFamily>,
     by_name: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     next_epoch: u64,
+}
+
+/// Adds the values of one Python file, read in this pass as `data` (a corrupt one is
+/// reported and left out), into `fams`.
+fn add_values(
+    f: &mut PyFile,
+    data: &[u8],
+    keys: &Keys,
+    fams: &mut Families,
+    logged: &mut HashSet<String>,
+    stats: &mut ScrapeStats,
+) {
+    if let Some(reason) = &f.corrupt {
+        stats.corrupt_files += 1;
+        stats.corrupt.push((f.path.clone(), reason.clone()));
+        if !f.logged {
+            f.logged = true;
+            tracing::warn!(
+                file = %f.path.display(),
+                reason = %reason,
+                "skipping unreadable prometheus_client file in the metrics directory \
+                 (left in place; counted in shmetrics_corrupt_files)"
+            );
+        }
+        return;
+    }
+    stats.python_files += 1;
+    let Some(region) = &f.region else { return };
+    stats.mapped_bytes += region.accessible() as u64;
+    let has_ts = f.value_bytes == 16;
+    for e in &mut f.entries {
+        let key = &keys.infos[e.key_id as usize];
+        if !fams.valid(e.slot) {
+            match fams.resolve(key, f.kind, &f.pid, &f.path, logged, stats) {
+                Some(slot) => e.slot = slot,
+                None => continue,
+            }
+        }
+        let Ok(sample) = &key.sample else { continue };
+        let value = f64_in(data, e.value_at);
+        let ts = if has_ts { f64_in(data, e.value_at + 8) } else { 0.0 };
+        fams.list[e.slot.family as usize].add(e.slot.series as usize, sample, key.le, value, ts);
+    }
 }
 
 impl Families {

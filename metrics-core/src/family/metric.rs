@@ -1,24 +1,16 @@
-//! Handles for the hot path: [`Counter`], [`CounterF64`], [`Gauge`], [`Histogram`].
+//! What every handle kind is: [`Counter`](crate::Counter), [`CounterF64`](crate::CounterF64),
+//! [`Gauge`](crate::Gauge), [`Histogram`](crate::Histogram).
 //!
 //! A handle is bound to one series (one label set) and writes this process's value with
 //! one atomic operation per slot. Handles are cheap to clone (an `Arc`) and never panic.
 
-pub(crate) mod counter;
-pub(crate) mod gauge;
-pub(crate) mod histogram;
-
-use std::sync::Arc;
-
-use crate::cell::{Cell, Layout};
-use crate::desc::FamilyDesc;
 use crate::format::MetricType;
 
-pub use counter::{Counter, CounterF64};
-pub use gauge::Gauge;
-pub use histogram::Histogram;
-
 pub(crate) mod sealed {
-    use super::*;
+    use std::sync::Arc;
+
+    use crate::format::desc::FamilyDesc;
+    use crate::write::cell::{Cell, Layout};
 
     /// Construction of handles from cells; not implementable outside this crate.
     #[allow(private_interfaces)]

@@ -1,164 +1,58 @@
-//! A metric family: one series per label set, found without locks.
-//!
-//! Lookups probe an open-addressing table of pointers with atomic loads only; inserts are
-//! serialised per family and publish each entry (and each grown table) with a Release
-//! store. Entries and tables are freed only when the family is dropped, so a `&M` handed
-//! out by [`Family::labels`] stays valid for as long as the family is borrowed.
+//! A metric family: one series per label set, found without locks (see [`table`]).
 //!
 //! Every family has a series limit. Past it, new label sets share one overflow series
 //! (all label values `__overflow__`) and each such lookup is counted in
 //! `shmetrics_cardinality_overflow_total{family}`: a flood of distinct values cannot
 //! grow the files without bound.
+//!
+//! [`declare`] holds the [`Store`](crate::Store) methods that declare families.
 
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+pub(crate) mod counter;
+pub(crate) mod declare;
+pub(crate) mod gauge;
+pub(crate) mod histogram;
+pub(crate) mod metric;
+pub(crate) mod table;
 
-use crate::cell::{Cell, Layout};
-use crate::desc::{FamilyDesc, OVERFLOW_LABEL_VALUE};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use crate::error::Result;
+use crate::format::desc::{FamilyDesc, OVERFLOW_LABEL_VALUE};
 use crate::format::{ErrorKind, MAX_LABEL_VALUE_BYTES};
-use crate::metrics::Metric;
-use crate::store::Shared;
+use crate::store::shared::Shared;
 use crate::sys;
-use crate::writer::Writer;
-
-struct Entry<M> {
-    hash: u64,
-    labels: Box<[Box<str>]>,
-    metric: M,
-}
-
-struct Table<M> {
-    slots: Box<[AtomicPtr<Entry<M>>]>,
-}
-
-impl<M> Table<M> {
-    fn with_capacity(cap: usize) -> *mut Table<M> {
-        let slots = (0..cap).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect();
-        Box::into_raw(Box::new(Table { slots }))
-    }
-
-    /// Puts `e` in the first free slot of its probe sequence. Callers hold the insert lock
-    /// (no concurrent insert) and keep the table at most half full (a free slot exists).
-    fn insert(&self, e: *mut Entry<M>, hash: u64) {
-        let mask = self.slots.len() - 1;
-        let mut i = hash as usize & mask;
-        while !self.slots[i].load(Ordering::Relaxed).is_null() {
-            i = (i + 1) & mask;
-        }
-        self.slots[i].store(e, Ordering::Release);
-    }
-}
-
-/// Everything the family owns, behind the insert lock.
-struct Owned<M> {
-    tables: Vec<*mut Table<M>>,
-    entries: Vec<*mut Entry<M>>,
-}
-
-/// Equality of two byte strings, inline for the short ones label values usually are
-/// (a call to `memcmp` per label costs more than the comparison itself).
-#[inline(always)]
-fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
-    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
-    match n {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
-        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
-        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
-        _ => a == b,
-    }
-}
+use crate::write::Writer;
+use crate::write::cell::{Cell, Layout};
+use metric::Metric;
+use table::Table;
 
 pub(crate) struct FamilyCore<M: Metric> {
     pub(crate) desc: Arc<FamilyDesc>,
     id: u32,
     shared: Arc<Shared>,
     writer: Arc<Writer>,
-    hasher: foldhash::fast::RandomState,
-    table: AtomicPtr<Table<M>>,
-    owned: Mutex<Owned<M>>,
-    len: AtomicUsize,
+    table: Table<M>,
     full: AtomicBool,
     limit_logged: AtomicBool,
     overflow: OnceLock<M>,
     drops: Arc<Cell>,
 }
 
-// SAFETY: the raw pointers in `table` and `owned` point to heap objects owned by this
-// family (freed only in `Drop`); `Entry<M>` and `Table<M>` hold only `Send + Sync` data
-// (`M: Metric` is `Send + Sync`, atomics, boxed strings). Shared access goes through
-// atomics (lookups) or the `owned` mutex (inserts).
-unsafe impl<M: Metric> Send for FamilyCore<M> {}
-// SAFETY: see `Send`.
-unsafe impl<M: Metric> Sync for FamilyCore<M> {}
-
 impl<M: Metric> FamilyCore<M> {
     pub(crate) fn new(desc: Arc<FamilyDesc>, id: u32, shared: Arc<Shared>) -> Self {
         let writer = Arc::clone(&shared.writer);
         let drops = Cell::new(Arc::clone(&writer), id, None, Layout::U64);
-        let first = Table::with_capacity(8);
         FamilyCore {
             desc,
             id,
             shared,
             writer,
-            hasher: foldhash::fast::RandomState::default(),
-            table: AtomicPtr::new(first),
-            owned: Mutex::new(Owned {
-                tables: vec![first],
-                entries: Vec::new(),
-            }),
-            len: AtomicUsize::new(0),
+            table: Table::new(),
             full: AtomicBool::new(false),
             limit_logged: AtomicBool::new(false),
             overflow: OnceLock::new(),
             drops,
-        }
-    }
-
-    fn hash(&self, values: &[&str]) -> u64 {
-        // No separator between values: each write mixes its own length, and a lookup
-        // compares the values themselves; the hash only has to spread.
-        let mut h = self.hasher.build_hasher();
-        for v in values {
-            std::hash::Hasher::write(&mut h, v.as_bytes());
-        }
-        std::hash::Hasher::finish(&h)
-    }
-
-    #[inline]
-    fn find(&self, hash: u64, values: &[&str]) -> Option<&M> {
-        // SAFETY: `table` always points to a live table: tables are freed only when the
-        // family is dropped, which cannot happen while `&self` is borrowed. The Acquire
-        // load pairs with the Release store that published it fully built.
-        let table = unsafe { &*self.table.load(Ordering::Acquire) };
-        let mask = table.slots.len() - 1;
-        let mut i = hash as usize & mask;
-        loop {
-            let p = table.slots[i].load(Ordering::Acquire);
-            if p.is_null() {
-                return None;
-            }
-            // SAFETY: non-null slots point to entries published (Release) after being fully
-            // built, and entries live until the family is dropped.
-            let e = unsafe { &*p };
-            if e.hash == hash
-                && e.labels.len() == values.len()
-                && e.labels
-                    .iter()
-                    .zip(values)
-                    .all(|(a, b)| bytes_eq(a.as_bytes(), b.as_bytes()))
-            {
-                return Some(&e.metric);
-            }
-            i = (i + 1) & mask;
         }
     }
 
@@ -175,8 +69,8 @@ impl<M: Metric> FamilyCore<M> {
             });
             return self.overflow();
         }
-        let hash = self.hash(values);
-        if let Some(m) = self.find(hash, values) {
+        let hash = self.table.hash(values);
+        if let Some(m) = self.table.find(hash, values) {
             return m;
         }
         if self.full.load(Ordering::Relaxed) {
@@ -200,11 +94,11 @@ impl<M: Metric> FamilyCore<M> {
             return self.overflow();
         }
         let _gate = sys::enter_gate();
-        let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = self.find(hash, values) {
+        let inserter = self.table.inserter();
+        if let Some(m) = self.table.find(hash, values) {
             return m;
         }
-        let len = self.len.load(Ordering::Relaxed);
+        let len = self.table.len();
         // The file's series count too: a resumed slot file holds earlier lives' series.
         if len >= self.desc.series_limit || !self.writer.admit(self.id, values, self.desc.series_limit) {
             if len >= self.desc.series_limit {
@@ -225,26 +119,7 @@ impl<M: Metric> FamilyCore<M> {
         }
         let labels: Box<[Box<str>]> = values.iter().map(|v| Box::<str>::from(*v)).collect();
         let metric = self.make(labels.clone());
-        let entry = Box::into_raw(Box::new(Entry { hash, labels, metric }));
-        // SAFETY: the current table is live (see `find`); we hold the insert lock.
-        let mut table = unsafe { &*self.table.load(Ordering::Acquire) };
-        if (len + 1) * 2 > table.slots.len() {
-            let bigger = Table::with_capacity(table.slots.len() * 2);
-            // SAFETY: freshly allocated, not yet shared.
-            let t = unsafe { &*bigger };
-            for e in &owned.entries {
-                // SAFETY: entries are live until drop.
-                t.insert(*e, unsafe { (**e).hash });
-            }
-            owned.tables.push(bigger);
-            self.table.store(bigger, Ordering::Release);
-            table = t;
-        }
-        table.insert(entry, hash);
-        owned.entries.push(entry);
-        self.len.store(len + 1, Ordering::Relaxed);
-        // SAFETY: just published; lives until the family is dropped.
-        unsafe { &(*entry).metric }
+        inserter.insert(hash, labels, metric)
     }
 
     fn make(&self, labels: Box<[Box<str>]>) -> M {
@@ -267,21 +142,6 @@ impl<M: Metric> FamilyCore<M> {
             let labels = vec![Box::<str>::from(OVERFLOW_LABEL_VALUE); self.desc.labels.len()];
             self.make(labels.into_boxed_slice())
         })
-    }
-}
-
-impl<M: Metric> Drop for FamilyCore<M> {
-    fn drop(&mut self) {
-        let owned = self.owned.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for e in owned.entries.drain(..) {
-            // SAFETY: allocated by `Box::into_raw` in `insert`, freed once, here; no reference
-            // can outlive the family (`&mut self`).
-            drop(unsafe { Box::from_raw(e) });
-        }
-        for t in owned.tables.drain(..) {
-            // SAFETY: as above, for tables.
-            drop(unsafe { Box::from_raw(t) });
-        }
     }
 }
 
@@ -327,7 +187,7 @@ impl<M: Metric> Family<M> {
 
     /// Number of label sets this process has created (the overflow series excluded).
     pub fn series_count(&self) -> usize {
-        self.core.len.load(Ordering::Relaxed)
+        self.core.table.len()
     }
 
     /// The series limit of this family in this process.
@@ -355,7 +215,7 @@ impl<M: Metric> Family<M> {
     /// ```
     pub fn remove(&self, values: &[&str]) -> Result<bool> {
         if values.len() != self.core.desc.labels.len() {
-            return Err(crate::Error::InvalidOption {
+            return Err(crate::error::Error::InvalidOption {
                 name: self.core.desc.name.clone(),
                 reason: format!(
                     "takes {} label values ({}), got {}",
@@ -366,7 +226,7 @@ impl<M: Metric> Family<M> {
             });
         }
         if let Some(v) = values.iter().find(|v| v.len() > MAX_LABEL_VALUE_BYTES) {
-            return Err(crate::Error::InvalidOption {
+            return Err(crate::error::Error::InvalidOption {
                 name: self.core.desc.name.clone(),
                 reason: format!(
                     "a label value of {} bytes: label values are at most {MAX_LABEL_VALUE_BYTES} bytes",
@@ -401,60 +261,5 @@ impl<M: Metric> std::fmt::Debug for Family<M> {
             .field("labels", &self.core.desc.labels)
             .field("series", &self.series_count())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bytes_eq;
-
-    #[test]
-    fn short_string_equality_matches_the_plain_one() {
-        let words = [
-            "",
-            "a",
-            "b",
-            "ab",
-            "ba",
-            "abc",
-            "abd",
-            "xbc",
-            "GET",
-            "PUT",
-            "POST",
-            "/a/b",
-            "/a/c",
-            "200",
-            "201",
-            "404",
-            "abcdefg",
-            "abcdefh",
-            "bbcdefg",
-            "/users/{id}",
-            "/users/{ix}",
-            "/orders/{id}/items",
-            "/orders/{id}/itemz",
-            "0123456789abcdef",
-            "0123456789abcdeF",
-            "é",
-            "ü",
-            "日本",
-            "日本語",
-        ];
-        for a in words {
-            for b in words {
-                assert_eq!(bytes_eq(a.as_bytes(), b.as_bytes()), a == b, "{a:?} {b:?}");
-            }
-        }
-        // Every length up to 40, a difference at every position.
-        for n in 0..40usize {
-            let a: Vec<u8> = (0..n as u8).collect();
-            assert!(bytes_eq(&a, &a.clone()));
-            for i in 0..n {
-                let mut b = a.clone();
-                b[i] ^= 0x40;
-                assert!(!bytes_eq(&a, &b), "len {n} pos {i}");
-            }
-        }
     }
 }

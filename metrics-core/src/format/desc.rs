@@ -2,8 +2,9 @@
 //! description every process of an application must agree on.
 
 use crate::error::Error;
-use crate::format::{FamilyRecord, GaugeMode, MAX_HELP_BYTES, MetricType};
-use crate::names;
+use crate::format::names;
+use crate::format::records::FamilyRecord;
+use crate::format::{GaugeMode, MAX_HELP_BYTES, MetricType};
 
 /// Options for declaring a metric family with [`Store::register`](crate::Store::register).
 ///

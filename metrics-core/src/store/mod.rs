@@ -1,28 +1,31 @@
 //! [`Store`]: one directory, this process's writer in it, and scrapes of the whole.
+//!
+//! [`shared`] holds what the store and its families share; [`dir`] checks and creates the
+//! directory. The methods that declare families are in `family::declare`.
+
+pub(crate) mod dir;
+pub(crate) mod shared;
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::registry::Registry;
 
 use crate::compact::{self, CompactionStats};
-use crate::desc::{FamilyDesc, Opts};
-use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
-use crate::family::{Family, FamilyCore};
-use crate::format::{self, GaugeMode, MAX_NAME_BYTES};
-use crate::metrics::{Counter, CounterF64, Gauge, Histogram, Metric};
-use crate::parse::Removal;
-use crate::reader::Reader;
-use crate::snapshot::Snapshot;
+use crate::format::MAX_NAME_BYTES;
+use crate::format::desc::FamilyDesc;
+use crate::read::Reader;
+use crate::read::snapshot::Snapshot;
 use crate::sys;
-use crate::writer::{Config, Writer};
+use crate::sys::dirlock::DirLock;
+use crate::write::Writer;
+use crate::write::config::Config;
+use dir::{default_application, prepare_dir};
+use shared::Shared;
 
 /// The environment variable Python's `prometheus_client` reads for its multiprocess
 /// directory; [`Store::from_env`] reads the same one.
@@ -79,24 +82,13 @@ struct StoreInner {
     families: Mutex<HashMap<String, Registered>>,
 }
 
-/// What families share with their store: the directory lock, the reader and the writer.
-pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
-    pub(crate) writer: Arc<Writer>,
-    lock: DirLock,
-    reader: Mutex<Reader>,
-    /// Scrapes do not try to compact again before this time (after a failure).
-    compact_retry_at: Mutex<Option<std::time::Instant>>,
-    /// Faults in this process's writer mappings already logged.
-    writer_faults_seen: std::sync::atomic::AtomicU64,
-}
-
 /// How long scrapes wait before compacting again after a compaction failed.
 const COMPACT_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
-struct Registered {
-    desc: Arc<FamilyDesc>,
-    core: Arc<dyn Any + Send + Sync>,
+/// A family this process declared, of any kind.
+pub(crate) struct Registered {
+    pub(crate) desc: Arc<FamilyDesc>,
+    pub(crate) core: Arc<dyn Any + Send + Sync>,
 }
 
 /// Options for opening a [`Store`].
@@ -240,13 +232,13 @@ impl StoreBuilder {
                 reason: "must be at least 1".into(),
             });
         }
-        if self.max_file_size > crate::reader::MAX_FILE_BYTES {
+        if self.max_file_size > crate::format::MAX_FILE_BYTES {
             return Err(Error::InvalidOption {
                 name: "max_file_size".into(),
                 reason: format!(
                     "{} bytes: at most {} (readers refuse larger files)",
                     self.max_file_size,
-                    crate::reader::MAX_FILE_BYTES
+                    crate::format::MAX_FILE_BYTES
                 ),
             });
         }
@@ -287,7 +279,7 @@ impl StoreBuilder {
             // The usual "clean the directory at startup", done safely while other
             // workers run: fold what dead writers left (their counts stay).
             if self.compact_on_open {
-                if let Err(e) = compact::compact(&config, &mut reader, &|_| {}) {
+                if let Err(e) = compact::compact(&config, &mut reader, &[], &|_| {}) {
                     tracing::warn!(dir = %dir.display(), "compaction at startup failed: {e}");
                 }
             }
@@ -309,156 +301,6 @@ impl StoreBuilder {
     }
 }
 
-fn default_application() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-/// Creates `dir` if missing and checks that it is a writable directory of this user.
-/// Creates `dir` and any missing parent with exactly `mode` (whatever the umask: the
-/// group the mode lets in must be able to reach the files).
-fn create_dirs(dir: &Path, mode: u32) -> std::io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    while std::fs::symlink_metadata(at).is_err() {
-        missing.push(at);
-        match at.parent() {
-            Some(p) if !p.as_os_str().is_empty() => at = p,
-            _ => break,
-        }
-    }
-    for d in missing.into_iter().rev() {
-        match std::fs::DirBuilder::new().mode(mode).create(d) {
-            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?,
-            // Created by another process meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn prepare_dir(dir: &Path, file_mode: u32, shared_ok: bool, group_ok: bool) -> Result<()> {
-    let dir_mode = file_mode | ((file_mode & 0o444) >> 2);
-    let err = |reason: String, source: Option<std::io::Error>| Error::Directory {
-        path: dir.to_path_buf(),
-        reason,
-        source,
-    };
-    match std::fs::metadata(dir) {
-        Ok(md) if md.is_dir() => {}
-        Ok(_) => {
-            return Err(err(
-                "exists but is not a directory: point the store at a directory".into(),
-                None,
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_dirs(dir, dir_mode).map_err(|e| {
-                err(
-                    "does not exist and cannot be created: create it (e.g. with tmpfiles.d) or fix the parent's permissions".into(),
-                    Some(e),
-                )
-            })?;
-        }
-        Err(e) => {
-            let reason = if e.raw_os_error() == Some(libc::ENOTDIR) {
-                "part of the path is a file, not a directory: fix the path".into()
-            } else {
-                "cannot be inspected".into()
-            };
-            return Err(err(reason, Some(e)));
-        }
-    }
-    let md = std::fs::metadata(dir).map_err(|e| err("cannot be inspected".into(), Some(e)))?;
-    if !shared_ok {
-        let mode = md.mode() & 0o7777;
-        if mode & 0o002 != 0 {
-            return Err(err(
-                format!(
-                    "is writable by every user (mode {mode:o}): another user could plant or replace files in it. \
-                     Use a directory of its own (e.g. /dev/shm/prometheus/<api>, created by tmpfiles.d with mode 0750), \
-                     or StoreBuilder::allow_shared_directory(true)"
-                ),
-                None,
-            ));
-        }
-        if mode & 0o020 != 0 && !group_ok {
-            return Err(err(
-                format!(
-                    "is writable by its group (mode {mode:o}): a member of the group could plant or replace files in it. \
-                     Let the group read only (mode 0750, e.g. with tmpfiles.d), \
-                     or StoreBuilder::allow_group_writable_directory(true) if every member is trusted"
-                ),
-                None,
-            ));
-        }
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        if md.uid() != euid && md.uid() != 0 {
-            return Err(err(
-                format!(
-                    "belongs to user {} and this process runs as user {euid}: a directory of another user is refused \
-                     (its owner could replace the files); use one owned by this user or root, \
-                     or StoreBuilder::allow_shared_directory(true)",
-                    md.uid()
-                ),
-                None,
-            ));
-        }
-    }
-    let c =
-        CString::new(dir.as_os_str().as_bytes()).map_err(|_| err("path contains a NUL byte".into(), None))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let rc = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        let reason = if e.raw_os_error() == Some(libc::EROFS) {
-            "is on a read-only filesystem: use a directory on /dev/shm".to_string()
-        } else {
-            "is not writable by this process: fix its owner or permissions".to_string()
-        };
-        return Err(err(reason, Some(e)));
-    }
-    Ok(())
-}
-
-impl Shared {
-    fn reader(&self) -> MutexGuard<'_, Reader> {
-        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Removes one series (or all series of a family) from every worker's scrape: records
-    /// each file's current values as baselines that merges subtract.
-    pub(crate) fn remove(&self, family: &str, labels: Option<&[Box<str>]>) -> Result<bool> {
-        let _gate = sys::enter_gate();
-        let own = self.writer.own_ids();
-        let mut reader = self.reader();
-        let _lock = self.lock.exclusive()?;
-        reader.own_writers = own;
-        let baselines = reader.baselines(family, labels)?;
-        let found = !baselines.is_empty();
-        let record = Removal {
-            time: sys::unix_nanos(),
-            family: family.to_string(),
-            labels: labels.map(|l| l.to_vec().into_boxed_slice()),
-            baselines,
-        };
-        let words = format::encode_removal(&record);
-        if words.len() * 8 > format::MAX_RECORD_BYTES {
-            return Err(Error::InvalidOption {
-                name: family.to_string(),
-                reason: "too many series to remove in one record: remove them one by one".into(),
-            });
-        }
-        self.writer.append_record(&words)?;
-        Ok(found)
-    }
-}
-
 impl Store {
     /// Options for a store in `dir`.
     pub fn builder(dir: impl Into<PathBuf>) -> StoreBuilder {
@@ -475,7 +317,7 @@ impl Store {
         StoreBuilder::from_env()?.open()
     }
 
-    fn shared(&self) -> &Shared {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
 
@@ -494,169 +336,8 @@ impl Store {
         self.shared().writer.path()
     }
 
-    fn families(&self) -> MutexGuard<'_, HashMap<String, Registered>> {
+    pub(crate) fn families(&self) -> MutexGuard<'_, HashMap<String, Registered>> {
         self.inner.families.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Declares a family of `M` (or returns the existing one if this process already
-    /// declared it identically).
-    ///
-    /// Fails with a clear error if a name is invalid, or if this process or another live
-    /// process of the directory declared the name with another type, labels, buckets or
-    /// gauge mode.
-    pub fn register<M: Metric>(&self, opts: Opts) -> Result<Family<M>> {
-        let shared = self.shared();
-        let desc = FamilyDesc::new(M::TYPE, opts, shared.config.series_limit)?;
-        let _gate = sys::enter_gate();
-        let mut families = self.families();
-        if let Some(r) = families.get(&desc.name) {
-            if r.desc.same_schema(&desc) {
-                if let Ok(core) = Arc::clone(&r.core).downcast::<FamilyCore<M>>() {
-                    return Ok(Family { core });
-                }
-            }
-            return Err(Error::Conflict {
-                name: desc.name.clone(),
-                by: "this process".into(),
-                existing: r.desc.describe(),
-                requested: desc.describe(),
-            });
-        }
-        for r in families.values() {
-            if let Some(sample) = crate::desc::clash((desc.ty, &desc.name), (r.desc.ty, &r.desc.name)) {
-                return Err(Error::NameClash {
-                    name: desc.name.clone(),
-                    other: r.desc.name.clone(),
-                    by: "this process".into(),
-                    sample,
-                });
-            }
-        }
-        let own = shared.writer.own_ids();
-        let id = {
-            // Lock order, everywhere: reader mutex, then the directory lock.
-            let mut reader = shared.reader();
-            let _lock = shared.lock.exclusive()?;
-            reader.own_writers = own;
-            for (pid, path, other) in reader.live_declarations()? {
-                if let Some(sample) = crate::desc::clash((desc.ty, &desc.name), (other.ty, &other.name)) {
-                    return Err(Error::NameClash {
-                        name: desc.name.clone(),
-                        other: other.name.clone(),
-                        by: format!("live process {pid} (file {})", path.display()),
-                        sample,
-                    });
-                }
-                // Other labels or buckets may coexist (both releases of a rolling deploy
-                // running: each keeps its series); another type or gauge mode cannot.
-                if other.name == desc.name && (other.ty != desc.ty || other.mode != desc.mode) {
-                    return Err(Error::Conflict {
-                        name: desc.name.clone(),
-                        by: format!("live process {pid} (file {})", path.display()),
-                        existing: other.describe(),
-                        requested: desc.describe(),
-                    });
-                }
-            }
-            let folded = reader.folded_ids()?;
-            shared
-                .writer
-                .declare(Arc::new(desc.clone()), &|id| folded.contains(&id))?
-        };
-        if shared.writer.has_waiting() {
-            shared.writer.flush_waiting();
-        }
-        let desc = Arc::new(desc);
-        let core = Arc::new(FamilyCore::<M>::new(
-            Arc::clone(&desc),
-            id,
-            Arc::clone(&self.inner.shared),
-        ));
-        families.insert(
-            desc.name.clone(),
-            Registered {
-                desc,
-                core: Arc::clone(&core) as Arc<dyn Any + Send + Sync>,
-            },
-        );
-        Ok(Family { core })
-    }
-
-    /// An integer counter without labels.
-    pub fn counter(&self, name: &str, help: &str) -> Result<Counter> {
-        Ok(self
-            .register::<Counter>(Opts::new(name, help))?
-            .labels(&[])
-            .clone())
-    }
-
-    /// A family of integer counters.
-    pub fn counter_family(&self, name: &str, help: &str, label_names: &[&str]) -> Result<Family<Counter>> {
-        self.register(Opts::new(name, help).label_names(label_names.iter().copied()))
-    }
-
-    /// A float counter without labels.
-    pub fn counter_f64(&self, name: &str, help: &str) -> Result<CounterF64> {
-        Ok(self
-            .register::<CounterF64>(Opts::new(name, help))?
-            .labels(&[])
-            .clone())
-    }
-
-    /// A family of float counters.
-    pub fn counter_f64_family(
-        &self,
-        name: &str,
-        help: &str,
-        label_names: &[&str],
-    ) -> Result<Family<CounterF64>> {
-        self.register(Opts::new(name, help).label_names(label_names.iter().copied()))
-    }
-
-    /// A gauge without labels, combined over processes by `mode`.
-    pub fn gauge(&self, name: &str, help: &str, mode: GaugeMode) -> Result<Gauge> {
-        Ok(self
-            .register::<Gauge>(Opts::new(name, help).mode(mode))?
-            .labels(&[])
-            .clone())
-    }
-
-    /// A family of gauges, combined over processes by `mode`.
-    pub fn gauge_family(
-        &self,
-        name: &str,
-        help: &str,
-        label_names: &[&str],
-        mode: GaugeMode,
-    ) -> Result<Family<Gauge>> {
-        self.register(
-            Opts::new(name, help)
-                .label_names(label_names.iter().copied())
-                .mode(mode),
-        )
-    }
-
-    /// A histogram without labels (`buckets`: finite upper bounds, increasing).
-    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Result<Histogram> {
-        Ok(self
-            .register::<Histogram>(Opts::new(name, help).buckets(buckets))?
-            .labels(&[])
-            .clone())
-    }
-
-    /// A family of histograms.
-    pub fn histogram_family(
-        &self,
-        name: &str,
-        help: &str,
-        label_names: &[&str],
-        buckets: &[f64],
-    ) -> Result<Family<Histogram>> {
-        self.register(
-            Opts::new(name, help)
-                .label_names(label_names.iter().copied())
-                .buckets(buckets),
-        )
     }
 
     /// Merges every file of the directory now. When the scrape finds more dead writer
@@ -672,8 +353,7 @@ impl Store {
         }
         let own = shared.writer.own_ids();
         let mut reader = shared.reader();
-        reader.own_writers = own;
-        let mut snapshot = reader.snapshot()?;
+        let mut snapshot = reader.snapshot_as(&own)?;
         // Errors this process counted while it had no file (a full filesystem at start).
         let pending = shared.writer.pending_errors();
         for (kind, n) in snapshot.stats_mut().store_errors.iter_mut() {
@@ -706,7 +386,7 @@ impl Store {
         let due = retry_at.is_none_or(|t| std::time::Instant::now() >= t);
         if due && (dead > shared.config.compact_threshold || st.folded_files > 0) {
             if let Ok(Some(_lock)) = shared.lock.try_exclusive() {
-                match compact::compact(&shared.config, &mut reader, &|_| {}) {
+                match compact::compact(&shared.config, &mut reader, &own, &|_| {}) {
                     Ok(c) => {
                         *retry_at = None;
                         tracing::debug!(folded = c.folded, deleted = c.deleted, "compacted dead writers")
@@ -738,8 +418,7 @@ impl Store {
         let own = shared.writer.own_ids();
         let mut reader = shared.reader();
         let _lock = shared.lock.exclusive()?;
-        reader.own_writers = own;
-        compact::compact(&shared.config, &mut reader, hook)
+        compact::compact(&shared.config, &mut reader, &own, hook)
     }
 
     /// Merges the directory and registers the result in `registry`, next to whatever

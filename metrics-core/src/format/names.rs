@@ -155,7 +155,7 @@ pub(crate) fn py_repr(v: f64) -> String {
 /// (`1e+06`, `1.234567e+06`; the rule of prometheus_client 0.26). This crate writes histogram bounds the same way, for its own
 /// families too, so a series keeps its `le` values when it moves between Python's collector
 /// and shmetrics.
-pub fn format_bound(v: f64) -> String {
+pub(crate) fn format_bound(v: f64) -> String {
     if v == f64::INFINITY {
         return "+Inf".into();
     }

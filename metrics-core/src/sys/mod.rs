@@ -3,12 +3,34 @@
 //!
 //! Everything here is Linux/Unix specific and every `unsafe` block carries its argument.
 
+pub(crate) mod dirlock;
+pub(crate) mod region;
+
 use std::cell::Cell as StdCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The effective user id of this process.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether this process may create files in directory `dir` (`access(W_OK | X_OK)`).
+pub(crate) fn may_write_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Takes (`exclusive`) or shares a `flock` on `fd` without blocking.
 ///
@@ -387,7 +409,13 @@ extern "C" fn atfork_child() {
             // MAP_FIXED drops the mapping's reference to the parent's file (and lock) while
             // keeping the range reserved, so the owner's later munmap unmaps only this
             // placeholder. Nothing in the child reads it: every handle's generation check
-            // fails from now on. mmap is a plain system call, safe in an atfork handler.
+            // fails from now on.
+            // `mmap` is not on POSIX's list of async-signal-safe functions, which are all a
+            // child of a multi-threaded process may call before exec. This relies on what
+            // Linux and glibc (and musl) do instead: their `mmap` is a thin wrapper of the
+            // system call that takes no lock and allocates nothing, so it cannot wait on
+            // state another thread of the parent held at the fork. The store is Linux-only
+            // (`fallocate`, `/dev/shm`); on a libc whose `mmap` locks, this could deadlock.
             unsafe {
                 libc::mmap(
                     addr as *mut libc::c_void,
@@ -417,8 +445,8 @@ static INSTALL: Once = Once::new();
 pub(crate) fn install_fork_handlers() {
     INSTALL.call_once(|| {
         // SAFETY: the three handlers are `extern "C" fn()` items that live for the whole
-        // program; they only use atomics, thread-locals already initialised on the forking
-        // thread, and close().
+        // program; they only use atomics, const-initialised thread-locals, close() and (in
+        // the child) mmap, whose use is argued in `atfork_child`.
         let rc = unsafe {
             libc::pthread_atfork(Some(atfork_prepare), Some(atfork_parent), Some(atfork_child))
         };

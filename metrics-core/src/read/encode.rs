@@ -1,12 +1,5 @@
-//! The merged view of a directory at one instant, and its encoding.
-//!
-//! [`Snapshot`] implements prometheus-client's [`Collector`]: register it in a fresh
-//! [`Registry`](prometheus_client::registry::Registry) next to your own metrics and encode
-//! the registry as usual (see [`Store::scrape_into`](crate::Store::scrape_into)).
-
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+//! The OpenMetrics encoding of a [`Snapshot`]: written directly for the common case, or
+//! through prometheus-client's [`Collector`] when registered in a caller's registry.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -15,229 +8,9 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType as PcMetricType;
 use prometheus_client::registry::Registry;
 
-use crate::format::{GaugeMode, MetricType};
-use crate::names::{escape_help, format_bound};
-
-/// The merged value of one series.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum Value {
-    /// Integer counter: sum over all processes.
-    Counter(u64),
-    /// Float counter: sum over all processes.
-    CounterF64(f64),
-    /// Gauge, combined by the family's mode.
-    Gauge(f64),
-    /// Histogram: buckets and sum added over all processes.
-    Histogram(HistogramValue),
-    /// Summary (Python files only): count and sum added over all processes.
-    Summary {
-        /// Number of observations.
-        count: f64,
-        /// Sum of the observations.
-        sum: f64,
-    },
-}
-
-/// A merged histogram.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HistogramValue {
-    /// Count per bucket (not cumulative), in the order of the bounds (the series' own
-    /// [`bounds`](HistogramValue::bounds), or the family's), +Inf last.
-    pub buckets: Vec<u64>,
-    /// Sum of all observations.
-    pub sum: f64,
-    /// The series' own bucket bounds, when they are not the family's: processes of two
-    /// releases that declare other buckets each keep theirs, as Python's collector does.
-    pub bounds: Option<Arc<[f64]>>,
-}
-
-impl HistogramValue {
-    /// Number of observations (the sum of the buckets).
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().sum()
-    }
-}
-
-/// One merged series.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MergedSeries {
-    /// Label values, in the order of the series' label names ([`MergedSeries::names`],
-    /// or the family's [`MergedFamily::label_names`]).
-    pub labels: Arc<[Box<str>]>,
-    /// The series' own label names, when they are not the family's: processes of two
-    /// releases that declare other labels (a label added in a rolling deploy) each keep
-    /// their series, as Python's collector does.
-    pub names: Option<Arc<[String]>>,
-    /// The merged value.
-    pub value: Value,
-}
-
-impl MergedSeries {
-    /// This series' label names.
-    pub fn label_names<'a>(&'a self, family: &'a MergedFamily) -> &'a [String] {
-        self.names.as_deref().unwrap_or(&family.label_names)
-    }
-}
-
-/// One merged family.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct MergedFamily {
-    /// Name (without `_total` for counters).
-    pub name: String,
-    /// Help text (unescaped).
-    pub help: String,
-    /// Type.
-    pub metric_type: MetricType,
-    /// Gauge mode (`All` for other types).
-    pub mode: GaugeMode,
-    /// Label names; per-process gauge modes end with `pid`. A series may have its own
-    /// ([`MergedSeries::names`]).
-    pub label_names: Vec<String>,
-    /// Histogram upper bounds with +Inf last; empty for other types. A series may have
-    /// its own ([`HistogramValue::bounds`]).
-    pub buckets: Vec<f64>,
-    /// Series, sorted by label values.
-    pub series: Vec<MergedSeries>,
-}
-
-impl MergedFamily {
-    /// The series whose labels are exactly `labels` (name, value pairs, any order).
-    pub fn get(&self, labels: &[(&str, &str)]) -> Option<&Value> {
-        self.series
-            .iter()
-            .find(|s| {
-                let names = s.label_names(self);
-                names.len() == labels.len()
-                    && names
-                        .iter()
-                        .zip(s.labels.iter())
-                        .all(|(n, v)| labels.iter().any(|(k, want)| *k == n.as_str() && *want == &**v))
-            })
-            .map(|s| &s.value)
-    }
-}
-
-/// Counts about one scrape, also exposed as `shmetrics_*` self-metrics.
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct ScrapeStats {
-    /// Files whose writer holds its lock.
-    pub live_files: u64,
-    /// Well-formed files whose writer has exited (including those already folded into
-    /// the accumulator and waiting to be deleted).
-    pub dead_files: u64,
-    /// Dead files already folded into the accumulator (not merged again).
-    pub folded_files: u64,
-    /// Accumulator files (the folded values of dead writers).
-    pub accumulators: u64,
-    /// Files skipped because they are not well-formed.
-    pub corrupt_files: u64,
-    /// Store files of a newer format version, left alone (a rolling upgrade or
-    /// downgrade: a reader of their version reads them).
-    pub newer_files: u64,
-    /// Files that could not be read in this scrape (no descriptor left, no permission,
-    /// changed while read). What an earlier scrape read of them is still served.
-    pub unreadable_files: u64,
-    /// Files in the directory that do not belong to the store.
-    pub foreign_files: u64,
-    /// Files skipped (corrupt, newer, unreadable) and why.
-    pub corrupt: Vec<(PathBuf, String)>,
-    /// Foreign files.
-    pub foreign: Vec<PathBuf>,
-    /// Merged series.
-    pub series: usize,
-    /// Bytes of files mapped by the reader.
-    pub mapped_bytes: u64,
-    /// Time spent reading and merging.
-    pub duration: Duration,
-    /// Store errors counted by writers, per kind (`growth`, `invalid_value`, `label_count`).
-    pub store_errors: Vec<(&'static str, u64)>,
-    /// Lookups sent to the overflow series, per family.
-    pub overflow: Vec<(String, u64)>,
-    /// (file, family) pairs skipped because the file declares the family with another
-    /// type or gauge mode (also Python entries, Python families of another type than the
-    /// native family of the same name, and families whose exposed names would clash).
-    pub conflicts: u64,
-    /// Python `prometheus_client` files (`*.db`) merged.
-    pub python_files: u64,
-    /// Python entries skipped because they cannot be exposed: names that are not valid
-    /// Prometheus names, or samples that do not belong to the file's metric type.
-    pub python_skipped: u64,
-}
-
-/// The merged metrics of a directory.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    families: Vec<MergedFamily>,
-    stats: ScrapeStats,
-    self_metrics: bool,
-}
-
-impl Snapshot {
-    pub(crate) fn new(families: Vec<MergedFamily>, stats: ScrapeStats) -> Self {
-        Snapshot {
-            families,
-            stats,
-            self_metrics: true,
-        }
-    }
-
-    pub(crate) fn stats_mut(&mut self) -> &mut ScrapeStats {
-        &mut self.stats
-    }
-
-    /// Leaves the `shmetrics_*` self-metrics out of the encoding.
-    pub fn without_self_metrics(mut self) -> Self {
-        self.self_metrics = false;
-        self
-    }
-
-    /// Merged families, sorted by name.
-    pub fn families(&self) -> &[MergedFamily] {
-        &self.families
-    }
-
-    /// The family called `name`.
-    pub fn family(&self, name: &str) -> Option<&MergedFamily> {
-        self.families.iter().find(|f| f.name == name)
-    }
-
-    /// The merged value of one series (labels as name, value pairs).
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
-        self.family(name)?.get(labels)
-    }
-
-    /// An integer counter's merged value.
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        match self.get(name, labels)? {
-            Value::Counter(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    /// A gauge's merged value.
-    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        match self.get(name, labels)? {
-            Value::Gauge(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    /// A histogram's merged value.
-    pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Option<&HistogramValue> {
-        match self.get(name, labels)? {
-            Value::Histogram(h) => Some(h),
-            _ => None,
-        }
-    }
-
-    /// Counts about this scrape.
-    pub fn stats(&self) -> &ScrapeStats {
-        &self.stats
-    }
-}
+use super::snapshot::{MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
+use crate::format::MetricType;
+use crate::format::names::{escape_help, format_bound};
 
 fn pc_type(t: MetricType) -> PcMetricType {
     match t {
@@ -267,7 +40,7 @@ impl Snapshot {
     /// assert!(text.contains("jobs_total 1\n") && text.ends_with("# EOF\n"));
     /// # Ok::<(), shmetrics_core::Error>(())
     /// ```
-    pub fn encode(mut self, mut registry: Registry) -> crate::Result<String> {
+    pub fn encode(mut self, mut registry: Registry) -> crate::error::Result<String> {
         // Histograms and summaries are written here, the rest by prometheus-client: its
         // encoder has no summary type, and writes `le` bounds its own way, where this
         // crate writes them as Python's prometheus_client does (`names::format_bound`).
@@ -279,14 +52,14 @@ impl Snapshot {
         let estimate = 64 + self.stats.series * 64;
         registry.register_collector(Box::new(self));
         let mut body = String::with_capacity(estimate);
-        text::encode_registry(&mut body, &registry).map_err(|_| crate::Error::Encode)?;
+        text::encode_registry(&mut body, &registry).map_err(|_| crate::error::Error::Encode)?;
         for fam in &own {
             match fam.metric_type {
                 MetricType::Summary => write_summary(&mut body, fam),
                 _ => write_histogram(&mut body, fam),
             }
         }
-        text::encode_eof(&mut body).map_err(|_| crate::Error::Encode)?;
+        text::encode_eof(&mut body).map_err(|_| crate::error::Error::Encode)?;
         Ok(body)
     }
 }
@@ -469,60 +242,7 @@ fn encode_value(
 impl Snapshot {
     fn encode_self(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let gauges: [(&str, &str, f64); 11] = [
-            (
-                "shmetrics_scrape_duration_seconds",
-                "Time this scrape spent reading and merging the store's files.",
-                s.duration.as_secs_f64(),
-            ),
-            (
-                "shmetrics_live_files",
-                "Store files whose writing process is alive.",
-                s.live_files as f64,
-            ),
-            (
-                "shmetrics_dead_files",
-                "Store files whose writing process has exited (their counters still count).",
-                s.dead_files as f64,
-            ),
-            (
-                "shmetrics_corrupt_files",
-                "Files skipped because they are truncated, corrupt or of another format.",
-                s.corrupt_files as f64,
-            ),
-            (
-                "shmetrics_newer_files",
-                "Store files of a newer format version, left alone (a rolling upgrade or downgrade).",
-                s.newer_files as f64,
-            ),
-            (
-                "shmetrics_unreadable_files",
-                "Files this scrape could not read (no descriptor left, no permission, changed while read); retried at every scrape.",
-                s.unreadable_files as f64,
-            ),
-            (
-                "shmetrics_foreign_files",
-                "Files in the store directory that do not belong to the store (left in place).",
-                s.foreign_files as f64,
-            ),
-            ("shmetrics_series", "Series in this exposition.", s.series as f64),
-            (
-                "shmetrics_python_files",
-                "Python prometheus_client multiprocess files (*.db) merged.",
-                s.python_files as f64,
-            ),
-            (
-                "shmetrics_python_skipped_entries",
-                "Entries of Python files skipped: names Prometheus does not accept, or samples foreign to the file's type.",
-                s.python_skipped as f64,
-            ),
-            (
-                "shmetrics_mapped_bytes",
-                "Bytes of store files mapped by the scraping process.",
-                s.mapped_bytes as f64,
-            ),
-        ];
-        for (name, help, v) in gauges {
+        for (name, help, v) in self_gauges(s) {
             let mut m = encoder.encode_descriptor(name, help, None, PcMetricType::Gauge)?;
             m.encode_gauge(&v)?;
         }
@@ -559,4 +279,61 @@ impl Snapshot {
         m.encode_gauge(&(s.conflicts as f64))?;
         Ok(())
     }
+}
+
+/// The scrape's own gauges: (name, help, value).
+fn self_gauges(s: &ScrapeStats) -> [(&'static str, &'static str, f64); 11] {
+    [
+        (
+            "shmetrics_scrape_duration_seconds",
+            "Time this scrape spent reading and merging the store's files.",
+            s.duration.as_secs_f64(),
+        ),
+        (
+            "shmetrics_live_files",
+            "Store files whose writing process is alive.",
+            s.live_files as f64,
+        ),
+        (
+            "shmetrics_dead_files",
+            "Store files whose writing process has exited (their counters still count).",
+            s.dead_files as f64,
+        ),
+        (
+            "shmetrics_corrupt_files",
+            "Files skipped because they are truncated, corrupt or of another format.",
+            s.corrupt_files as f64,
+        ),
+        (
+            "shmetrics_newer_files",
+            "Store files of a newer format version, left alone (a rolling upgrade or downgrade).",
+            s.newer_files as f64,
+        ),
+        (
+            "shmetrics_unreadable_files",
+            "Files this scrape could not read (no descriptor left, no permission, changed while read); retried at every scrape.",
+            s.unreadable_files as f64,
+        ),
+        (
+            "shmetrics_foreign_files",
+            "Files in the store directory that do not belong to the store (left in place).",
+            s.foreign_files as f64,
+        ),
+        ("shmetrics_series", "Series in this exposition.", s.series as f64),
+        (
+            "shmetrics_python_files",
+            "Python prometheus_client multiprocess files (*.db) merged.",
+            s.python_files as f64,
+        ),
+        (
+            "shmetrics_python_skipped_entries",
+            "Entries of Python files skipped: names Prometheus does not accept, or samples foreign to the file's type.",
+            s.python_skipped as f64,
+        ),
+        (
+            "shmetrics_mapped_bytes",
+            "Bytes of store files mapped by the scraping process.",
+            s.mapped_bytes as f64,
+        ),
+    ]
 }

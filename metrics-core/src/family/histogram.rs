@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Metric, sealed::Sealed};
-use crate::cell::{Cell, Layout, add_f64};
-use crate::desc::FamilyDesc;
+use super::metric::{Metric, sealed::Sealed};
+use crate::format::desc::FamilyDesc;
 use crate::format::{ErrorKind, MetricType};
+use crate::write::cell::{Cell, Layout, add_f64};
 
 /// A histogram: one counter per bucket and a sum; the count is the sum of the buckets.
 #[derive(Clone)]

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Metric, sealed::Sealed};
-use crate::cell::{Cell, Layout, add_f64};
-use crate::desc::FamilyDesc;
+use super::metric::{Metric, sealed::Sealed};
+use crate::format::desc::FamilyDesc;
 use crate::format::{ErrorKind, MetricType};
+use crate::write::cell::{Cell, Layout, add_f64};
 
 /// An integer counter (`u64`).
 ///

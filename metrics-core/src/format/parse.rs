@@ -4,113 +4,9 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::format::{self, Corrupt, FamilyRecord, HEADER_BYTES, corrupt};
-use crate::region::Region;
-
-/// The header fields a reader needs (re-read on every scrape: a resumed slot changes pid).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Header {
-    pub pid: u32,
-    pub flags: u32,
-    pub start: u64,
-    pub writer_id: u64,
-    pub worker: u64,
-    pub used: usize,
-}
-
-impl Header {
-    pub(crate) fn accumulator(&self) -> bool {
-        self.flags & format::FLAG_ACCUMULATOR != 0
-    }
-}
-
-/// Why a header is not accepted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum HeaderError {
-    /// The file breaks the format.
-    Corrupt(Corrupt),
-    /// The file is a store file of a newer format version than this crate knows (a rolling
-    /// upgrade or downgrade): it is left alone, never folded or deleted.
-    Newer(u32),
-}
-
-impl From<Corrupt> for HeaderError {
-    fn from(c: Corrupt) -> Self {
-        HeaderError::Corrupt(c)
-    }
-}
-
-impl std::fmt::Display for HeaderError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HeaderError::Corrupt(c) => c.fmt(f),
-            HeaderError::Newer(v) => write!(
-                f,
-                "format version {v}, newer than the version {} this reader knows (left alone)",
-                format::VERSION
-            ),
-        }
-    }
-}
-
-/// Checks magic, version and sizes, and reads the header of a file of `size` bytes (the
-/// size just checked: `region` maps at least `min(size, HEADER_BYTES)` bytes of it).
-pub(crate) fn read_header(region: &Region, size: usize) -> Result<Header, HeaderError> {
-    let magic = region.word(0).map(|w| w.load(Ordering::Relaxed).to_le_bytes());
-    if magic.is_none_or(|m| m != format::MAGIC) {
-        return Err(corrupt!("wrong magic: not a shmetrics file").into());
-    }
-    // The version first: a newer version may have another header size.
-    let version_word = region
-        .word(format::H_VERSION * 8)
-        .map(|w| w.load(Ordering::Relaxed))
-        .ok_or_else(|| corrupt!("{size} bytes, shorter than the {HEADER_BYTES}-byte header"))?;
-    let version = version_word as u32;
-    if version > format::VERSION {
-        return Err(HeaderError::Newer(version));
-    }
-    if version != format::VERSION {
-        return Err(corrupt!(
-            "format version {version}, this reader knows version {}",
-            format::VERSION
-        )
-        .into());
-    }
-    if size < HEADER_BYTES {
-        return Err(corrupt!("{size} bytes, shorter than the {HEADER_BYTES}-byte header").into());
-    }
-    let mut h = Vec::with_capacity(format::HEADER_WORDS);
-    if !region.copy_words(0, format::HEADER_WORDS, &mut h) {
-        return Err(corrupt!("header out of range").into());
-    }
-    let header_bytes = (h[format::H_VERSION] >> 32) as usize;
-    if header_bytes != HEADER_BYTES {
-        return Err(corrupt!("header of {header_bytes} bytes, expected {HEADER_BYTES}").into());
-    }
-    let flags = (h[format::H_PID] >> 32) as u32;
-    if flags & !format::FLAG_ACCUMULATOR != 0 {
-        return Err(corrupt!("unknown header flags {flags:#x}").into());
-    }
-    // `used` is published with Release: load it with Acquire, after the other words.
-    let used = region
-        .word(format::H_USED * 8)
-        .map(|w| w.load(Ordering::Acquire))
-        .ok_or_else(|| corrupt!("header out of range"))?;
-    let used = usize::try_from(used).map_err(|_| corrupt!("used length out of range"))?;
-    // `used` may be past `size`: the writer grew the file and published more after the
-    // size was checked. The caller checks the size again (see `Header::used`).
-    if used < HEADER_BYTES || used % 8 != 0 {
-        return Err(corrupt!("used length {used} below {HEADER_BYTES} or unaligned").into());
-    }
-    Ok(Header {
-        pid: h[format::H_PID] as u32,
-        flags,
-        start: h[format::H_START],
-        writer_id: h[format::H_WRITER_ID],
-        worker: h[format::H_WORKER],
-        used,
-    })
-}
+use super::records::{self, Corrupt, FamilyRecord, Removal, corrupt};
+use super::{self as format, HEADER_BYTES};
+use crate::sys::region::Region;
 
 /// A family as found in a file.
 #[derive(Debug, Clone)]
@@ -129,24 +25,6 @@ pub(crate) struct ParsedSeries {
     /// Byte offset of the series record's body (after its header word), and its words.
     pub record: usize,
     pub record_words: usize,
-}
-
-/// One baseline of a removal: a file's values of a series when it was removed.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Baseline {
-    pub writer_id: u64,
-    pub labels: Box<[Box<str>]>,
-    pub values: Vec<u64>,
-}
-
-/// A removal of one series, or of every series of a family.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Removal {
-    pub time: u64,
-    pub family: String,
-    /// `None`: every series of the family.
-    pub labels: Option<Box<[Box<str>]>>,
-    pub baselines: Vec<Baseline>,
 }
 
 /// Everything parsed from one file so far.
@@ -216,10 +94,10 @@ impl Parsed {
                 if self.application.is_some() {
                     return Err(corrupt!("second application record at {at}"));
                 }
-                self.application = Some(format::decode_application(body)?);
+                self.application = Some(records::decode_application(body)?);
             }
             format::REC_FAMILY => {
-                let rec = format::decode_family(body)?;
+                let rec = records::decode_family(body)?;
                 if rec.id as usize != self.families.len() {
                     return Err(corrupt!("family id {} out of sequence at {at}", rec.id));
                 }
@@ -236,7 +114,7 @@ impl Parsed {
                 self.families.push(ParsedFamily { rec, slots });
             }
             format::REC_SERIES => {
-                let rec = format::view_series(body)?;
+                let rec = records::view_series(body)?;
                 let fam = self
                     .families
                     .get(rec.family as usize)
@@ -264,11 +142,11 @@ impl Parsed {
                 if !self.accumulator {
                     return Err(corrupt!("folded-files record outside an accumulator"));
                 }
-                self.folded.extend(format::decode_folded(body)?);
+                self.folded.extend(records::decode_folded(body)?);
             }
             format::REC_REMOVAL => self
                 .removals
-                .push(std::sync::Arc::new(format::decode_removal(body)?)),
+                .push(std::sync::Arc::new(records::decode_removal(body)?)),
             k if k & format::REC_OPTIONAL != 0 => {}
             k => return Err(corrupt!("unknown record kind {k} at {at}")),
         }
@@ -283,12 +161,12 @@ impl Parsed {
         region: &Region,
         s: &ParsedSeries,
         buf: &'b mut Vec<u64>,
-    ) -> Result<format::SeriesView<'b>, Corrupt> {
+    ) -> Result<records::SeriesView<'b>, Corrupt> {
         buf.clear();
         if !region.copy_words(s.record, s.record_words, buf) {
             return Err(corrupt!("series record out of range"));
         }
-        format::view_series(buf)
+        records::view_series(buf)
     }
 
     /// A series' label values, owned.

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Metric, sealed::Sealed};
-use crate::cell::{Cell, Layout, add_f64};
-use crate::desc::FamilyDesc;
+use super::metric::{Metric, sealed::Sealed};
+use crate::format::desc::FamilyDesc;
 use crate::format::{MR_SEQ, MR_TIME, MR_VALUE, MetricType};
 use crate::sys;
+use crate::write::cell::{Cell, Layout, add_f64};
 
 /// A gauge (`f64`). `set`, `inc` and `dec` all work in every mode; the family's
 /// [`GaugeMode`](crate::GaugeMode) says how the processes' values combine at scrape time.

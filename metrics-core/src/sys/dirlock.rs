@@ -28,7 +28,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Error;
 use crate::sys;
-use crate::writer::{LOCK_FILE, TURN_FILE};
+
+/// The directory lock file.
+pub(crate) const LOCK_FILE: &str = ".shmetrics.lock";
+/// The directory lock's turnstile.
+pub(crate) const TURN_FILE: &str = ".shmetrics.turn";
+
+/// The application recorded in `dir`'s lock file, if any (read without locking).
+pub(crate) fn recorded_application(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(LOCK_FILE)).ok()?;
+    owner_of(&text).map(str::to_string)
+}
+
+/// The owner line of a lock file's contents.
+fn owner_of(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("application="))
+}
 
 /// An open lock file, and its turnstile.
 pub(crate) struct DirLock {
@@ -192,7 +207,7 @@ impl DirLock {
         f.take(64 << 10)
             .read_to_string(&mut text)
             .map_err(|e| Error::io("reading", &self.path, e))?;
-        if let Some(owner) = text.lines().find_map(|l| l.strip_prefix("application=")) {
+        if let Some(owner) = owner_of(&text) {
             if owner == application {
                 return Ok(());
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::format::{MR_TIME, MR_VALUE};
 use crate::sys;
-use crate::writer::{BindKey, Writer};
+use crate::write::{BindKey, Waiting, Writer};
 
 /// How often a series without file slots retries to get some.
 pub(crate) const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -190,7 +190,8 @@ impl Cell {
             return f(slots);
         }
         if !self.queued.swap(true, Ordering::AcqRel) {
-            self.writer.wait_for_file(Arc::downgrade(self));
+            let weak: std::sync::Weak<Cell> = Arc::downgrade(self);
+            self.writer.wait_for_file(weak);
         }
         // Under the lock: a bind moves `local` into the file under it too, so no write
         // to `local` can land after the move.
@@ -265,6 +266,16 @@ impl Cell {
             self.queued.store(false, Ordering::Release);
         }
         done
+    }
+}
+
+impl Waiting for Cell {
+    fn flush(&self) -> bool {
+        Cell::flush(self)
+    }
+
+    fn bound(&self) -> bool {
+        Cell::bound(self)
     }
 }
 

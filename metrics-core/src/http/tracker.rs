@@ -1,0 +1,167 @@
+//! [`RequestTracker`]: one request from its start to its record.
+
+use std::sync::Arc;
+
+use super::labels::{DROPPED_STATUS, METHODS, method_index};
+use super::metrics::{HttpMetrics, Inner};
+use super::routes::RouteEntry;
+
+impl HttpMetrics {
+    /// Starts tracking a request: counts it in flight until the tracker is finished or
+    /// dropped, when the request is recorded.
+    #[inline]
+    pub fn start(&self, method: &str) -> RequestTracker {
+        self.inner.in_flight.inc();
+        RequestTracker {
+            metrics: Arc::clone(&self.inner),
+            started: self.inner.clock.raw(),
+            entry: None,
+            route: None,
+            status: None,
+            method: method_index(method),
+            done: false,
+        }
+    }
+}
+
+/// One request being served. Records it when finished or dropped, whichever comes first.
+///
+/// Carry it into the response body, so that latency covers the body and a client that
+/// goes away mid-response is still recorded; it is also the in-flight drop guard.
+pub struct RequestTracker {
+    metrics: Arc<Inner>,
+    /// Raw reading of `metrics.clock` at the start.
+    started: u64,
+    /// The route cache slot of the route's handles, once the route is known.
+    entry: Option<u16>,
+    /// The route, when it had no cache entry.
+    route: Option<Arc<str>>,
+    status: Option<u16>,
+    /// Index into `METHODS` (kept small: trackers travel inside futures and bodies).
+    method: u8,
+    done: bool,
+}
+
+impl std::fmt::Debug for RequestTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTracker")
+            .field("method", &METHODS[usize::from(self.method)])
+            .field("route", &self.route_str())
+            .field("status", &self.status)
+            .field("elapsed", &self.elapsed())
+            .finish()
+    }
+}
+
+impl RequestTracker {
+    /// The route template that matched (`/users/{id}`). Without one, the request is
+    /// recorded as unmatched.
+    #[inline]
+    pub fn set_route(&mut self, route: &str) {
+        let m = &*self.metrics;
+        match m.cache.slot(route, self.method, || {
+            m.duration_histogram(self.method, route).clone()
+        }) {
+            Some(i) => {
+                self.entry = Some(i);
+                self.route = None;
+            }
+            None => {
+                self.entry = None;
+                self.route = Some(route.into());
+            }
+        }
+    }
+
+    fn elapsed(&self) -> std::time::Duration {
+        let clock = &self.metrics.clock;
+        clock.delta(self.started, clock.raw())
+    }
+
+    /// Whether a route was set.
+    pub fn has_route(&self) -> bool {
+        self.entry.is_some() || self.route.is_some()
+    }
+
+    fn entry(&self) -> Option<&RouteEntry> {
+        self.entry.and_then(|i| self.metrics.cache.entry(i))
+    }
+
+    fn route_str(&self) -> Option<&str> {
+        self.entry().map(|e| &*e.route).or(self.route.as_deref())
+    }
+
+    /// The response status (HTTP status, or gRPC status code for gRPC).
+    #[inline]
+    pub fn set_status(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+
+    /// The status set so far.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// Forgets the request without recording it (it turned out to be excluded); the
+    /// in-flight gauge goes back down.
+    pub fn cancel(mut self) {
+        if !self.done {
+            self.done = true;
+            self.metrics.in_flight.dec();
+        }
+    }
+
+    /// Records the request now.
+    pub fn finish(mut self) {
+        self.record(None);
+    }
+
+    /// Records the request now, with `route` (when it is `Some`) instead of the route set
+    /// before: for adapters that learn the route late. Later calls, and the drop, do
+    /// nothing.
+    #[inline]
+    pub fn record(&mut self, route: Option<&str>) {
+        if self.done {
+            return;
+        }
+        let elapsed = self.elapsed();
+        if let Some(r) = route {
+            self.set_route(r);
+        }
+        if self.entry.is_none() && self.route.is_none() {
+            // No route: the one shared unmatched value, cached like a route.
+            let unmatched = Arc::clone(&self.metrics.unmatched);
+            self.set_route(&unmatched);
+        }
+        self.done = true;
+        let m = &*self.metrics;
+        let code = self.status.unwrap_or(DROPPED_STATUS);
+        let route = self.route_str().unwrap_or(&m.unmatched);
+        if !m.exclude.is_empty() && m.exclude.iter().any(|e| e == route) {
+            // An excluded route, known only now (the layer sits outside the router).
+            m.in_flight.dec();
+            return;
+        }
+        let key = if m.status_class { code / 100 * 100 } else { code };
+        match self.entry() {
+            Some(e) => {
+                match e.counter(key, || m.request_counter(self.method, route, code).clone()) {
+                    Some(c) => c.inc(),
+                    None => m.request_counter(self.method, route, code).inc(),
+                }
+                e.duration.observe_duration(elapsed);
+            }
+            None => {
+                m.request_counter(self.method, route, code).inc();
+                m.duration_histogram(self.method, route).observe_duration(elapsed);
+            }
+        }
+        m.in_flight.dec();
+    }
+}
+
+impl Drop for RequestTracker {
+    fn drop(&mut self) {
+        self.record(None);
+    }
+}
