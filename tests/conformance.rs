@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use shmetrics_core::http::{HttpMetrics, MetricsEndpoint};
-use shmetrics_core::testing::http_request;
 use shmetrics_core::{MergedFamily, Snapshot, Store, Value};
+use shmetrics_testing::http_request;
 
 const STREAM_PAUSE: Duration = Duration::from_millis(200);
 const SLOW: Duration = Duration::from_millis(1500);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use shmetrics_core::testing::{ROLE_VAR, RoleProc, http_request, say, wait_for_stdin_eof};
+use shmetrics_testing::{ROLE_VAR, RoleProc, http_request, say, wait_for_stdin_eof};
 
 fn main() {
     if std::env::var(ROLE_VAR).is_ok() {

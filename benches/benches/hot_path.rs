@@ -10,8 +10,8 @@ use prometheus_client::metrics::counter::Counter as PcCounter;
 use prometheus_client::metrics::family::Family as PcFamily;
 use prometheus_client::metrics::gauge::Gauge as PcGauge;
 use prometheus_client::metrics::histogram::Histogram as PcHistogram;
-use shmetrics_core::testing::RawMmapCounter;
 use shmetrics_core::{DEFAULT_BUCKETS, GaugeMode, Store};
+use shmetrics_testing::RawMmapCounter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

@@ -25,7 +25,7 @@ fn scrape(reader: &mut Reader) -> String {
 }
 
 fn python_dir(c: &mut Criterion) {
-    shmetrics_core::testing::ensure_python_prometheus_client();
+    shmetrics_testing::ensure_python_prometheus_client();
     let dir = tempfile::tempdir_in("/dev/shm")
         .or_else(|_| tempfile::tempdir())
         .unwrap();

@@ -1,7 +1,7 @@
 //! Drives N requests through an axum router (bare or with the metrics layer), for
 //! profilers: `valgrind --tool=callgrind target/release/examples/profile_axum [bare|noop|layer] [N]`.
 use axum::Router;
-use shmetrics_core::testing::CountingAllocator;
+use shmetrics_testing::CountingAllocator;
 
 /// Counts allocations; with TRACE set, prints a backtrace of each in the last request.
 #[global_allocator]

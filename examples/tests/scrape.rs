@@ -1,16 +1,13 @@
-//! The `scrape` example, run as a real process on real directories.
+//! The `scrape` tool, run as a real process on real directories.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use shmetrics_core::testing::ensure_python_prometheus_client;
+use shmetrics_testing::ensure_python_prometheus_client;
 
-mod common;
-
-/// The `scrape` example, built once for the tests of this binary.
+/// The `scrape` tool, built by cargo for this test.
 fn scrape_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| common::example_bin("scrape")).clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_scrape"))
 }
 
 fn scrape(args: &[&str]) -> Output {

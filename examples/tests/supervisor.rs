@@ -46,8 +46,7 @@ fn answers(port: u16) -> bool {
 
 fn health(port: u16) -> bool {
     answers(port)
-        && shmetrics_core::testing::http_request(([127, 0, 0, 1], port).into(), "GET", "/health", &[]).0
-            == 200
+        && shmetrics_testing::http_request(([127, 0, 0, 1], port).into(), "GET", "/health", &[]).0 == 200
 }
 
 /// Waits for `child` to exit within `timeout`; its status and stderr.

@@ -51,4 +51,11 @@ mod middleware;
 pub use body::MetricsBody;
 pub use endpoint::{into_response, metrics_handler, metrics_resource};
 pub use middleware::{Metrics, MetricsMiddleware, MetricsResponse};
-pub use shmetrics_core::http::{HttpMetrics, HttpMetricsBuilder, MetricsEndpoint};
+pub use shmetrics_core::http::{
+    HttpMetrics, HttpMetricsBuilder, METRICS_PATH, MetricsEndpoint, RequestTracker,
+};
+/// The store and metric types, so that this crate is the one dependency an app needs.
+pub use shmetrics_core::{
+    self as core, Counter, CounterF64, DEFAULT_BUCKETS, Error, Family, Gauge, GaugeMode, Histogram, Result,
+    Store, StoreBuilder,
+};

@@ -8,25 +8,40 @@ use std::task::{Context, Poll};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use actix_web::body::MessageBody;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::Uri;
-use actix_web::{Error, HttpRequest};
+use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION};
+use actix_web::http::{Method, Uri};
+use actix_web::{Error, HttpRequest, HttpResponse, web};
+use futures_util::future::{Either, LocalBoxFuture};
 use pin_project_lite::pin_project;
 use shmetrics_core::Store;
-use shmetrics_core::http::{HttpMetrics, RequestTracker};
+use shmetrics_core::http::{HttpMetrics, METRICS_PATH, MetricsEndpoint, RequestTracker};
 
 use crate::body::MetricsBody;
+use crate::endpoint::into_response;
 
 /// Middleware factory recording `http_requests_total`, `http_request_duration_seconds`
 /// and `http_requests_in_flight`. Register it with `App::wrap`; clone it into each
 /// worker's `App` (the store is shared).
 ///
-/// Options (prefix, constant labels, buckets, which labels, status classes, excluded
-/// paths) are set on [`HttpMetrics::builder`] and passed to [`Metrics::from_metrics`].
+/// Requests to `/metrics` (the scrape endpoint) are not recorded. Options (prefix,
+/// constant labels, buckets, which labels, status classes, excluded paths, the endpoint's
+/// path) are set on [`HttpMetrics::builder`] and passed to [`Metrics::from_metrics`].
+/// [`Metrics::with_endpoint`] also answers the scrapes itself.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     metrics: HttpMetrics,
+    endpoint: Option<Endpoint>,
+}
+
+/// The scrape endpoint a [`Metrics`] serves itself.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    path: Arc<str>,
+    endpoint: MetricsEndpoint,
 }
 
 impl Metrics {
@@ -35,9 +50,45 @@ impl Metrics {
         Ok(Metrics::from_metrics(HttpMetrics::new(store)?))
     }
 
+    /// Everything an actix-web app needs, in one call: middleware that records every
+    /// request (default names and labels) and answers `GET /metrics` (and `HEAD`) itself
+    /// with [`MetricsEndpoint::from_env`] (`METRICS_AUTH_TOKEN`, `ENABLE_METRICS`); scrapes
+    /// are not recorded.
+    ///
+    /// ```
+    /// use actix_web::{App, web};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_actix::Store::open(dir.path())?;
+    /// let metrics = shmetrics_actix::Metrics::with_endpoint(&store)?;
+    /// let app = App::new()
+    ///     .wrap(metrics.clone())
+    ///     .route("/users/{id}", web::get().to(|| async { "user" }));
+    /// # let _ = app;
+    /// # Ok::<(), shmetrics_actix::Error>(())
+    /// ```
+    pub fn with_endpoint(store: &Store) -> shmetrics_core::Result<Self> {
+        Metrics::with_endpoint_from(HttpMetrics::builder(store), MetricsEndpoint::from_env(store)?)
+    }
+
+    /// [`Metrics::with_endpoint`] with options: the metrics `builder` (its
+    /// [`metrics_path`](shmetrics_core::http::HttpMetricsBuilder::metrics_path), `/metrics`
+    /// by default, is where `endpoint` is served, and is not recorded).
+    pub fn with_endpoint_from(
+        builder: shmetrics_core::http::HttpMetricsBuilder,
+        endpoint: MetricsEndpoint,
+    ) -> shmetrics_core::Result<Self> {
+        let path: Arc<str> = builder.endpoint_path().unwrap_or(METRICS_PATH).into();
+        let mut m = Metrics::from_metrics(builder.build()?);
+        m.endpoint = Some(Endpoint { path, endpoint });
+        Ok(m)
+    }
+
     /// Middleware recording into `metrics`.
     pub fn from_metrics(metrics: HttpMetrics) -> Self {
-        Metrics { metrics }
+        Metrics {
+            metrics,
+            endpoint: None,
+        }
     }
 
     /// The metrics this middleware records into.
@@ -49,9 +100,9 @@ impl Metrics {
 impl<S, B> Transform<S, ServiceRequest> for Metrics
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<MetricsBody<B>>;
+    type Response = ServiceResponse<EitherBody<MetricsBody<B>>>;
     type Error = Error;
     type Transform = MetricsMiddleware<S>;
     type InitError = ();
@@ -61,6 +112,7 @@ where
         ready(Ok(MetricsMiddleware {
             service,
             metrics: self.metrics.clone(),
+            endpoint: self.endpoint.clone(),
             routed: Rc::new(RefCell::new(None)),
         }))
     }
@@ -70,6 +122,7 @@ where
 pub struct MetricsMiddleware<S> {
     service: S,
     metrics: HttpMetrics,
+    endpoint: Option<Endpoint>,
     /// A request of this app that completed: its resource map resolves the route of a
     /// request dropped before its response (routing is done, but the request is gone).
     routed: Rc<RefCell<Option<HttpRequest>>>,
@@ -86,15 +139,49 @@ impl<S> std::fmt::Debug for MetricsMiddleware<S> {
 impl<S, B> Service<ServiceRequest> for MetricsMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    B: MessageBody,
+    B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<MetricsBody<B>>;
+    type Response = ServiceResponse<EitherBody<MetricsBody<B>>>;
     type Error = Error;
-    type Future = MetricsResponse<S, B>;
+    type Future = Either<MetricsResponse<S, B>, LocalBoxFuture<'static, Result<Self::Response, Error>>>;
 
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
+        if let Some(ep) = &self.endpoint {
+            if req.path() == &*ep.path && (req.method() == Method::GET || req.method() == Method::HEAD) {
+                return Either::Right(Box::pin(scrape(ep.endpoint.clone(), req)));
+            }
+        }
+        Either::Left(self.record(req))
+    }
+}
+
+/// Answers a scrape (the merge reads files, so it runs on the blocking pool).
+async fn scrape<B>(
+    endpoint: MetricsEndpoint,
+    req: ServiceRequest,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    let header = |name| req.headers().get(name).map(|v| v.as_bytes().to_vec());
+    let auth = header(AUTHORIZATION);
+    let accept = header(ACCEPT_ENCODING);
+    let res = match web::block(move || endpoint.respond(auth.as_deref(), accept.as_deref())).await {
+        Ok(r) => into_response(r),
+        Err(e) => {
+            tracing::error!("scrape task failed: {e}");
+            HttpResponse::InternalServerError().body("scrape failed\n")
+        }
+    };
+    Ok(req.into_response(res).map_into_right_body())
+}
+
+impl<S, B> MetricsMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody,
+{
+    /// Calls the app, tracking the request.
+    fn record(&self, req: ServiceRequest) -> MetricsResponse<S, B> {
         if self.metrics.excluded(req.path()) {
             return MetricsResponse::new(self.service.call(req), None, None);
         }
@@ -259,7 +346,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
     B: MessageBody,
 {
-    type Output = Result<ServiceResponse<MetricsBody<B>>, Error>;
+    type Output = Result<ServiceResponse<EitherBody<MetricsBody<B>>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -293,7 +380,9 @@ where
                 *d.routed.borrow_mut() = Some(res.request().clone());
             }
         }
-        Poll::Ready(Ok(res.map_body(move |_, body| MetricsBody::new(body, tracker))))
+        Poll::Ready(Ok(res.map_body(move |_, body| {
+            EitherBody::left(MetricsBody::new(body, tracker))
+        })))
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use shmetrics_core::testing::{ROLE_VAR, RoleProc, say, wait_for_stdin_eof};
 use shmetrics_core::{Counter, Family, Reader, Store};
+use shmetrics_testing::{ROLE_VAR, RoleProc, say, wait_for_stdin_eof};
 
 type Test = fn() -> Result<(), Failed>;
 
@@ -351,7 +351,7 @@ fn role_scrape_loop(dir: &str, millis: u64) {
 }
 
 fn python_writes(dir: &str, script: &str) -> Result<(), Failed> {
-    shmetrics_core::testing::ensure_python_prometheus_client();
+    shmetrics_testing::ensure_python_prometheus_client();
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(script)

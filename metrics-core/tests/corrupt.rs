@@ -252,7 +252,7 @@ fn accepted_damaged_files_still_encode_valid_openmetrics() {
 
 fn strict_parse_all(texts: &[String]) {
     use std::io::Write;
-    shmetrics_core::testing::ensure_python_prometheus_client();
+    shmetrics_testing::ensure_python_prometheus_client();
     const SCRIPT: &str = r#"
 import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families

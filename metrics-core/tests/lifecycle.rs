@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use shmetrics_core::testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 use shmetrics_core::{GaugeMode, MergedFamily, Reader, Store};
+use shmetrics_testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 
 type Test = fn() -> Result<(), Failed>;
 
@@ -962,7 +962,7 @@ fn rolling_deploy() -> Result<(), Failed> {
         }
         Ok(())
     };
-    shmetrics_core::testing::ensure_python_prometheus_client();
+    shmetrics_testing::ensure_python_prometheus_client();
     release(d, "v1", &[1, 2, 3], false);
     check(6, 0, 3, 0)?;
     // The new release starts while an old worker still runs; its store folds the dead.

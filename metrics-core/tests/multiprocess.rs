@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use shmetrics_core::testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 use shmetrics_core::{Counter, Family, GaugeMode, Histogram, Reader, Store, Value};
+use shmetrics_testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 
 const PROCS: usize = 4;
 const THREADS: usize = 4;

@@ -22,7 +22,7 @@ json.dump(out, sys.stdout)
 
 /// Runs the strict parser; panics with its error message if it rejects `text`.
 pub fn parse_openmetrics(text: &str) -> Vec<Sample> {
-    shmetrics_core::testing::ensure_python_prometheus_client();
+    shmetrics_testing::ensure_python_prometheus_client();
     let mut child = Command::new("python3")
         .args(["-c", PARSER])
         .stdin(Stdio::piped())

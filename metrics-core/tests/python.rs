@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 
 use prometheus_client::registry::Registry;
 use serde_json::Value as Json;
-use shmetrics_core::testing::ensure_python_prometheus_client;
 use shmetrics_core::{GaugeMode, Opts, Reader, Store};
+use shmetrics_testing::ensure_python_prometheus_client;
 
 fn helper() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python_multiprocess.py")

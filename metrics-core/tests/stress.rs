@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use rand::Rng;
-use shmetrics_core::testing::{ROLE_VAR, RoleProc, say, wait_for_stdin_eof};
 use shmetrics_core::{GaugeMode, Reader, Snapshot, Store, Value};
+use shmetrics_testing::{ROLE_VAR, RoleProc, say, wait_for_stdin_eof};
 
 type Test = fn() -> Result<(), Failed>;
 

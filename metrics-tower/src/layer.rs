@@ -2,6 +2,8 @@
 
 use shmetrics_core::Store;
 use shmetrics_core::http::HttpMetrics;
+#[cfg(feature = "axum")]
+use shmetrics_core::http::{HttpMetricsBuilder, METRICS_PATH, MetricsEndpoint};
 use tower_layer::Layer;
 
 use crate::service::Metrics;
@@ -20,8 +22,10 @@ use crate::service::Metrics;
 /// # Ok::<(), shmetrics_core::Error>(())
 /// ```
 ///
-/// Options (prefix, constant labels, buckets, which labels, status classes, excluded
-/// paths) are set on [`HttpMetrics::builder`] and passed to [`MetricsLayer::from_metrics`].
+/// Requests to `/metrics` (the scrape endpoint) are not recorded. Options (prefix,
+/// constant labels, buckets, which labels, status classes, excluded paths, the endpoint's
+/// path) are set on [`HttpMetrics::builder`] and passed to [`MetricsLayer::from_metrics`];
+/// [`MetricsLayer::pair`] also gives the `/metrics` router.
 #[derive(Clone, Debug)]
 pub struct MetricsLayer {
     metrics: HttpMetrics,
@@ -58,6 +62,51 @@ impl MetricsLayer {
     /// The metrics this layer records into.
     pub fn metrics(&self) -> &HttpMetrics {
         &self.metrics
+    }
+}
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl MetricsLayer {
+    /// Everything an axum app needs, in one call: the layer (default names and labels;
+    /// scrapes of `/metrics` are not recorded) and a router serving `/metrics` with
+    /// [`MetricsEndpoint::from_env`] (`METRICS_AUTH_TOKEN`, `ENABLE_METRICS`). Merge the
+    /// router into the app and add the layer last, so that it sees every route:
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_tower::Store::open(dir.path())?;
+    /// let (metrics_layer, metrics_router) = shmetrics_tower::MetricsLayer::pair(&store)?;
+    /// let app: Router = Router::new()
+    ///     .route("/users/{id}", get(|| async { "user" }))
+    ///     .merge(metrics_router)
+    ///     .layer(metrics_layer);
+    /// # Ok::<(), shmetrics_tower::Error>(())
+    /// ```
+    pub fn pair<S>(store: &Store) -> shmetrics_core::Result<(MetricsLayer, axum::Router<S>)>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        MetricsLayer::pair_with(HttpMetrics::builder(store), MetricsEndpoint::from_env(store)?)
+    }
+
+    /// [`MetricsLayer::pair`] with options: the metrics `builder` (its
+    /// [`metrics_path`](HttpMetricsBuilder::metrics_path), `/metrics` by default, is where
+    /// the router serves `endpoint`, and is not recorded).
+    pub fn pair_with<S>(
+        builder: HttpMetricsBuilder,
+        endpoint: MetricsEndpoint,
+    ) -> shmetrics_core::Result<(MetricsLayer, axum::Router<S>)>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let path = builder.endpoint_path().unwrap_or(METRICS_PATH).to_string();
+        let layer = MetricsLayer::from_metrics(builder.build()?);
+        Ok((
+            layer,
+            axum::Router::new().route(&path, crate::metrics_route(endpoint)),
+        ))
     }
 }
 

@@ -1,24 +1,26 @@
-//! Where the route template comes from, and [`RouteLayer`], the helper for a metrics layer
-//! that wraps the whole router from outside.
+//! Where the route template comes from: axum's `MatchedPath`, a [`RouteSlot`] filled after
+//! routing, or the gRPC method path.
 
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-
-use axum::extract::MatchedPath;
-use http::{HeaderMap, Request};
+use http::HeaderMap;
 use shmetrics_core::http::RequestTracker;
-use tower_layer::Layer;
-use tower_service::Service;
+use std::sync::{Arc, OnceLock};
 
-/// Shared between the metrics layer (outside the router) and [`RouteLayer`] (inside it):
-/// the route template that matched, set once routing is done.
+/// Put in the request's extensions by a metrics layer that does not know the route when
+/// the request arrives (it wraps the router from outside): the route template that
+/// matched, set once routing is done, by [`RouteLayer`] (axum) or by the application's own
+/// router (hyper: `req.extensions().get::<RouteSlot>().map(|s| s.set("/users/{id}"))`).
 #[derive(Clone, Debug, Default)]
-pub struct RouteSlot(Arc<OnceLock<MatchedPath>>);
+pub struct RouteSlot(Arc<OnceLock<Box<str>>>);
 
 impl RouteSlot {
     /// The route that matched, if any yet.
     pub fn get(&self) -> Option<&str> {
-        self.0.get().map(MatchedPath::as_str)
+        self.0.get().map(|r| &**r)
+    }
+
+    /// Sets the route template that matched (the first call wins).
+    pub fn set(&self, route: &str) {
+        let _ = self.0.set(route.into());
     }
 }
 
@@ -80,63 +82,4 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// The `grpc-status` of a header or trailer map.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Tells a [`MetricsLayer`](crate::MetricsLayer) that wraps the whole router from outside
-/// which route matched. Add it to the router with `Router::layer`; a layer applied with
-/// `Router::layer` itself needs no helper.
-///
-/// ```
-/// use axum::{Router, routing::get};
-/// use shmetrics_tower::{MetricsLayer, RouteLayer};
-/// use tower_layer::Layer;
-/// # let dir = tempfile::tempdir().unwrap();
-/// # let store = shmetrics_core::Store::open(dir.path())?;
-/// let router: Router = Router::new()
-///     .route("/users/{id}", get(|| async { "user" }))
-///     .layer(RouteLayer);
-/// // E.g. to count requests that no route matched with their own middleware stack:
-/// let service = MetricsLayer::new(&store)?.layer(router);
-/// # let _ = service;
-/// # Ok::<(), shmetrics_core::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RouteLayer;
-
-impl<S> Layer<S> for RouteLayer {
-    type Service = RouteService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RouteService { inner }
-    }
-}
-
-/// Service of [`RouteLayer`].
-#[derive(Clone, Debug)]
-pub struct RouteService<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for RouteService<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let (Some(slot), Some(m)) = (
-            req.extensions().get::<RouteSlot>(),
-            req.extensions().get::<MatchedPath>(),
-        ) {
-            let _ = slot.0.set(m.clone());
-        }
-        self.inner.call(req)
-    }
 }

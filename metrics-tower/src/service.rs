@@ -2,6 +2,7 @@
 
 use std::task::{Context, Poll};
 
+#[cfg(feature = "axum")]
 use axum::extract::MatchedPath;
 use http::{Request, Response};
 use shmetrics_core::http::HttpMetrics;
@@ -51,14 +52,18 @@ where
         // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
         let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
         let mut tracker = self.metrics.start(req.method().as_str());
-        let route = match req.extensions().get::<MatchedPath>() {
+        #[cfg(feature = "axum")]
+        let matched = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+        #[cfg(not(feature = "axum"))]
+        let matched: Option<&str> = None;
+        let route = match matched {
             // Inside the router (`Router::layer`): the route template is known now.
-            Some(m) if self.metrics.excluded(m.as_str()) => {
+            Some(m) if self.metrics.excluded(m) => {
                 tracker.cancel();
                 return ResponseFuture::new(self.inner.call(req), None);
             }
             Some(m) => {
-                tracker.set_route(m.as_str());
+                tracker.set_route(m);
                 Route::Known
             }
             // gRPC methods are a closed set: the path is the method (`/pkg.Service/Method`).

@@ -384,11 +384,25 @@ async fn metrics_endpoint_token_and_switch() {
 
 #[tokio::test]
 async fn the_metrics_route_composes_with_the_layer() {
+    // By default the layer leaves the scrape endpoint out.
     let (_d, store) = store();
-    // Not excluded: scrapes are requests like any other.
     let app = Router::new()
         .route("/metrics", metrics_route(MetricsEndpoint::new(&store)))
         .layer(MetricsLayer::new(&store).unwrap());
+    get_metrics(app.clone(), None, false).await;
+    let (_, _, body) = get_metrics(app, None, false).await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("# TYPE http_requests counter") && !text.contains(r#"path="/metrics""#),
+        "{text}"
+    );
+
+    // With no endpoint path, scrapes are requests like any other.
+    let (_d, store) = self::store();
+    let metrics = HttpMetrics::builder(&store).metrics_path(None).build().unwrap();
+    let app = Router::new()
+        .route("/metrics", metrics_route(MetricsEndpoint::new(&store)))
+        .layer(MetricsLayer::from_metrics(metrics));
     get_metrics(app.clone(), None, false).await;
     let (_, _, body) = get_metrics(app, None, false).await;
     let text = String::from_utf8(body).unwrap();

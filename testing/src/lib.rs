@@ -1,6 +1,7 @@
-//! Helpers for multi-process tests (feature `testing`; not part of the stable API): child
+//! Helpers for the workspace's multi-process tests and benches (not published): child
 //! processes in "roles" of the running test binary, a line protocol on their stdout,
-//! bounded waits, and real signals.
+//! bounded waits, real signals, a small HTTP client, the pip install of Python's
+//! `prometheus_client`, a raw counter on a mapped page and a counting allocator.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -258,7 +259,7 @@ impl RawMmapCounter {
 ///
 /// ```ignore
 /// #[global_allocator]
-/// static ALLOC: shmetrics_core::testing::CountingAllocator = shmetrics_core::testing::CountingAllocator::new();
+/// static ALLOC: shmetrics_testing::CountingAllocator = shmetrics_testing::CountingAllocator::new();
 /// ```
 #[derive(Debug)]
 pub struct CountingAllocator {

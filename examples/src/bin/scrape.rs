@@ -3,8 +3,8 @@
 //! debugging and for scripts.
 //!
 //! ```sh
-//! cargo run --release --example scrape -- /dev/shm/prometheus/my-api
-//! cargo run --release --example scrape -- --without-self-metrics "$PROMETHEUS_MULTIPROC_DIR"
+//! cargo run --release -p shmetrics-examples --bin scrape -- /dev/shm/prometheus/my-api
+//! cargo run --release -p shmetrics-examples --bin scrape -- --without-self-metrics "$PROMETHEUS_MULTIPROC_DIR"
 //! ```
 //!
 //! Exit codes: 0 with the exposition on stdout; 2 for a usage error or a directory that

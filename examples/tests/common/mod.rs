@@ -1,22 +1,22 @@
 //! Helpers shared by the tests that run the examples as real processes.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-/// The example binary `name`, built (or found up to date) by cargo in this test's profile.
+/// The example binary `name`, as `cargo test` builds it for this package (the examples of
+/// a package are built before its tests run; this test does not build anything itself).
 pub fn example_bin(name: &str) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "shmetrics-examples", "--example", name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build --example {name} failed");
-    // target/debug/deps/<test> -> target/debug/examples/<name>
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
+    let bin = exe
         .parent()
-        .unwrap()
-        .join("examples")
-        .join(name)
+        .and_then(|p| p.parent())
+        .map(|p| p.join("examples").join(name))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: run these tests with `cargo test -p shmetrics-examples` (which builds the \
+         examples first), or `cargo build -p shmetrics-examples --examples` before a single test",
+        bin.display()
+    );
+    bin
 }

@@ -1,0 +1,33 @@
+//! Drives N requests through an actix-web app (bare or with the metrics middleware), for
+//! instruction counts: `valgrind --tool=callgrind target/release/examples/profile_actix
+//! [bare|layer] [N]`. The middleware's cost per request is (layer - bare) / N.
+use actix_web::{App, test, web};
+
+fn main() {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let n: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = shmetrics_benches::builder(dir.path()).open().unwrap();
+    let sys = actix_web::rt::System::new();
+    let layer = mode == "layer";
+    sys.block_on(async {
+        let app = test::init_service(
+            App::new()
+                .wrap(actix_web::middleware::Condition::new(
+                    layer,
+                    shmetrics_actix::Metrics::new(&store).unwrap(),
+                ))
+                .service(web::resource("/users/{id}").route(web::get().to(|| async { "user" }))),
+        )
+        .await;
+        for _ in 0..n {
+            let req = test::TestRequest::get().uri("/users/42").to_request();
+            let res = test::call_service(&app, req).await;
+            test::read_body(res).await;
+        }
+    });
+    eprintln!("{mode}: {n} requests");
+}
