@@ -1,6 +1,7 @@
 //! Drives N requests through an actix-web app (bare or with the metrics middleware), for
-//! instruction counts: `valgrind --tool=callgrind target/release/examples/profile_actix
-//! [bare|layer] [N]`. The middleware's cost per request is (layer - bare) / N.
+//! instruction counts: `valgrind --tool=callgrind --toggle-collect='*requests*'
+//! target/release/examples/profile_actix [bare|layer] [N]`. The middleware's cost per
+//! request is (layer - bare) / N.
 use actix_web::{App, test, web};
 
 fn main() {
@@ -23,11 +24,24 @@ fn main() {
                 .service(web::resource("/users/{id}").route(web::get().to(|| async { "user" }))),
         )
         .await;
-        for _ in 0..n {
-            let req = test::TestRequest::get().uri("/users/42").to_request();
-            let res = test::call_service(&app, req).await;
-            test::read_body(res).await;
-        }
+        requests(&app, n).await;
     });
     eprintln!("{mode}: {n} requests");
+}
+
+/// The measured part: `n` requests (`--toggle-collect='*requests*'` counts only these).
+async fn requests<S, B>(app: &S, n: usize)
+where
+    S: actix_web::dev::Service<
+            actix_http::Request,
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+        >,
+    B: actix_web::body::MessageBody,
+{
+    for _ in 0..n {
+        let req = test::TestRequest::get().uri("/users/42").to_request();
+        let res = test::call_service(app, req).await;
+        test::read_body(res).await;
+    }
 }

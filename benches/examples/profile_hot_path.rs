@@ -1,6 +1,7 @@
 //! The write path, for instruction counts: `valgrind --tool=callgrind
-//! target/release/examples/profile_hot_path [N]` does N pre-bound counter increments and
-//! N/10 labelled counter + histogram pairs (as a request's middleware records them).
+//! target/release/examples/profile_hot_path [N] [M]` does N pre-bound counter increments
+//! and M (default N/10) labelled counter + histogram pairs (as a request's middleware
+//! records them). Runs with `N 0` and `0 M` give each part's cost.
 use std::hint::black_box;
 
 use shmetrics_core::{DEFAULT_BUCKETS, Store};
@@ -10,6 +11,10 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
+    let pairs: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(n / 10);
     let dir = tempfile::tempdir_in("/dev/shm")
         .or_else(|_| tempfile::tempdir())
         .unwrap();
@@ -30,12 +35,12 @@ fn main() {
         black_box(&counter).inc();
     }
     let mut v = 0.0;
-    for _ in 0..n / 10 {
+    for _ in 0..pairs {
         v = if v > 0.5 { 0.0 } else { v + 0.001 };
         requests.labels(black_box(&["GET", "/users/{id}", "200"])).inc();
         latency
             .labels(black_box(&["GET", "/users/{id}"]))
             .observe(black_box(v));
     }
-    eprintln!("{n} increments, {} pairs", n / 10);
+    eprintln!("{n} increments, {pairs} pairs");
 }

@@ -143,17 +143,17 @@ where
 {
     type Response = ServiceResponse<EitherBody<MetricsBody<B>>>;
     type Error = Error;
-    type Future = Either<MetricsResponse<S, B>, LocalBoxFuture<'static, Result<Self::Response, Error>>>;
+    type Future = MetricsResponse<S, B>;
 
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         if let Some(ep) = &self.endpoint {
             if req.path() == &*ep.path && (req.method() == Method::GET || req.method() == Method::HEAD) {
-                return Either::Right(Box::pin(scrape(ep.endpoint.clone(), req)));
+                return MetricsResponse::scrape(Box::pin(scrape(ep.endpoint.clone(), req)));
             }
         }
-        Either::Left(self.record(req))
+        self.record(req)
     }
 }
 
@@ -290,8 +290,9 @@ pin_project! {
     where
         S: Service<ServiceRequest>,
     {
+        // The app's response, or a scrape this middleware answers itself.
         #[pin]
-        fut: S::Future,
+        fut: Either<S::Future, Scrape<B>>,
         tracker: Option<RequestTracker>,
         dropped: Option<DropRoute>,
         _body: PhantomData<B>,
@@ -322,13 +323,30 @@ where
 {
     fn new(fut: S::Future, tracker: Option<RequestTracker>, dropped: Option<DropRoute>) -> Self {
         MetricsResponse {
-            fut,
+            fut: Either::Left(fut),
             tracker,
             dropped,
             _body: PhantomData,
         }
     }
 }
+
+impl<S, B> MetricsResponse<S, B>
+where
+    S: Service<ServiceRequest>,
+{
+    fn scrape(fut: Scrape<B>) -> Self {
+        MetricsResponse {
+            fut: Either::Right(fut),
+            tracker: None,
+            dropped: None,
+            _body: PhantomData,
+        }
+    }
+}
+
+/// A scrape answered by the middleware.
+type Scrape<B> = LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<MetricsBody<B>>>, Error>>;
 
 impl<S, B> std::fmt::Debug for MetricsResponse<S, B>
 where
@@ -350,7 +368,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = match std::task::ready!(this.fut.poll(cx)) {
+        let fut = match this.fut.as_pin_mut() {
+            Either::Left(fut) => fut,
+            Either::Right(scrape) => return scrape.poll(cx),
+        };
+        let res = match std::task::ready!(fut.poll(cx)) {
             Ok(res) => res,
             Err(err) => {
                 if let Some(mut t) = this.tracker.take() {

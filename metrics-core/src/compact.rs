@@ -178,10 +178,7 @@ type Locked = (Vec<std::fs::File>, Vec<(PathBuf, u64)>);
 /// writer is dead, and no one (a worker taking its slot back) can open it for writing while
 /// it is folded. Returns the held files and the (path, writer id) of each; stops early when
 /// out of descriptors (the rest wait for the next round).
-fn lock_sources(
-    plan: &FoldPlan,
-    chosen: &[usize],
-) -> Result<Locked, Error> {
+fn lock_sources(plan: &FoldPlan, chosen: &[usize]) -> Result<Locked, Error> {
     let mut held = Vec::new();
     let mut selected: Vec<(PathBuf, u64)> = Vec::new();
     for &i in chosen {

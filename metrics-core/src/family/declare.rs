@@ -18,9 +18,11 @@ impl Store {
     /// Declares a family of `M` (or returns the existing one if this process already
     /// declared it identically).
     ///
-    /// Fails with a clear error if a name is invalid, or if this process or another live
-    /// process of the directory declared the name with another type, labels, buckets or
-    /// gauge mode.
+    /// Fails with a clear error if a name is invalid, if this process declared the name
+    /// otherwise, if another live process of the directory declared it with another type
+    /// or gauge mode, or if its exposed names would clash with another family's. Another
+    /// live process may declare it with other labels or buckets (two releases of a rolling
+    /// deploy): each keeps its series.
     pub fn register<M: Metric>(&self, opts: Opts) -> Result<Family<M>> {
         let shared = self.shared();
         let desc = FamilyDesc::new(M::TYPE, opts, shared.config.series_limit)?;

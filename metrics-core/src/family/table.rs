@@ -29,7 +29,7 @@ type Slots<M> = Box<[OnceLock<Entry<M>>]>;
 /// Label values to `M`.
 pub(crate) struct Table<M> {
     hasher: foldhash::fast::RandomState,
-    generations: Box<[OnceLock<Slots<M>>]>,
+    generations: [OnceLock<Slots<M>>; GENERATIONS],
     /// The generation lookups use (published after it is filled).
     current: AtomicUsize,
     len: AtomicUsize,
@@ -38,7 +38,7 @@ pub(crate) struct Table<M> {
 
 impl<M: Clone> Table<M> {
     pub(crate) fn new() -> Self {
-        let generations: Box<[OnceLock<Slots<M>>]> = (0..GENERATIONS).map(|_| OnceLock::new()).collect();
+        let generations: [OnceLock<Slots<M>>; GENERATIONS] = std::array::from_fn(|_| OnceLock::new());
         let _ = generations[0].set(empty_slots(FIRST_SLOTS));
         Table {
             hasher: foldhash::fast::RandomState::default(),
@@ -67,19 +67,23 @@ impl<M: Clone> Table<M> {
     /// The current generation's slots.
     #[inline]
     fn slots(&self) -> &[OnceLock<Entry<M>>] {
-        let g = self.current.load(Ordering::Acquire);
+        let g = self.current.load(Ordering::Acquire) % GENERATIONS;
         // Published only once filled: the generation is set.
         self.generations[g].get().map_or(&[], |s| &s[..])
     }
 
-    /// The entry for `values` (of hash `hash`), if there is one.
-    #[inline]
+    /// The entry for `values` (of hash `hash`), if there is one. Inlined into the
+    /// lookup of the hot path (a call costs its register saves each time).
+    #[inline(always)]
     pub(crate) fn find(&self, hash: u64, values: &[&str]) -> Option<&M> {
-        let slots = self.slots();
-        let mask = slots.len().checked_sub(1)?;
-        let mut i = hash as usize & mask;
+        let g = self.current.load(Ordering::Acquire) % GENERATIONS;
+        let slots = self.generations[g].get()?;
+        // A power of two: every generation is.
+        let mask = slots.len().wrapping_sub(1);
+        let mut i = hash as usize;
         loop {
-            let e = slots[i].get()?;
+            i &= mask;
+            let e = slots.get(i)?.get()?;
             if e.hash == hash
                 && e.labels.len() == values.len()
                 && e.labels
@@ -89,7 +93,7 @@ impl<M: Clone> Table<M> {
             {
                 return Some(&e.metric);
             }
-            i = (i + 1) & mask;
+            i = i.wrapping_add(1);
         }
     }
 

@@ -433,6 +433,13 @@ impl<'a> SeriesView<'a> {
 
     /// The label values, in order.
     pub(crate) fn labels(&self) -> impl Iterator<Item = &'a str> + Clone + 'a {
+        // Validated by `view_series`: the check cannot fail here.
+        self.label_bytes().map(|b| std::str::from_utf8(b).unwrap_or(""))
+    }
+
+    /// The label values as bytes (UTF-8, checked by `view_series`), for lookups that
+    /// compare bytes and need no second check.
+    pub(crate) fn label_bytes(&self) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
         let bytes = self.labels;
         let mut pos = 0;
         (0..self.count).map(move |_| {
@@ -442,8 +449,7 @@ impl<'a> SeriesView<'a> {
             let len = u64::from_le_bytes(len_bytes) as usize;
             let start = pos + 8;
             pos = start + len.div_ceil(8) * 8;
-            // Validated by `view_series`: the check cannot fail here.
-            std::str::from_utf8(&bytes[start..start + len]).unwrap_or("")
+            &bytes[start..start + len]
         })
     }
 }

@@ -12,6 +12,12 @@
 //! matched share one value ([`UNMATCHED`] by default), methods outside the standard set
 //! share [`OTHER_METHOD`]. A request that ends before its response (client gone) is
 //! recorded with status [`DROPPED_STATUS`] (499, nginx's "client closed request").
+//! Requests to the scrape endpoint ([`METRICS_PATH`] unless
+//! [`HttpMetricsBuilder::metrics_path`] says otherwise) are not recorded.
+//!
+//! Here: [`metrics`](HttpMetrics) (the families and options), the request tracker
+//! ([`RequestTracker`]) with its route cache, the label values, and the endpoint
+//! ([`MetricsEndpoint`]: bearer token, on/off switch, gzip).
 //!
 //! ```
 //! use shmetrics_core::{Store, http::HttpMetrics};

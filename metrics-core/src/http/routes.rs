@@ -24,6 +24,8 @@ pub(super) struct RouteEntry {
     pub(super) route: Box<str>,
     method: u8,
     pub(super) duration: Histogram,
+    /// Whether the route is one the metrics leave out (decided once).
+    pub(super) excluded: bool,
     /// (status, its request counter), filled in the order statuses are first seen.
     statuses: [OnceLock<(u16, Counter)>; ENTRY_STATUSES],
 }
@@ -67,9 +69,16 @@ impl RouteCache {
     }
 
     /// The slot of (route, method), its entry created on first use with the latency
-    /// histogram `duration` makes; `None` if the slot holds another route.
+    /// histogram `duration` makes and whether the route is `excluded`; `None` if the slot
+    /// holds another route.
     #[inline]
-    pub(super) fn slot(&self, route: &str, method: u8, duration: impl FnOnce() -> Histogram) -> Option<u16> {
+    pub(super) fn slot(
+        &self,
+        route: &str,
+        method: u8,
+        duration: impl FnOnce() -> Histogram,
+        excluded: impl FnOnce() -> bool,
+    ) -> Option<u16> {
         let mut h = self.hasher.build_hasher();
         h.write(route.as_bytes());
         h.write_u8(method);
@@ -83,6 +92,7 @@ impl RouteCache {
                     route: route.into(),
                     method,
                     duration: duration(),
+                    excluded: excluded(),
                     statuses: std::array::from_fn(|_| OnceLock::new()),
                 })
             }

@@ -59,9 +59,13 @@ impl RequestTracker {
     #[inline]
     pub fn set_route(&mut self, route: &str) {
         let m = &*self.metrics;
-        match m.cache.slot(route, self.method, || {
-            m.duration_histogram(self.method, route).clone()
-        }) {
+        let slot = m.cache.slot(
+            route,
+            self.method,
+            || m.duration_histogram(self.method, route).clone(),
+            || m.exclude.iter().any(|e| e == route),
+        );
+        match slot {
             Some(i) => {
                 self.entry = Some(i);
                 self.route = None;
@@ -136,14 +140,22 @@ impl RequestTracker {
         self.done = true;
         let m = &*self.metrics;
         let code = self.status.unwrap_or(DROPPED_STATUS);
-        let route = self.route_str().unwrap_or(&m.unmatched);
-        if !m.exclude.is_empty() && m.exclude.iter().any(|e| e == route) {
+        let entry = self.entry();
+        let route = entry
+            .map(|e| &*e.route)
+            .or(self.route.as_deref())
+            .unwrap_or(&m.unmatched);
+        let excluded = match entry {
+            Some(e) => e.excluded,
+            None => m.exclude.iter().any(|e| e == route),
+        };
+        if excluded {
             // An excluded route, known only now (the layer sits outside the router).
             m.in_flight.dec();
             return;
         }
         let key = if m.status_class { code / 100 * 100 } else { code };
-        match self.entry() {
+        match entry {
             Some(e) => {
                 match e.counter(key, || m.request_counter(self.method, route, code).clone()) {
                     Some(c) => c.inc(),

@@ -49,28 +49,34 @@ impl KeyTable {
         &self.keys[i]
     }
 
-    /// Index of the key made of `parts` (`count` of them), and whether it was just added.
+    /// Index of the key made of `parts` (`count` of them, each UTF-8 text), and whether it
+    /// was just added. Parts are bytes: a lookup compares them as they are, only a new key
+    /// is turned into text.
     pub(crate) fn index<'a>(
         &mut self,
-        parts: impl Iterator<Item = &'a str> + Clone,
+        parts: impl Iterator<Item = &'a [u8]> + Clone,
         count: usize,
     ) -> (usize, bool) {
         let mut h = self.hasher.build_hasher();
         for l in parts.clone() {
-            h.write(l.as_bytes());
+            h.write(l);
             h.write_u8(0xff);
         }
         let hash = h.finish();
         let keys = &self.keys;
         let found = self.table.find(hash, |&i| {
             let k = &keys[i];
-            k.len() == count && k.iter().map(|b| &**b).eq(parts.clone())
+            k.len() == count && k.iter().map(|b| b.as_bytes()).eq(parts.clone())
         });
         if let Some(&i) = found {
             return (i, false);
         }
         let i = self.keys.len();
-        self.keys.push(parts.map(Box::from).collect());
+        self.keys.push(
+            parts
+                .map(|p| Box::from(std::str::from_utf8(p).unwrap_or("\u{fffd}")))
+                .collect(),
+        );
         self.hashes.push(hash);
         let hashes = &self.hashes;
         self.table.insert_unique(hash, i, |&j| hashes[j]);
@@ -85,16 +91,17 @@ mod tests {
     #[test]
     fn interns_by_value() {
         let mut t = KeyTable::new();
-        assert_eq!(t.index(["a", "b"].into_iter(), 2), (0, true));
-        assert_eq!(t.index(["a", "c"].into_iter(), 2), (1, true));
-        assert_eq!(t.index(["a", "b"].into_iter(), 2), (0, false));
+        let p = |s: &'static [&'static str]| s.iter().map(|s| s.as_bytes());
+        assert_eq!(t.index(p(&["a", "b"]), 2), (0, true));
+        assert_eq!(t.index(p(&["a", "c"]), 2), (1, true));
+        assert_eq!(t.index(p(&["a", "b"]), 2), (0, false));
         // The separator keeps ("ab", "") and ("a", "b") apart.
-        assert_eq!(t.index(["ab", ""].into_iter(), 2), (2, true));
-        assert_eq!(t.index(["a"].into_iter(), 1), (3, true));
+        assert_eq!(t.index(p(&["ab", ""]), 2), (2, true));
+        assert_eq!(t.index(p(&["a"]), 1), (3, true));
         assert_eq!(&**t.key(1), &["a".into(), "c".into()] as &[Box<str>]);
         t.sort();
         assert_eq!(t.sorted(), &[3, 0, 1, 2]);
-        assert_eq!(t.index(["0"].into_iter(), 1), (4, true));
+        assert_eq!(t.index(p(&["0"]), 1), (4, true));
         t.sort();
         assert_eq!(t.sorted(), &[4, 3, 0, 1, 2]);
     }

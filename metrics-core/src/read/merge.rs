@@ -14,7 +14,7 @@ use super::removals::{Baseline, RemovalIndex};
 use super::scan::{CachedFile, accumulator_pid_labels};
 use super::snapshot::ScrapeStats;
 use crate::format::desc::FamilyDesc;
-use crate::format::parse::Parsed;
+use crate::format::parse::{Parsed, ParsedFamily};
 use crate::format::records::{FamilyRecord, Removal};
 use crate::format::{ERROR_KINDS, ErrorKind, GaugeMode, MR_TIME, MetricType};
 use crate::sys::region::Region;
@@ -209,17 +209,43 @@ impl MergeIndex {
                 }
             }
         }
-        let accumulator = cf.header.accumulator();
-        // Map each of the file's families to its merged family, or skip it.
-        cf.fam_merged.resize(cf.parsed.families.len(), None);
-        let mut targets: Vec<Option<usize>> = Vec::with_capacity(cf.parsed.families.len());
-        for (ff, cache) in cf.parsed.families.iter().zip(cf.fam_merged.iter_mut()) {
+        let live = cf.live;
+        let targets = self.family_targets(
+            &cf.parsed.families,
+            &mut cf.fam_merged,
+            live,
+            region,
+            values,
+            scope,
+            removals,
+            stats,
+        );
+        self.merge_series(cf, &targets, removals);
+    }
+
+    /// Maps each of a file's families to its merged family and that family's removals
+    /// (`None`: not merged, another type or gauge mode than the reference's, or no values
+    /// taken from this file), and adds the families' statistics.
+    #[allow(clippy::too_many_arguments)]
+    fn family_targets<'r>(
+        &mut self,
+        families: &[ParsedFamily],
+        fam_merged: &mut Vec<Option<(usize, u64)>>,
+        live: bool,
+        region: &Region,
+        values: bool,
+        scope: Scope<'_>,
+        removals: &'r RemovalIndex<'_>,
+        stats: &mut ScrapeStats,
+    ) -> Vec<Option<Target<'r>>> {
+        fam_merged.resize(families.len(), None);
+        let mut targets = Vec::with_capacity(families.len());
+        for (ff, cache) in families.iter().zip(fam_merged.iter_mut()) {
             let cached = match *cache {
                 Some((j, epoch)) if self.families.get(j).is_some_and(|f| f.epoch == epoch) => Some(j),
                 _ => self.entry_for(&ff.rec),
             };
             let Some(i) = cached else {
-                // Another type or gauge mode than the reference's: cannot be shown.
                 stats.conflicts += 1;
                 targets.push(None);
                 continue;
@@ -229,22 +255,41 @@ impl MergeIndex {
             // A declaration of another release may be first met here.
             fam.declared = true;
             let live_gauge = fam.desc.ty == MetricType::Gauge && fam.desc.mode.live_only();
-            let skip = !values || (live_gauge && (!cf.live || scope.is_fold()));
+            let skip = !values || (live_gauge && (!live || scope.is_fold()));
             if values {
                 fam.folded_here = true;
                 if let Some(w) = region.word(ff.rec.stats_offset as usize) {
                     fam.stats = fam.stats.saturating_add(w.load(Ordering::Relaxed));
                 }
             }
-            targets.push(if skip { None } else { Some(i) });
+            targets.push((!skip).then(|| Target {
+                family: i,
+                slots: ff.slots,
+                removals: removals.of_family(&ff.rec.name),
+            }));
         }
+        targets
+    }
+
+    /// Adds the values of a file's series into their merged families (`targets`: see
+    /// [`MergeIndex::family_targets`]).
+    fn merge_series(
+        &mut self,
+        cf: &mut CachedFile,
+        targets: &[Option<Target<'_>>],
+        removals: &RemovalIndex<'_>,
+    ) {
+        let Some(region) = cf.region.as_ref() else {
+            return;
+        };
+        let accumulator = cf.header.accumulator();
         cf.series_merged.resize(cf.parsed.series.len(), None);
         let mut record = Vec::new();
         for (s, cache) in cf.parsed.series.iter().zip(cf.series_merged.iter_mut()) {
-            let Some(fi) = targets[s.family as usize] else {
+            let Some(t) = &targets[s.family as usize] else {
                 continue;
             };
-            let fam = &mut self.families[fi];
+            let fam = &mut self.families[t.family];
             let idx = match *cache {
                 Some((idx, epoch)) if epoch == fam.epoch => idx,
                 _ => {
@@ -253,21 +298,33 @@ impl MergeIndex {
                         continue;
                     };
                     let pid = (!accumulator).then_some(cf.pid_label.as_str());
-                    let idx = fam.key_index(view.labels(), view.len(), pid);
+                    let idx = fam.key_index(view.label_bytes(), view.len(), pid);
                     *cache = Some((idx, fam.epoch));
                     idx
                 }
             };
-            let slots = cf.parsed.families[s.family as usize].slots;
-            let baseline = removals.baseline(
-                &fam.desc.name,
-                fam.keys.key(idx),
-                cf.header.writer_id,
-                fam.desc.labels.len(),
-            );
-            fam.accumulate(idx, region, s.offset, slots, baseline);
+            let baseline = match t.removals {
+                None => Baseline::None,
+                Some(list) => removals.baseline(
+                    list,
+                    fam.keys.key(idx),
+                    cf.header.writer_id,
+                    fam.desc.labels.len(),
+                ),
+            };
+            fam.accumulate(idx, region, s.offset, t.slots, baseline);
         }
     }
+}
+
+/// Where the series of one of a file's families go.
+struct Target<'r> {
+    /// Index of the merged family.
+    family: usize,
+    /// Value slots per series.
+    slots: usize,
+    /// The family's removals, if it has any.
+    removals: Option<&'r [&'r Removal]>,
 }
 
 /// Gives each file the `pid` label of its per-process gauges. Two files can share a pid
@@ -346,12 +403,12 @@ impl IndexFamily {
     /// per-process gauges of ordinary files; accumulator series carry it already).
     fn key_index<'a>(
         &mut self,
-        labels: impl Iterator<Item = &'a str> + Clone,
+        labels: impl Iterator<Item = &'a [u8]> + Clone,
         count: usize,
         pid: Option<&'a str>,
     ) -> usize {
         let per_process = self.desc.ty == MetricType::Gauge && self.desc.mode.per_process();
-        let extra = if per_process { pid } else { None };
+        let extra = if per_process { pid.map(str::as_bytes) } else { None };
         let count = count + usize::from(extra.is_some());
         let (i, new) = self.keys.index(labels.chain(extra), count);
         if !new {

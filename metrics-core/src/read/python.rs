@@ -626,7 +626,9 @@ impl PyFamily {
             .map(|(k, v)| (&**k, &**v))
             .chain(extra);
         let count = 2 * labels.clone().count();
-        let (i, new) = self.keys.index(labels.flat_map(|(k, v)| [k, v]), count);
+        let (i, new) = self
+            .keys
+            .index(labels.flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]), count);
         if new {
             self.acc.push(self.zero());
             self.seen.push(false);

@@ -51,18 +51,24 @@ impl<'a> RemovalIndex<'a> {
         RemovalIndex { by_family, baselines }
     }
 
+    /// The removals of `family`, latest first; `None` if there are none (most families:
+    /// looked up once per file, not per series).
+    pub(crate) fn of_family(&self, family: &str) -> Option<&[&'a Removal]> {
+        if self.by_family.is_empty() {
+            return None;
+        }
+        self.by_family.get(family).map(Vec::as_slice)
+    }
+
     /// The baseline of series `key` (its label values, plus the pid for per-process
-    /// gauges) in file `writer`.
+    /// gauges) in file `writer`, among its family's removals `list`.
     pub(crate) fn baseline(
         &self,
-        family: &str,
+        list: &[&Removal],
         key: &[Box<str>],
         writer: u64,
         nlabels: usize,
     ) -> Baseline<'_> {
-        let Some(list) = self.by_family.get(family) else {
-            return Baseline::None;
-        };
         let labels = &key[..nlabels.min(key.len())];
         let Some(r) = list
             .iter()
