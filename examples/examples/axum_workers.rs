@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use shmetrics_examples::{MAX_SLOW_MS, Worker, http_metrics, metrics_endpoint};
-use shmetrics_tower::{MetricsLayer, metrics_route};
+use shmetrics_examples::{MAX_SLOW_MS, Worker, metrics_endpoint};
+use shmetrics_tower::{HttpMetrics, MetricsLayer, metrics_route};
 
 const APPLICATION: &str = "axum-workers";
 
@@ -70,12 +70,14 @@ fn app(store: &shmetrics_core::Store, application: &str, measured: bool) -> shme
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Json(serde_json::json!({ "slept_ms": ms }))
             }),
-        )
-        .route("/metrics", metrics_route(metrics_endpoint(store, application)?));
+        );
+    let endpoint = metrics_endpoint(store, application)?;
     Ok(if measured {
-        routes.layer(MetricsLayer::from_metrics(http_metrics(store)?))
+        // The request metrics and `/metrics` (not counted as a request) in one call.
+        let (layer, metrics) = MetricsLayer::pair_with(HttpMetrics::builder(store), endpoint)?;
+        routes.merge(metrics).layer(layer)
     } else {
-        routes
+        routes.route("/metrics", metrics_route(endpoint))
     })
 }
 

@@ -372,10 +372,3 @@ pub fn metrics_endpoint(
         }),
     )
 }
-
-/// Request metrics of the examples: `/metrics` itself is not counted.
-pub fn http_metrics(store: &Store) -> shmetrics_core::Result<shmetrics_core::http::HttpMetrics> {
-    shmetrics_core::http::HttpMetrics::builder(store)
-        .exclude("/metrics")
-        .build()
-}

@@ -25,7 +25,7 @@ use crate::service::Metrics;
 /// Requests to `/metrics` (the scrape endpoint) are not recorded. Options (prefix,
 /// constant labels, buckets, which labels, status classes, excluded paths, the endpoint's
 /// path) are set on [`HttpMetrics::builder`] and passed to [`MetricsLayer::from_metrics`];
-/// [`MetricsLayer::pair`] also gives the `/metrics` router.
+/// `MetricsLayer::pair` (feature `axum`) also gives the `/metrics` router.
 #[derive(Clone, Debug)]
 pub struct MetricsLayer {
     metrics: HttpMetrics,

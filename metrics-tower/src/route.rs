@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 /// Put in the request's extensions by a metrics layer that does not know the route when
 /// the request arrives (it wraps the router from outside): the route template that
-/// matched, set once routing is done, by [`RouteLayer`] (axum) or by the application's own
+/// matched, set once routing is done, by `RouteLayer` (axum) or by the application's own
 /// router (hyper: `req.extensions().get::<RouteSlot>().map(|s| s.set("/users/{id}"))`).
 #[derive(Clone, Debug, Default)]
 pub struct RouteSlot(Arc<OnceLock<Box<str>>>);
