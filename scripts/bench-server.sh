@@ -38,7 +38,7 @@ run() { # example mode -> "rps p99_ms cpu_us_per_request"
   local example=$1 mode=$2 flag="" pid workers before after
   [ "$mode" = off ] && flag=--no-metrics
   PROMETHEUS_MULTIPROC_DIR="$work/store-$example" RUST_LOG=error \
-    $server_cpu "target/release/examples/$example" --workers 2 --port "$port" $flag &
+    $server_cpu "${CARGO_TARGET_DIR:-target}/release/examples/$example" --workers 2 --port "$port" $flag &
   pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.05; done
   $client_cpu wrk -t1 -c32 -d2s "http://127.0.0.1:$port/users/42" >/dev/null # warm-up

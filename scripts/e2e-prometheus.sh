@@ -10,5 +10,5 @@ if ! command -v prometheus >/dev/null; then
 fi
 cargo build -q -p shmetrics-examples --example axum_workers --example actix_workers
 for example in axum_workers actix_workers; do
-  timeout 300 python3 scripts/e2e_prometheus.py --binary "target/debug/examples/$example"
+  timeout 300 python3 scripts/e2e_prometheus.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
 done

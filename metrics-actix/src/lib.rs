@@ -41,6 +41,7 @@
 //!   several worker processes sharing a `SO_REUSEPORT` port (one store directory).
 
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 #![deny(missing_debug_implementations)]
 #![forbid(unsafe_code)]
 

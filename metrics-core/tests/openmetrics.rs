@@ -184,3 +184,45 @@ fn samples_from_json(text: &str) -> Vec<Sample> {
         })
         .collect()
 }
+
+/// Native histograms write `le` with the same rule as Python's `floatToGoString` (see
+/// FORMAT.md), on the bounds where it differs from the shortest decimal: the exposition
+/// parses strictly and every bucket keeps its exact bound.
+#[test]
+fn native_histogram_bounds_are_written_as_python_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let h = store
+        .histogram(
+            "awkward_seconds",
+            "Awkward bounds",
+            &[1e-9, 1e-5, 0.1 + 0.2, 1.0, 1e6, 1e20],
+        )
+        .unwrap();
+    for v in [1e-10, 1e-6, 0.2, 0.3, 0.5, 5.0, 2e6, 1e21] {
+        h.observe(v);
+    }
+    let text = store.scrape().unwrap();
+    for (le, n) in [
+        ("1e-09", 1),
+        ("1e-05", 2),
+        ("0.30000000000000004", 4),
+        ("1.0", 5),
+        ("1e+06", 6),
+        ("1e+20", 7),
+        ("+Inf", 8),
+    ] {
+        let line = format!("awkward_seconds_bucket{{le=\"{le}\"}} {n}\n");
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    let parsed = parse_openmetrics(&text);
+    let bounds: Vec<f64> = parsed
+        .iter()
+        .filter(|s| s.name == "awkward_seconds_bucket")
+        .map(|s| {
+            let le = &s.labels.iter().find(|(k, _)| k == "le").unwrap().1;
+            le.parse::<f64>().unwrap()
+        })
+        .collect();
+    assert_eq!(bounds, [1e-9, 1e-5, 0.1 + 0.2, 1.0, 1e6, 1e20, f64::INFINITY]);
+}

@@ -40,6 +40,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 #![deny(missing_debug_implementations)]
 #![forbid(unsafe_code)]
 

@@ -6,6 +6,75 @@ use crate::format::names;
 use crate::format::records::FamilyRecord;
 use crate::format::{GaugeMode, MAX_HELP_BYTES, MetricType};
 
+/// A family name checked: valid, not in the store's own namespace, without the `_total`
+/// of a counter (as in Python's client, `requests_total` and `requests` are one counter).
+fn checked_name(ty: MetricType, mut name: String) -> Result<String, Error> {
+    if matches!(ty, MetricType::Counter | MetricType::CounterF64) {
+        if let Some(stripped) = name.strip_suffix("_total") {
+            name = stripped.to_string();
+        }
+    }
+    names::check_metric_name(&name).map_err(|reason| Error::InvalidMetricName {
+        name: name.clone(),
+        reason,
+    })?;
+    if name.starts_with(SELF_PREFIX) {
+        return Err(Error::InvalidMetricName {
+            name,
+            reason: format!("starts with `{SELF_PREFIX}`, which is reserved for the store's own metrics"),
+        });
+    }
+    Ok(name)
+}
+
+/// Label names checked: valid, distinct, not too many.
+fn checked_labels(metric: &str, label_names: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut labels: Vec<String> = Vec::with_capacity(label_names.len());
+    for l in label_names {
+        names::check_label_name(&l).map_err(|reason| Error::InvalidLabelName {
+            metric: metric.to_string(),
+            label: l.clone(),
+            reason,
+        })?;
+        if labels.contains(&l) {
+            return Err(Error::InvalidLabelName {
+                metric: metric.to_string(),
+                label: l,
+                reason: "appears twice".into(),
+            });
+        }
+        labels.push(l);
+    }
+    if labels.len() > crate::format::MAX_LABELS {
+        return Err(Error::InvalidOption {
+            name: metric.to_string(),
+            reason: format!("more than {} label names", crate::format::MAX_LABELS),
+        });
+    }
+    Ok(labels)
+}
+
+/// Refuses label names the store adds itself: `le` of histogram buckets, `pid` of
+/// per-process gauges.
+fn check_reserved(metric: &str, ty: MetricType, mode: GaugeMode, labels: &[String]) -> Result<(), Error> {
+    let reserved: &[&str] = match ty {
+        MetricType::Histogram => &["le"],
+        MetricType::Gauge if mode.per_process() => &["pid"],
+        _ => &[],
+    };
+    match labels.iter().find(|l| reserved.contains(&l.as_str())) {
+        Some(l) => Err(Error::InvalidLabelName {
+            metric: metric.to_string(),
+            label: l.clone(),
+            reason: match ty {
+                MetricType::Histogram => "is reserved for histogram buckets".into(),
+                _ => format!("is added by the store in gauge mode `{mode}`"),
+            },
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Options for declaring a metric family with [`Store::register`](crate::Store::register).
 ///
 /// ```
@@ -119,23 +188,7 @@ pub(crate) struct FamilyDesc {
 impl FamilyDesc {
     /// Validates `opts` for a family of type `ty`.
     pub(crate) fn new(ty: MetricType, opts: Opts, default_limit: usize) -> Result<Self, Error> {
-        let mut name = opts.name;
-        if matches!(ty, MetricType::Counter | MetricType::CounterF64) {
-            // As Python's client: `requests_total` and `requests` are the same counter.
-            if let Some(stripped) = name.strip_suffix("_total") {
-                name = stripped.to_string();
-            }
-        }
-        names::check_metric_name(&name).map_err(|reason| Error::InvalidMetricName {
-            name: name.clone(),
-            reason,
-        })?;
-        if name.starts_with(SELF_PREFIX) {
-            return Err(Error::InvalidMetricName {
-                name,
-                reason: format!("starts with `{SELF_PREFIX}`, which is reserved for the store's own metrics"),
-            });
-        }
+        let name = checked_name(ty, opts.name)?;
         if opts.help.len() > MAX_HELP_BYTES {
             return Err(Error::InvalidOption {
                 name,
@@ -145,28 +198,7 @@ impl FamilyDesc {
                 ),
             });
         }
-        let mut labels: Vec<String> = Vec::with_capacity(opts.label_names.len());
-        for l in opts.label_names {
-            names::check_label_name(&l).map_err(|reason| Error::InvalidLabelName {
-                metric: name.clone(),
-                label: l.clone(),
-                reason,
-            })?;
-            if labels.contains(&l) {
-                return Err(Error::InvalidLabelName {
-                    metric: name,
-                    label: l,
-                    reason: "appears twice".into(),
-                });
-            }
-            labels.push(l);
-        }
-        if labels.len() > crate::format::MAX_LABELS {
-            return Err(Error::InvalidOption {
-                name,
-                reason: format!("more than {} label names", crate::format::MAX_LABELS),
-            });
-        }
+        let labels = checked_labels(&name, opts.label_names)?;
         let mode = match (ty, opts.mode) {
             (MetricType::Gauge, m) => m.unwrap_or_default(),
             (_, Some(_)) => {
@@ -193,21 +225,7 @@ impl FamilyDesc {
             }
             (_, None) => Vec::new(),
         };
-        let reserved: &[&str] = match ty {
-            MetricType::Histogram => &["le"],
-            MetricType::Gauge if mode.per_process() => &["pid"],
-            _ => &[],
-        };
-        if let Some(l) = labels.iter().find(|l| reserved.contains(&l.as_str())) {
-            return Err(Error::InvalidLabelName {
-                metric: name.clone(),
-                label: l.clone(),
-                reason: match ty {
-                    MetricType::Histogram => "is reserved for histogram buckets".into(),
-                    _ => format!("is added by the store in gauge mode `{mode}`"),
-                },
-            });
-        }
+        check_reserved(&name, ty, mode, &labels)?;
         let series_limit = opts.series_limit.unwrap_or(default_limit);
         if series_limit == 0 {
             return Err(Error::InvalidOption {

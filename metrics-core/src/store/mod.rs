@@ -203,10 +203,9 @@ impl StoreBuilder {
         self
     }
 
-    /// Opens the store: creates the directory if missing, checks that it is usable and
-    /// belongs to this application, and compacts what dead writers left.
-    /// This process's file is created at the first declaration.
-    pub fn open(mut self) -> Result<Store> {
+    /// Applies `SHMETRICS_FILE_MODE` and `SHMETRICS_APPLICATION`, checks every option, and
+    /// returns the application name.
+    fn checked_settings(&mut self) -> Result<String> {
         if let Some(mode) = std::env::var_os(ENV_FILE_MODE).filter(|m| !m.is_empty()) {
             let text = mode.to_string_lossy();
             self.file_mode = u32::from_str_radix(text.trim().trim_start_matches("0o"), 8).map_err(|_| {
@@ -216,7 +215,6 @@ impl StoreBuilder {
                 }
             })?;
         }
-        let dir = self.dir;
         if self.file_mode & !0o666 != 0 || self.file_mode & 0o600 != 0o600 {
             return Err(Error::InvalidOption {
                 name: "file_mode".into(),
@@ -245,7 +243,7 @@ impl StoreBuilder {
         // The deployment's setting wins: one binary may run as several applications.
         let application = match std::env::var(ENV_APPLICATION) {
             Ok(a) if !a.trim().is_empty() => a.trim().to_string(),
-            _ => match self.application {
+            _ => match self.application.take() {
                 Some(a) => a,
                 None => default_application(),
             },
@@ -261,6 +259,15 @@ impl StoreBuilder {
                 ),
             });
         }
+        Ok(application)
+    }
+
+    /// Opens the store: creates the directory if missing, checks that it is usable and
+    /// belongs to this application, and compacts what dead writers left.
+    /// This process's file is created at the first declaration.
+    pub fn open(mut self) -> Result<Store> {
+        let application = self.checked_settings()?;
+        let dir = self.dir;
         prepare_dir(&dir, self.file_mode, self.shared_directory, self.group_writable)?;
         let lock = DirLock::open_rw(&dir, self.file_mode)?;
         let config = Arc::new(Config {
