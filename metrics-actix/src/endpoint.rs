@@ -1,7 +1,7 @@
 //! The `/metrics` resource and handler.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION};
+use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION, HeaderMap, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
 use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
 
@@ -38,14 +38,15 @@ pub fn metrics_resource(path: &str, endpoint: MetricsEndpoint) -> Resource {
 /// The `/metrics` handler; expects `web::Data<MetricsEndpoint>` in the app data (as
 /// [`metrics_resource`] sets up). The merge reads files, so it runs on the blocking pool.
 pub async fn metrics_handler(req: HttpRequest, endpoint: web::Data<MetricsEndpoint>) -> HttpResponse {
-    let header = |name| {
-        req.headers()
-            .get(name)
-            .map(|v: &actix_web::http::header::HeaderValue| v.as_bytes().to_vec())
-    };
+    answer(endpoint.get_ref().clone(), req.headers()).await
+}
+
+/// The answer of `endpoint` to a request with `headers` (its `Authorization` and
+/// `Accept-Encoding`), scraped on the blocking pool.
+pub(crate) async fn answer(endpoint: MetricsEndpoint, headers: &HeaderMap) -> HttpResponse {
+    let header = |name| headers.get(name).map(|v: &HeaderValue| v.as_bytes().to_vec());
     let auth = header(AUTHORIZATION);
     let accept = header(ACCEPT_ENCODING);
-    let endpoint = endpoint.into_inner();
     match web::block(move || endpoint.respond(auth.as_deref(), accept.as_deref())).await {
         Ok(r) => into_response(r),
         Err(e) => {

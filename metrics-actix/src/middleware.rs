@@ -12,16 +12,15 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION};
 use actix_web::http::{Method, Uri};
-use actix_web::{Error, HttpRequest, HttpResponse, web};
+use actix_web::{Error, HttpRequest};
 use futures_util::future::{Either, LocalBoxFuture};
 use pin_project_lite::pin_project;
 use shmetrics_core::Store;
 use shmetrics_core::http::{HttpMetrics, METRICS_PATH, MetricsEndpoint, RequestTracker};
 
 use crate::body::MetricsBody;
-use crate::endpoint::into_response;
+use crate::endpoint::answer;
 
 /// Middleware factory recording `http_requests_total`, `http_request_duration_seconds`
 /// and `http_requests_in_flight`. Register it with `App::wrap`; clone it into each
@@ -162,16 +161,7 @@ async fn scrape<B>(
     endpoint: MetricsEndpoint,
     req: ServiceRequest,
 ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    let header = |name| req.headers().get(name).map(|v| v.as_bytes().to_vec());
-    let auth = header(AUTHORIZATION);
-    let accept = header(ACCEPT_ENCODING);
-    let res = match web::block(move || endpoint.respond(auth.as_deref(), accept.as_deref())).await {
-        Ok(r) => into_response(r),
-        Err(e) => {
-            tracing::error!("scrape task failed: {e}");
-            HttpResponse::InternalServerError().body("scrape failed\n")
-        }
-    };
+    let res = answer(endpoint, req.headers()).await;
     Ok(req.into_response(res).map_into_right_body())
 }
 

@@ -94,20 +94,17 @@ impl Drop for PyWorker {
 /// shmetrics' merge of `dir` (without its self-metrics), as Python's strict parser (of
 /// the current client) reads it.
 fn shmetrics_view(dir: &Path) -> Json {
-    let text = Reader::new(dir)
-        .unwrap()
-        .snapshot()
-        .unwrap()
-        .without_self_metrics()
-        .encode(Registry::default())
-        .unwrap();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &text).unwrap();
-    serde_json::from_str(&python(&["parse", file.path().to_str().unwrap()], None)).unwrap()
+    shmetrics_parsed(dir, &[])
 }
 
 /// shmetrics' exposition of `dir`, read by Python's strict parser, `le` strings as written.
 fn shmetrics_served(dir: &Path) -> Json {
+    shmetrics_parsed(dir, &["raw-le"])
+}
+
+/// shmetrics' exposition of `dir` (without its self-metrics), through the helper's
+/// `parse` with `options`.
+fn shmetrics_parsed(dir: &Path, options: &[&str]) -> Json {
     let text = Reader::new(dir)
         .unwrap()
         .snapshot()
@@ -117,7 +114,9 @@ fn shmetrics_served(dir: &Path) -> Json {
         .unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &text).unwrap();
-    serde_json::from_str(&python(&["parse", file.path().to_str().unwrap(), "raw-le"], None)).unwrap()
+    let mut args = vec!["parse", file.path().to_str().unwrap()];
+    args.extend_from_slice(options);
+    serde_json::from_str(&python(&args, None)).unwrap()
 }
 
 /// What Python serves for `dir` (its collector, then its exposition with the default

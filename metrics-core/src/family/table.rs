@@ -76,9 +76,8 @@ impl<M: Clone> Table<M> {
     /// lookup of the hot path (a call costs its register saves each time).
     #[inline(always)]
     pub(crate) fn find(&self, hash: u64, values: &[&str]) -> Option<&M> {
-        let g = self.current.load(Ordering::Acquire) % GENERATIONS;
-        let slots = self.generations[g].get()?;
-        // A power of two: every generation is.
+        let slots = self.slots();
+        // A power of two: every generation is (an empty slice ends at the first `get`).
         let mask = slots.len().wrapping_sub(1);
         let mut i = hash as usize;
         loop {

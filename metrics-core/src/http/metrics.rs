@@ -239,6 +239,12 @@ impl Inner {
         (buf, n)
     }
 
+    /// Whether requests to `path` (raw path or route template) are not recorded.
+    #[inline]
+    pub(super) fn excluded(&self, path: &str) -> bool {
+        self.exclude.iter().any(|e| e == path)
+    }
+
     pub(super) fn request_counter(&self, method: u8, route: &str, status: u16) -> &Counter {
         let (buf, n) = self.labels(method, route, Some(status));
         self.requests.labels(&buf[..n])
@@ -277,6 +283,6 @@ impl HttpMetrics {
     /// Whether requests to `path` (raw path or route template) are not recorded.
     #[inline]
     pub fn excluded(&self, path: &str) -> bool {
-        self.inner.exclude.iter().any(|e| e == path)
+        self.inner.excluded(path)
     }
 }

@@ -63,7 +63,7 @@ impl RequestTracker {
             route,
             self.method,
             || m.duration_histogram(self.method, route).clone(),
-            || m.exclude.iter().any(|e| e == route),
+            || m.excluded(route),
         );
         match slot {
             Some(i) => {
@@ -147,7 +147,7 @@ impl RequestTracker {
             .unwrap_or(&m.unmatched);
         let excluded = match entry {
             Some(e) => e.excluded,
-            None => m.exclude.iter().any(|e| e == route),
+            None => m.excluded(route),
         };
         if excluded {
             // An excluded route, known only now (the layer sits outside the router).

@@ -298,10 +298,15 @@ impl Reader {
         Ok(())
     }
 
+    /// Lists and reads the directory now, for a caller that needs the files, not a merge.
+    fn refresh_now(&mut self, own: &[u64]) -> Result<(), Error> {
+        self.guarded(true, |r| r.refresh(own, &mut ScrapeStats::default()))
+    }
+
     /// Refreshes for a compaction (the caller holds the exclusive directory lock) and
     /// lists what it may fold (see [`fold::plan`]).
     pub(crate) fn fold_plan(&mut self, own: &[u64]) -> Result<FoldPlan, Error> {
-        self.guarded(true, |r| r.refresh(own, &mut ScrapeStats::default()))?;
+        self.refresh_now(own)?;
         fold::plan(&self.scan)
     }
 
@@ -322,13 +327,13 @@ impl Reader {
         &mut self,
         own: &[u64],
     ) -> Result<Vec<(u32, PathBuf, FamilyDesc)>, Error> {
-        self.guarded(true, |r| r.refresh(own, &mut ScrapeStats::default()))?;
+        self.refresh_now(own)?;
         Ok(self.scan.live_declarations(own))
     }
 
     /// Writer ids folded into an accumulator, as of a refresh now.
     pub(crate) fn folded_ids(&mut self, own: &[u64]) -> Result<HashSet<u64>, Error> {
-        self.guarded(true, |r| r.refresh(own, &mut ScrapeStats::default()))?;
+        self.refresh_now(own)?;
         Ok(self.scan.folded_set())
     }
 
