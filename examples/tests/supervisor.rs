@@ -44,9 +44,19 @@ fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// Whether the server answers `/health` with 200 (a refused or reset connection while it
+/// starts is a "not yet").
 fn health(port: u16) -> bool {
     answers(port)
-        && shmetrics_testing::http_request(([127, 0, 0, 1], port).into(), "GET", "/health", &[]).0 == 200
+        && shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/health", &[])
+            .is_ok_and(|(status, ..)| status == 200)
+}
+
+/// The tests of this file run one at a time: each takes two free ports and releases them
+/// before its supervisors bind them, so two tests at once could be handed the same port.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Waits for `child` to exit within `timeout`; its status and stderr.
@@ -100,6 +110,7 @@ fn wait_healthy(port: u16) {
 
 #[test]
 fn a_second_api_on_the_same_directory_is_refused_before_binding() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (p1, p2) = (free_port(), free_port());
     let first = supervisor("ckms", p1, dir.path());
@@ -118,6 +129,7 @@ fn a_second_api_on_the_same_directory_is_refused_before_binding() {
 
 #[test]
 fn a_supervisor_whose_workers_cannot_start_backs_off_and_exits() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (p1, p2) = (free_port(), free_port());
     let first = supervisor("ckms", p1, dir.path());

@@ -163,30 +163,47 @@ pub fn say(line: impl AsRef<str>) {
 
 /// One HTTP/1.1 request on a fresh loopback connection (`connection: close`), with extra
 /// header lines: returns (status, head, body). Bodies must not be chunked-encoded unless
-/// the caller only needs the head.
+/// the caller only needs the head. Panics if the request fails (see [`try_http_request`]).
 pub fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, Vec<u8>) {
+    try_http_request(addr, method, path, headers).expect("HTTP request")
+}
+
+/// [`http_request`], with a failure (refused, reset, malformed answer) as an error.
+pub fn try_http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
     use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("send");
+    s.write_all(req.as_bytes())?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    s.read_to_end(&mut out)?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of head"))?
+        + 4;
     let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let status = head[9..12].parse().expect("status");
-    (status, head, out[split..].to_vec())
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    Ok((status, head, out[split..].to_vec()))
 }
 
 /// Makes sure Python's `prometheus_client` is importable by `python3`, installing it with
