@@ -1,12 +1,13 @@
 //! The `/metrics` resource and handler.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ACCEPT_ENCODING, AUTHORIZATION, HeaderMap, HeaderValue};
+use actix_web::http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, HeaderMap, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, Resource, web};
-use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
+use shmetrics_core::http::{EndpointResponse, MetricsEndpoint, ScrapeRequest};
 
 /// A resource serving `endpoint` on `GET path` (and `HEAD`): a fresh registry per scrape,
-/// OpenMetrics, the bearer token and `ENABLE_METRICS` switch of
+/// the format the scraper's `Accept` asks for (OpenMetrics by default, Prometheus text
+/// 0.0.4, protobuf), the bearer token and `ENABLE_METRICS` switch of
 /// [`MetricsEndpoint::from_env`], gzip when accepted. An ordinary resource: other
 /// middleware composes with it.
 ///
@@ -41,13 +42,21 @@ pub async fn metrics_handler(req: HttpRequest, endpoint: web::Data<MetricsEndpoi
     answer(endpoint.get_ref().clone(), req.headers()).await
 }
 
-/// The answer of `endpoint` to a request with `headers` (its `Authorization` and
+/// The answer of `endpoint` to a request with `headers` (its `Authorization`, `Accept` and
 /// `Accept-Encoding`), scraped on the blocking pool.
 pub(crate) async fn answer(endpoint: MetricsEndpoint, headers: &HeaderMap) -> HttpResponse {
     let header = |name| headers.get(name).map(|v: &HeaderValue| v.as_bytes().to_vec());
     let auth = header(AUTHORIZATION);
-    let accept = header(ACCEPT_ENCODING);
-    match web::block(move || endpoint.respond(auth.as_deref(), accept.as_deref())).await {
+    let accept = header(ACCEPT);
+    let encoding = header(ACCEPT_ENCODING);
+    let respond = move || {
+        endpoint.respond(ScrapeRequest {
+            authorization: auth.as_deref(),
+            accept: accept.as_deref(),
+            accept_encoding: encoding.as_deref(),
+        })
+    };
+    match web::block(respond).await {
         Ok(r) => into_response(r),
         Err(e) => {
             tracing::error!("scrape task failed: {e}");

@@ -147,6 +147,16 @@ pub enum Error {
     /// Encoding the exposition failed (a `fmt::Error` from a collector).
     #[error("encoding the exposition failed (a registered collector returned an error)")]
     Encode,
+
+    /// The exposition format asked for is not built into this binary.
+    #[error(
+        "the {format} format is not built in: enable the `protobuf` feature of shmetrics-core \
+         (on by default), or ask for OpenMetrics"
+    )]
+    FormatUnavailable {
+        /// The format's name.
+        format: &'static str,
+    },
 }
 
 impl Error {

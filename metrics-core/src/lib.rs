@@ -139,6 +139,7 @@ pub use format::desc::{OVERFLOW_LABEL_VALUE, Opts};
 pub use format::names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
 pub use format::{GaugeMode, MAX_HELP_BYTES, MAX_LABEL_VALUE_BYTES, MetricType};
 pub use read::Reader;
+pub use read::encode::Format;
 pub use read::snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 pub use store::{
     CONTENT_TYPE, DEFAULT_COMPACT_THRESHOLD, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_APPLICATION,

@@ -39,16 +39,16 @@ fn store_from_env() {
     }
     let open = MetricsEndpoint::from_env(&store).unwrap();
     assert!(open.is_enabled() && !open.requires_token());
-    assert_eq!(open.respond(None, None).status, 200);
+    assert_eq!(open.respond(req(None)).status, 200);
     // SAFETY: as above.
     unsafe {
         std::env::set_var(ENV_AUTH_TOKEN, "t0ken");
         std::env::set_var(ENV_ENABLE, "true");
     }
     let guarded = MetricsEndpoint::from_env(&store).unwrap();
-    assert_eq!(guarded.respond(None, None).status, 401);
-    assert_eq!(guarded.respond(Some(b"Bearer nope"), None).status, 401);
-    let ok = guarded.respond(Some(b"Bearer t0ken"), None);
+    assert_eq!(guarded.respond(req(None)).status, 401);
+    assert_eq!(guarded.respond(req(Some(b"Bearer nope"))).status, 401);
+    let ok = guarded.respond(req(Some(b"Bearer t0ken")));
     assert_eq!(ok.status, 200);
     assert!(String::from_utf8(ok.body).unwrap().contains("from_env_total 1"));
     // Every usual false spelling switches the endpoint off; an unknown value is refused.
@@ -56,7 +56,7 @@ fn store_from_env() {
         // SAFETY: as above.
         unsafe { std::env::set_var(ENV_ENABLE, off) };
         let e = MetricsEndpoint::from_env(&store).unwrap();
-        assert_eq!(e.respond(Some(b"Bearer t0ken"), None).status, 404, "{off}");
+        assert_eq!(e.respond(req(Some(b"Bearer t0ken"))).status, 404, "{off}");
     }
     // SAFETY: as above.
     unsafe { std::env::set_var(ENV_ENABLE, "maybe") };
@@ -70,7 +70,7 @@ fn store_from_env() {
         std::env::set_var(ENV_AUTH_TOKEN, "t0ken \n");
     }
     let trimmed = MetricsEndpoint::from_env(&store).unwrap();
-    assert_eq!(trimmed.respond(Some(b"Bearer t0ken"), None).status, 200);
+    assert_eq!(trimmed.respond(req(Some(b"Bearer t0ken"))).status, 200);
     // SAFETY: as above.
     unsafe { std::env::set_var(ENV_AUTH_TOKEN, "t0 ken") };
     let e = MetricsEndpoint::from_env(&store).unwrap_err().to_string();
@@ -113,4 +113,12 @@ fn store_from_env() {
     assert!(e.contains("SHMETRICS_FILE_MODE"), "{e}");
     // SAFETY: as above.
     unsafe { std::env::remove_var(ENV_FILE_MODE) };
+}
+
+/// A scrape request with this `Authorization` header.
+fn req(authorization: Option<&[u8]>) -> shmetrics_core::http::ScrapeRequest<'_> {
+    shmetrics_core::http::ScrapeRequest {
+        authorization,
+        ..Default::default()
+    }
 }

@@ -3,9 +3,10 @@
 use axum::body::Body;
 use axum::routing::MethodRouter;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use shmetrics_core::http::{EndpointResponse, MetricsEndpoint};
+use shmetrics_core::http::{EndpointResponse, MetricsEndpoint, ScrapeRequest};
 
-/// A `GET` route serving `endpoint`: a fresh registry per scrape, OpenMetrics, the bearer
+/// A `GET` route serving `endpoint`: a fresh registry per scrape, the format the scraper's
+/// `Accept` asks for (OpenMetrics by default, Prometheus text 0.0.4, protobuf), the bearer
 /// token and `ENABLE_METRICS` switch of [`MetricsEndpoint::from_env`], gzip when accepted.
 ///
 /// It is an ordinary route: other middleware (timeouts, IP filters, the metrics layer
@@ -28,10 +29,16 @@ where
         async move {
             let header = |name| headers.get(name).map(|v: &HeaderValue| v.as_bytes().to_vec());
             let auth = header(http::header::AUTHORIZATION);
-            let accept = header(http::header::ACCEPT_ENCODING);
-            let answer =
-                tokio::task::spawn_blocking(move || endpoint.respond(auth.as_deref(), accept.as_deref()))
-                    .await;
+            let accept = header(http::header::ACCEPT);
+            let encoding = header(http::header::ACCEPT_ENCODING);
+            let answer = tokio::task::spawn_blocking(move || {
+                endpoint.respond(ScrapeRequest {
+                    authorization: auth.as_deref(),
+                    accept: accept.as_deref(),
+                    accept_encoding: encoding.as_deref(),
+                })
+            })
+            .await;
             match answer {
                 Ok(r) => into_response(r),
                 Err(e) => {

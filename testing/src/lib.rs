@@ -1,7 +1,10 @@
 //! Helpers for the workspace's multi-process tests and benches (not published): child
 //! processes in "roles" of the running test binary, a line protocol on their stdout,
 //! bounded waits, real signals, a small HTTP client, the pip install of Python's
-//! `prometheus_client`, a raw counter on a mapped page and a counting allocator.
+//! `prometheus_client`, every exposition format read back by its own parser
+//! ([`expositions`]), a raw counter on a mapped page and a counting allocator.
+
+pub mod expositions;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use subtle::ConstantTimeEq;
 
+use super::negotiate::negotiate;
 use crate::error::{Error, Result};
-use crate::store::{CONTENT_TYPE, Store};
+use crate::store::Store;
 
 /// The `/metrics` endpoint, independent of the web framework: bearer-token check, on/off
-/// switch, a fresh registry per scrape, OpenMetrics text, optional gzip.
+/// switch, a fresh registry per scrape, the format the scraper asks for (see
+/// [`negotiate`]: OpenMetrics by default, the Prometheus text format 0.0.4, protobuf),
+/// optional gzip.
 ///
 /// `METRICS_AUTH_TOKEN` (if set and not empty, scrapers must send `Authorization: Bearer
 /// <token>`, compared in constant time; 401 otherwise) and `ENABLE_METRICS` (a false
@@ -26,6 +29,17 @@ pub struct MetricsEndpoint {
 
 /// Registers the caller's own metrics in a scrape's registry.
 type RegistryFn = Arc<dyn Fn(&mut Registry) + Send + Sync>;
+
+/// The request headers the endpoint reads (raw values, as the framework gives them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrapeRequest<'a> {
+    /// `Authorization`.
+    pub authorization: Option<&'a [u8]>,
+    /// `Accept`: which format (see [`negotiate`]).
+    pub accept: Option<&'a [u8]>,
+    /// `Accept-Encoding`: whether to gzip.
+    pub accept_encoding: Option<&'a [u8]>,
+}
 
 /// What the endpoint answers; adapters turn it into their response type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,9 +145,24 @@ impl MetricsEndpoint {
         self.token.is_some()
     }
 
-    /// The answer to a request with these `Authorization` and `Accept-Encoding` header
-    /// values.
-    pub fn respond(&self, authorization: Option<&[u8]>, accept_encoding: Option<&[u8]>) -> EndpointResponse {
+    /// The answer to a request with these headers. A successful answer carries
+    /// `Vary: accept, accept-encoding`: caches must not give one scraper's format or
+    /// encoding to another.
+    ///
+    /// ```
+    /// use shmetrics_core::http::{MetricsEndpoint, ScrapeRequest};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path())?;
+    /// let endpoint = MetricsEndpoint::new(&store);
+    /// let r = endpoint.respond(ScrapeRequest {
+    ///     accept: Some(b"text/plain;version=0.0.4"),
+    ///     ..Default::default()
+    /// });
+    /// assert_eq!(r.status, 200);
+    /// assert!(r.headers.contains(&("content-type", "text/plain; version=0.0.4; charset=utf-8".into())));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn respond(&self, request: ScrapeRequest<'_>) -> EndpointResponse {
         let text = |status: u16, body: &str| EndpointResponse {
             status,
             headers: vec![("content-type", "text/plain; charset=utf-8".into())],
@@ -143,34 +172,37 @@ impl MetricsEndpoint {
             return text(404, "metrics are disabled (ENABLE_METRICS)\n");
         }
         if let Some(token) = &self.token {
-            if !bearer_matches(authorization, token) {
+            if !bearer_matches(request.authorization, token) {
                 let mut r = text(401, "a valid bearer token is required\n");
                 r.headers
                     .push(("www-authenticate", "Bearer realm=\"metrics\"".into()));
                 return r;
             }
         }
+        let format = negotiate(request.accept);
         let mut registry = Registry::default();
         if let Some(f) = &self.extra {
             f(&mut registry);
         }
-        let body = match self.store.snapshot().and_then(|s| s.encode(registry)) {
+        let body = match self.store.snapshot().and_then(|s| s.encode_as(format, registry)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("scrape failed: {e}");
                 return text(500, &format!("scrape failed: {e}\n"));
             }
         };
-        let mut headers = vec![("content-type", CONTENT_TYPE.to_string())];
-        if self.gzip && accepts_gzip(accept_encoding) {
+        let mut headers = vec![
+            ("content-type", format.content_type().to_string()),
+            ("vary", "accept, accept-encoding".into()),
+        ];
+        if self.gzip && accepts_gzip(request.accept_encoding) {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(body.len() / 4),
                 flate2::Compression::fast(),
             );
-            if enc.write_all(body.as_bytes()).is_ok() {
+            if enc.write_all(&body).is_ok() {
                 if let Ok(gz) = enc.finish() {
                     headers.push(("content-encoding", "gzip".into()));
-                    headers.push(("vary", "accept-encoding".into()));
                     return EndpointResponse {
                         status: 200,
                         headers,
@@ -182,7 +214,7 @@ impl MetricsEndpoint {
         EndpointResponse {
             status: 200,
             headers,
-            body: body.into_bytes(),
+            body,
         }
     }
 }

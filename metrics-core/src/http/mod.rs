@@ -17,7 +17,8 @@
 //!
 //! Here: [`metrics`](HttpMetrics) (the families and options), the request tracker
 //! ([`RequestTracker`]) with its route cache, the label values, and the endpoint
-//! ([`MetricsEndpoint`]: bearer token, on/off switch, gzip).
+//! ([`MetricsEndpoint`]: bearer token, on/off switch, content negotiation ([`negotiate`]),
+//! gzip).
 //!
 //! ```
 //! use shmetrics_core::{Store, http::HttpMetrics};
@@ -40,12 +41,16 @@
 mod endpoint;
 mod labels;
 mod metrics;
+mod negotiate;
 mod routes;
 mod tracker;
 
-pub use endpoint::{ENV_AUTH_TOKEN, ENV_ENABLE, EndpointResponse, MetricsEndpoint, parse_enabled};
+pub use endpoint::{
+    ENV_AUTH_TOKEN, ENV_ENABLE, EndpointResponse, MetricsEndpoint, ScrapeRequest, parse_enabled,
+};
 pub use labels::{
     DROPPED_STATUS, MAX_CONST_LABELS, METRICS_PATH, OTHER_METHOD, UNMATCHED, method_label, status_label,
 };
 pub use metrics::{HttpMetrics, HttpMetricsBuilder};
+pub use negotiate::negotiate;
 pub use tracker::RequestTracker;

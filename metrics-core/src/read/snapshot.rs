@@ -166,6 +166,10 @@ pub struct Snapshot {
     pub(super) families: Vec<MergedFamily>,
     pub(super) stats: ScrapeStats,
     pub(super) self_metrics: bool,
+    /// Whether help texts go to the encoder unescaped (the Prometheus data model carries
+    /// them raw; the OpenMetrics text encoder writes them as given, so they are escaped
+    /// first).
+    pub(super) raw_help: bool,
 }
 
 impl Snapshot {
@@ -174,6 +178,7 @@ impl Snapshot {
             families,
             stats,
             self_metrics: true,
+            raw_help: false,
         }
     }
 

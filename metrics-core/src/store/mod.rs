@@ -456,6 +456,12 @@ impl Store {
     pub fn scrape(&self) -> Result<String> {
         self.snapshot()?.encode(Registry::default())
     }
+
+    /// The exposition of the merged directory in `format` (serve it with
+    /// [`Format::content_type`](crate::Format::content_type)), built in a fresh registry.
+    pub fn scrape_as(&self, format: crate::read::encode::Format) -> Result<Vec<u8>> {
+        self.snapshot()?.encode_as(format, Registry::default())
+    }
 }
 
 /// Encodes `registry` as OpenMetrics text (with the final `# EOF`).

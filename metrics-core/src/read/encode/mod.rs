@@ -1,5 +1,16 @@
-//! The OpenMetrics encoding of a [`Snapshot`]: written directly for the common case, or
-//! through prometheus-client's [`Collector`] when registered in a caller's registry.
+//! The expositions of a [`Snapshot`], in each [`Format`]: OpenMetrics text (written here
+//! directly for the common case, or through prometheus-client's [`Collector`] when
+//! registered in a caller's registry), and, from prometheus-client's Prometheus data model,
+//! the Prometheus protobuf format ([`protobuf`]) and the Prometheus text format 0.0.4
+//! ([`prometheus_text`]).
+
+mod format;
+#[cfg(feature = "protobuf")]
+mod prometheus_text;
+#[cfg(feature = "protobuf")]
+mod protobuf;
+
+pub use format::Format;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -22,6 +33,37 @@ fn pc_type(t: MetricType) -> PcMetricType {
 }
 
 impl Snapshot {
+    /// The exposition of `registry` (your own metrics, if any) followed by this snapshot,
+    /// in `format`. Fails with [`Error::FormatUnavailable`](crate::Error::FormatUnavailable)
+    /// for a format this binary lacks (see [`Format::is_available`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// use shmetrics_core::Format;
+    /// store.counter("jobs", "Jobs done").unwrap().inc();
+    /// let body = store.snapshot()?.encode_as(Format::PrometheusText, Default::default())?;
+    /// let text = String::from_utf8(body).unwrap();
+    /// assert!(text.contains("# TYPE jobs_total counter\njobs_total 1\n"));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn encode_as(self, format: Format, registry: Registry) -> crate::error::Result<Vec<u8>> {
+        match format {
+            Format::OpenMetrics => self.encode(registry).map(String::into_bytes),
+            #[cfg(feature = "protobuf")]
+            Format::PrometheusText => {
+                let families = protobuf::families(self, registry)?;
+                let mut out = String::with_capacity(families.len() * 256);
+                prometheus_text::write(&mut out, &families);
+                Ok(out.into_bytes())
+            }
+            #[cfg(feature = "protobuf")]
+            Format::Protobuf => Ok(protobuf::encode(protobuf::families(self, registry)?)),
+            #[cfg(not(feature = "protobuf"))]
+            f => Err(crate::error::Error::FormatUnavailable { format: f.name() }),
+        }
+    }
+
     /// The OpenMetrics exposition of `registry` (your own metrics, if any) followed by
     /// this snapshot, ending with `# EOF`. What [`Store::scrape`](crate::Store::scrape)
     /// and the `/metrics` endpoints serve.
@@ -147,7 +189,11 @@ fn write_summary(out: &mut String, fam: &MergedFamily) {
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for fam in &self.families {
-            let help = escape_help(&fam.help);
+            let help = if self.raw_help {
+                fam.help.clone()
+            } else {
+                escape_help(&fam.help)
+            };
             if fam.metric_type == MetricType::Summary {
                 // No summary type in prometheus-client: the same series as two gauges.
                 for (suffix, count) in [("_count", true), ("_sum", false)] {

@@ -1,0 +1,208 @@
+//! Content negotiation through both adapters, over real connections: for each `Accept`
+//! value a scraper sends, with and without gzip, the answer carries the format's own
+//! content type and parses with that format's parser (OpenMetrics: Python's strict parser;
+//! Prometheus text 0.0.4: Python's 0.0.4 parser and `promtool check metrics`; protobuf:
+//! prometheus-client's messages). `application/json` gets the default (OpenMetrics), as
+//! Prometheus' own client libraries answer: never a 406.
+
+use std::net::{SocketAddr, TcpListener};
+
+use shmetrics_core::{Format, Store};
+use shmetrics_testing::expositions;
+use shmetrics_testing::http_request;
+
+/// What Prometheus 2.42 sends (scrape/scrape.go), without and with
+/// `--enable-feature=native-histograms`.
+const PROMETHEUS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+const PROMETHEUS_NATIVE: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+const PROTOBUF: &str =
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
+/// (`Accept`, the format it must get).
+const TABLE: &[(Option<&str>, Format)] = &[
+    (None, Format::OpenMetrics),
+    (Some("*/*"), Format::OpenMetrics),
+    (Some(PROMETHEUS), Format::OpenMetrics),
+    (Some(PROMETHEUS_NATIVE), Format::Protobuf),
+    (Some("text/plain;version=0.0.4"), Format::PrometheusText),
+    // VictoriaMetrics' vmagent.
+    (
+        Some("text/plain;version=0.0.4;q=1,*/*;q=0.1"),
+        Format::PrometheusText,
+    ),
+    (Some(PROTOBUF), Format::Protobuf),
+    (Some("application/json"), Format::OpenMetrics),
+];
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::builder(dir.path())
+        .application("negotiation")
+        .open()
+        .unwrap();
+    let h = store
+        .histogram_family("job_duration_seconds", "Job durations", &["queue"], &[0.1, 1.0])
+        .unwrap();
+    h.labels(&["mail\"box"]).observe(0.5);
+    (dir, store)
+}
+
+/// An axum app with `MetricsLayer::pair` on a background thread.
+fn axum_server(store: Store) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (layer, metrics) = shmetrics_tower::MetricsLayer::pair(&store).unwrap();
+            let app = axum::Router::new()
+                .route("/users/{id}", axum::routing::get(|| async { "user" }))
+                .merge(metrics)
+                .layer(layer);
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
+
+/// An actix-web app on a background thread: `Metrics::with_endpoint` answers `/metrics`
+/// itself, and `metrics_resource` serves the same endpoint on `/resource-metrics`.
+fn actix_server(store: Store) -> SocketAddr {
+    use actix_web::{App, HttpServer, web};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let mw = shmetrics_actix::Metrics::with_endpoint(&store).unwrap();
+            let endpoint = shmetrics_core::http::MetricsEndpoint::new(&store);
+            HttpServer::new(move || {
+                App::new()
+                    .wrap(mw.clone())
+                    .service(shmetrics_actix::metrics_resource(
+                        "/resource-metrics",
+                        endpoint.clone(),
+                    ))
+                    .route("/users/{id}", web::get().to(|| async { "user" }))
+            })
+            .workers(1)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+            .unwrap();
+        });
+    });
+    addr
+}
+
+/// The value of header `name` in a response head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn every_scraper_gets_its_format_from_both_adapters() {
+    let (_d1, axum_store) = store();
+    let (_d2, actix_store) = store();
+    let servers = [
+        ("axum", axum_server(axum_store), "/metrics"),
+        ("actix middleware", actix_server(actix_store), "/metrics"),
+    ];
+    let actix_resource = (servers[1].0, servers[1].1, "/resource-metrics");
+    let mut texts: Vec<(String, &str, String)> = Vec::new();
+    let mut checked = 0;
+    for (name, addr, path) in
+        servers
+            .iter()
+            .copied()
+            .chain([("actix resource", actix_resource.1, actix_resource.2)])
+    {
+        for _ in 0..50 {
+            if shmetrics_testing::try_http_request(addr, "GET", "/users/1", &[]).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        for (accept, want) in TABLE {
+            for gzip in [false, true] {
+                let mut headers = Vec::new();
+                if let Some(a) = accept {
+                    headers.push(("accept", *a));
+                }
+                if gzip {
+                    headers.push(("accept-encoding", "gzip"));
+                }
+                let what = format!("{name}, Accept {accept:?}, gzip {gzip}");
+                let (status, head, body) = http_request(addr, "GET", path, &headers);
+                assert_eq!(status, 200, "{what}: {head}");
+                assert_eq!(
+                    header(&head, "content-type").as_deref(),
+                    Some(want.content_type()),
+                    "{what}"
+                );
+                let vary = header(&head, "vary").unwrap_or_default().to_ascii_lowercase();
+                assert!(
+                    vary.contains("accept") && vary.contains("accept-encoding"),
+                    "{what}: {head}"
+                );
+                assert_eq!(
+                    header(&head, "content-encoding").as_deref(),
+                    gzip.then_some("gzip"),
+                    "{what}"
+                );
+                let body = if gzip { expositions::gunzip(&body) } else { body };
+                match want {
+                    Format::Protobuf => {
+                        let fams =
+                            expositions::parse_protobuf(&body).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        assert!(
+                            fams.iter()
+                                .any(|f| f.name == "job_duration_seconds" && f.ty == "histogram"),
+                            "{what}"
+                        );
+                    }
+                    Format::PrometheusText => {
+                        let text = String::from_utf8(body).unwrap();
+                        expositions::promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        texts.push((what, "text", text));
+                    }
+                    _ => texts.push((what, "openmetrics", String::from_utf8(body).unwrap())),
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 3 * TABLE.len() * 2);
+    let items: Vec<(&str, &str)> = texts.iter().map(|(_, f, b)| (*f, b.as_str())).collect();
+    for ((what, _, body), parsed) in texts.iter().zip(expositions::parse_text(&items)) {
+        let fams = parsed.unwrap_or_else(|e| panic!("{what}: {e}\n{body}"));
+        let h = fams
+            .iter()
+            .find(|f| f.name == "job_duration_seconds")
+            .unwrap_or_else(|| panic!("{what}: no histogram\n{body}"));
+        assert_eq!(h.ty, "histogram", "{what}");
+        assert!(
+            h.samples.contains(&(
+                "job_duration_seconds_count".into(),
+                vec![("queue".into(), "mail\"box".into())],
+                1.0
+            )),
+            "{what}: {:?}",
+            h.samples
+        );
+        let requests = fams.iter().find(|f| f.name == "http_requests").unwrap();
+        assert_eq!(requests.ty, "counter", "{what}");
+        assert!(
+            requests.samples.iter().all(|s| s.0 == "http_requests_total"),
+            "{what}"
+        );
+    }
+}
