@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::Error;
 use crate::format::desc::FamilyDesc;
 use crate::format::header::NewHeader;
+use crate::format::native::{BucketKey, CHUNK_BUCKETS, CHUNK_WORDS, ChunkId};
 use crate::format::records;
 use crate::format::{self, ACCUMULATOR, ACCUMULATOR_PREFIX, STORE_EXT, TMP_PREFIX};
 use crate::read::Reader;
@@ -310,7 +311,15 @@ fn write_file(config: &Config, path: &std::path::Path, words: &[u64]) -> Result<
 /// The accumulator's words: header, application, folded ids, families with their series
 /// and values, and the removals still in force for files not folded.
 fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u64>, usize) {
+    // Version 2 only when it holds something version 2 added, so that releases that know
+    // only version 1 keep reading accumulators without native histograms.
+    let version = if view.families.iter().any(|f| f.desc.native.is_some()) {
+        format::VERSION
+    } else {
+        format::BASE_VERSION
+    };
     let mut w: Vec<u64> = NewHeader {
+        version,
         pid: sys::current_pid(),
         flags: format::FLAG_ACCUMULATOR,
         writer_id: sys::random_u64(),
@@ -323,7 +332,7 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
     w.extend(records::encode_folded(folded));
     let mut series_count = 0;
     for (id, fam) in view.families.iter().enumerate() {
-        let slots = format::series_slots(fam.desc.ty, fam.desc.mode, fam.desc.buckets.len());
+        let slots = fam.desc.slots();
         // One block: the statistics slot, then every series' slots.
         let block_slots = 1 + slots * fam.series.len();
         let block_at = w.len() * 8;
@@ -336,9 +345,12 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
                 Acc::F64(v) => w.push(v.to_bits()),
                 Acc::Gauge { v, t } if fam.desc.mode.most_recent() => w.extend([0, v.to_bits(), *t]),
                 Acc::Gauge { v, .. } => w.push(v.to_bits()),
-                Acc::Hist { buckets, sum } => {
+                Acc::Hist { buckets, sum, native } => {
                     w.extend(buckets.iter().copied());
                     w.push(sum.to_bits());
+                    if let Some(n) = native {
+                        w.push(n.zero);
+                    }
                 }
                 Acc::Summary { .. } => {} // Python files only: never folded
             }
@@ -351,6 +363,12 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
             let off = first_slot + 8 + i * slots * 8;
             w.extend(records::encode_series(id as u32, off as u64, &values));
         }
+        for (i, (_, acc)) in fam.series.iter().enumerate() {
+            if let Acc::Hist { native: Some(n), .. } = acc {
+                let off = first_slot + 8 + i * slots * 8;
+                push_chunks(&mut w, off as u32, &n.buckets);
+            }
+        }
         series_count += fam.series.len();
     }
     for r in &view.removals {
@@ -358,6 +376,35 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
     }
     w[format::H_USED] = (w.len() * 8) as u64;
     (w, series_count)
+}
+
+/// The chunk records of a native series whose value slots are at `series_offset`: its
+/// buckets exactly as merged (each at the schema it was recorded at), a chunk's counts
+/// split over several chunks of the same buckets where one does not fit in 32 bits.
+fn push_chunks(w: &mut Vec<u64>, series_offset: u32, buckets: &[(BucketKey, u64)]) {
+    let mut chunks: std::collections::BTreeMap<ChunkId, [u64; 16]> = std::collections::BTreeMap::new();
+    for (k, n) in buckets.iter().filter(|(_, n)| *n > 0) {
+        let id = ChunkId {
+            series_offset,
+            negative: k.negative,
+            schema: k.schema,
+            chunk: ChunkId::chunk_of(k.index),
+        };
+        let j = k.index.rem_euclid(CHUNK_BUCKETS) as usize;
+        let c = chunks.entry(id).or_insert([0; 16]);
+        c[j] = c[j].saturating_add(*n);
+    }
+    for (id, mut counts) in chunks {
+        while counts.iter().any(|c| *c > 0) {
+            let mut words = [0u64; CHUNK_WORDS];
+            for (j, c) in counts.iter_mut().enumerate() {
+                let part = (*c).min(u64::from(u32::MAX));
+                *c -= part;
+                words[j / 2] |= part << (32 * (j & 1));
+            }
+            w.extend(records::encode_chunk(id, &words));
+        }
+    }
 }
 
 /// Deletes temporary files left by crashed writers or compactions: older than the grace

@@ -135,12 +135,15 @@ pub use family::counter::{Counter, CounterF64};
 pub use family::gauge::Gauge;
 pub use family::histogram::Histogram;
 pub use family::metric::Metric;
-pub use format::desc::{OVERFLOW_LABEL_VALUE, Opts};
+pub use format::desc::{DEFAULT_ZERO_THRESHOLD, NativeOpts, OVERFLOW_LABEL_VALUE, Opts};
 pub use format::names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
+pub use format::native::{MAX_SCHEMA, MIN_SCHEMA};
 pub use format::{GaugeMode, MAX_HELP_BYTES, MAX_LABEL_VALUE_BYTES, MetricType};
 pub use read::Reader;
 pub use read::encode::Format;
-pub use read::snapshot::{HistogramValue, MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
+pub use read::snapshot::{
+    HistogramValue, MergedFamily, MergedSeries, NativeBuckets, ScrapeStats, Snapshot, Value,
+};
 pub use store::{
     CONTENT_TYPE, DEFAULT_COMPACT_THRESHOLD, DEFAULT_MAX_FILE_SIZE, DEFAULT_SERIES_LIMIT, ENV_APPLICATION,
     ENV_DIR, ENV_FILE_MODE, Store, StoreBuilder, encode,

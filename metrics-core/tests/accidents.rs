@@ -218,8 +218,8 @@ fn newer_version_left_alone() -> Result<(), Failed> {
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("w-"))
         .ok_or("no dead writer file")?;
     // A rolling downgrade: a newer version wrote the accumulator and one dead file.
-    set_version(&acc, 2)?;
-    set_version(&newer_dead, 2)?;
+    set_version(&acc, 3)?;
+    set_version(&newer_dead, 3)?;
     let acc_bytes = std::fs::read(&acc)?;
     let dead_bytes = std::fs::read(&newer_dead)?;
     let store = builder(d).open()?; // compacts at open
@@ -247,7 +247,7 @@ fn newer_version_left_alone() -> Result<(), Failed> {
     store.counter("jobs", "Jobs")?.inc();
     let slot = dir.path().join("slot-3.shm");
     drop(store);
-    set_version(&slot, 2)?;
+    set_version(&slot, 3)?;
     let slot_bytes = std::fs::read(&slot)?;
     let store = builder(d).worker_id(3).open()?;
     store.counter("jobs", "Jobs")?.inc();

@@ -3,7 +3,9 @@
 
 Usage: format_reader.py DIR  -> prints the merged families as JSON:
   {"<family>": {"type": ..., "mode": ..., "labels": [...], "series": [[[values...], value], ...]}}
-with histogram values as {"buckets": [...], "sum": x}. Used by the Rust test suite to check
+with histogram values as {"buckets": [...], "sum": x}, and for histograms with native
+buckets also "native": {"schema": s, "zero": n, "positive": [[index, count]...],
+"negative": [...]}. Used by the Rust test suite to check
 that the specification is precise enough to be implemented independently.
 """
 import fcntl
@@ -66,7 +68,7 @@ def read_file(path):
     if len(b) < 128 or b[:8] != MAGIC:
         raise Bad("header")
     version, hsize = halves(u64(b, 8))
-    if version != 1 or hsize != 128:
+    if version not in (1, 2) or hsize != 128:
         raise Bad("version")
     used = u64(b, 16)
     if used < 128 or used > len(b) or used % 8:
@@ -76,7 +78,7 @@ def read_file(path):
         raise Bad("flags")
     info = {"pid": pid, "start": u64(b, 32), "writer": u64(b, 40), "accumulator": bool(flags & 1),
             "errors": [u64(b, 56), u64(b, 64), u64(b, 72)],
-            "families": [], "series": [], "blocks": [], "folded": [], "removals": []}
+            "families": [], "series": [], "blocks": [], "folded": [], "removals": [], "chunks": []}
 
     def in_block(off, nslots):
         return off % 8 == 0 and any(s <= off and off + nslots * 8 <= e for s, e in info["blocks"])
@@ -100,14 +102,24 @@ def read_file(path):
                 l, o = read_string(b, o, end)
                 labels.append(l)
             buckets = [f64(b, o + 8 * i) for i in range(nbuckets)]
+            o += 8 * nbuckets
             if fid != len(info["families"]) or not in_block(stats, 1):
                 raise Bad("family")
+            if flags >> 17:
+                raise Bad("family flags")
             ty = TYPES[flags & 0xFF]
             mode = MODES[(flags >> 8) & 0xFF]
-            nslots = {"counter": 1, "counter_f64": 1, "histogram": nbuckets + 1}.get(
+            native = None
+            if flags & (1 << 16):
+                schema, limit = halves(u64(b, o))
+                schema = schema - (1 << 32) if schema >= 1 << 31 else schema
+                if ty != "histogram" or not -4 <= schema <= 8:
+                    raise Bad("native")
+                native = {"schema": schema, "limit": limit, "zero_threshold": f64(b, o + 8)}
+            nslots = {"counter": 1, "counter_f64": 1, "histogram": nbuckets + 1 + (native is not None)}.get(
                 ty, 3 if mode.endswith("mostrecent") else 1)
             info["families"].append({"name": name, "help": help_, "type": ty, "mode": mode,
-                                     "labels": labels, "buckets": buckets,
+                                     "labels": labels, "buckets": buckets, "native": native,
                                      "stats": u64(b, stats), "nslots": nslots})
         elif kind == 3:
             fid, nvalues = halves(u64(b, pos + 8))
@@ -125,6 +137,23 @@ def read_file(path):
             info["series"].append((fid, voff, values))
         elif kind == 4:
             info["blocks"].append((pos + 8, end))
+        elif kind == 7:
+            if length != 80:
+                raise Bad("chunk length")
+            voff, high = halves(u64(b, pos + 8))
+            if high >> 25:
+                raise Bad("chunk bits")
+            chunk = (high & 0xFFFF) - (1 << 16 if high & 0x8000 else 0)
+            schema = ((high >> 16) & 0xFF) - (1 << 8 if high & 0x800000 else 0)
+            negative = bool(high >> 24 & 1)
+            owner = [s_ for s_ in info["series"] if s_[1] == voff]
+            if not owner or info["families"][owner[0][0]]["native"] is None or not -4 <= schema <= 8:
+                raise Bad("chunk")
+            for j in range(16):
+                word = u64(b, pos + 16 + 8 * (j // 2))
+                count = (word >> (32 * (j % 2))) & 0xFFFFFFFF
+                if count:
+                    info["chunks"].append((voff, (negative, schema, 16 * chunk + j), count))
         elif kind == 5:
             if not info["accumulator"]:
                 raise Bad("folded outside accumulator")
@@ -251,6 +280,26 @@ def merge(directory):
                 for i in range(n):
                     cur["buckets"][i] += max(u64(b, voff + 8 * i) - bw(i), 0)
                 cur["sum"] += f64(b, voff + 8 * n) - bf(n)
+                if fam["native"] is not None:
+                    nat = cur.setdefault("native", {"zero": 0, "buckets": {}})
+                    nat["zero"] += max(u64(b, voff + 8 * (n + 1)) - bw(n + 1), 0)
+                    # Baseline pairs after the slots: (bucket word, count).
+                    before = {}
+                    for i in range(n + 2, len(base or []) - 1, 2):
+                        w = base[i]
+                        idx = w & 0xFFFFFFFF
+                        idx = idx - (1 << 32) if idx >= 1 << 31 else idx
+                        sch = (w >> 32) & 0xFF
+                        sch = sch - 256 if sch >= 128 else sch
+                        before[(bool(w >> 40 & 1), sch, idx)] = base[i + 1]
+                    counts = {}
+                    for voff2, bucket, count in f["chunks"]:
+                        if voff2 == voff:
+                            counts[bucket] = counts.get(bucket, 0) + count
+                    for bucket, count in counts.items():
+                        c = max(count - before.get(bucket, 0), 0)
+                        if c:
+                            nat["buckets"][bucket] = nat["buckets"].get(bucket, 0) + c
             elif mode.endswith("mostrecent"):
                 v, t = f64(b, voff + 8), u64(b, voff + 16)
                 if base and len(base) > 2 and base[2] == t:
@@ -271,20 +320,44 @@ def merge(directory):
                     series[key] = max(series[key], v)
                 elif mode in ("sum", "livesum"):
                     series[key] += v
-    for fam in out.values():
+    for name, fam in out.items():
         items = []
         for key, v in sorted(fam["series"].items()):
             if key in fam["covered"]:
                 if fam["type"] in ("counter", "counter_f64") and v == 0:
                     continue
-                if fam["type"] == "histogram" and sum(v["buckets"]) == 0:
+                if fam["type"] == "histogram" and sum(v["buckets"]) == 0 and (
+                        "native" not in v or (v["native"]["zero"] == 0 and not v["native"]["buckets"])):
                     continue
+            if fam["type"] == "histogram" and "native" in v:
+                v["native"] = native_view(v["native"], ref[name]["native"])
             if fam["mode"].endswith("mostrecent") and fam["type"] == "gauge":
                 v = v[0]
             items.append([list(key), v])
         fam["series"] = items
         del fam["covered"]
     return out
+
+
+def native_view(nat, spec):
+    """One series' native buckets as shown: every bucket at the coarsest schema, then the
+    resolution halved while more buckets than the limit remain (down to schema -4)."""
+    schema = min([spec["schema"]] + [s_ for (_, s_, _) in nat["buckets"]])
+
+    def at(target):
+        out = {}
+        for (neg, s_, i), c in nat["buckets"].items():
+            j = ((i - 1) >> (s_ - target)) + 1
+            out[(neg, j)] = out.get((neg, j), 0) + c
+        return out
+
+    shown = at(schema)
+    while spec["limit"] and len(shown) > spec["limit"] and schema > -4:
+        schema -= 1
+        shown = at(schema)
+    return {"schema": schema, "zero": nat["zero"],
+            "positive": sorted([i, c] for (neg, i), c in shown.items() if not neg),
+            "negative": sorted([i, c] for (neg, i), c in shown.items() if neg)}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use shmetrics_core::{GaugeMode, Opts, Store, Value};
+use shmetrics_core::{GaugeMode, NativeOpts, Opts, Store, Value};
 
 fn fill(store: &Store, scale: u64) {
     let c = store
@@ -24,6 +24,25 @@ fn fill(store: &Store, scale: u64) {
         .unwrap();
     h.labels(&["/a"]).observe(0.125 * scale as f64);
     h.labels(&["/a"]).observe(4.0);
+    // Native buckets (format version 2): alone, with a bucket limit, and beside classic ones.
+    let n = store
+        .register::<shmetrics_core::Histogram>(
+            Opts::new("nat", "Native")
+                .label_names(["route"])
+                .native(NativeOpts::default().schema(2).max_buckets(0)),
+        )
+        .unwrap();
+    let both = store
+        .register::<shmetrics_core::Histogram>(
+            Opts::new("both", "Both")
+                .native(NativeOpts::default().schema(5).max_buckets(4))
+                .buckets(vec![1.0]),
+        )
+        .unwrap();
+    for v in [0.0, 0.3, -2.5, 1e-9, 7.0 * scale as f64, 1e6] {
+        n.labels(&["/a"]).observe(v);
+        both.labels(&[]).observe(v);
+    }
     for mode in GaugeMode::ALL {
         let g = store
             .gauge_family(&format!("g_{mode}"), "g", &["k"], mode)
@@ -46,6 +65,16 @@ fn independent_python_reader_agrees() {
         let req = b.counter_family("req", "Requests", &["route", "code"]).unwrap();
         assert!(req.remove(&["/a", "200"]).unwrap());
         req.labels(&["/a", "200"]).inc();
+        // A native series removed (baselines with bucket pairs), then observed again.
+        let nat = b
+            .register::<shmetrics_core::Histogram>(
+                Opts::new("nat", "Native")
+                    .label_names(["route"])
+                    .native(NativeOpts::default().schema(2).max_buckets(0)),
+            )
+            .unwrap();
+        assert!(nat.remove(&["/a"]).unwrap());
+        nat.labels(&["/a"]).observe(-2.5);
     }
     std::thread::sleep(std::time::Duration::from_millis(2));
     let live = open();
@@ -95,7 +124,19 @@ fn independent_python_reader_agrees() {
                 let v = match &s.value {
                     Value::Counter(v) => serde_json::json!(v),
                     Value::CounterF64(v) | Value::Gauge(v) => serde_json::json!(v),
-                    Value::Histogram(h) => serde_json::json!({"buckets": h.buckets, "sum": h.sum}),
+                    Value::Histogram(h) => match &h.native {
+                        None => serde_json::json!({"buckets": h.buckets, "sum": h.sum}),
+                        Some(n) => serde_json::json!({
+                            "buckets": h.buckets,
+                            "sum": h.sum,
+                            "native": {
+                                "schema": n.schema,
+                                "zero": n.zero_count,
+                                "positive": n.positive,
+                                "negative": n.negative,
+                            },
+                        }),
+                    },
                     other => panic!("unexpected {other:?}"),
                 };
                 (s.labels.iter().map(|l| l.to_string()).collect(), v)

@@ -1,4 +1,5 @@
-//! Histograms with fixed buckets, identical in every process of an application.
+//! Histograms: classic buckets (fixed bounds, identical in every process of an
+//! application), native buckets (Prometheus' sparse exponential buckets), or both.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,13 +9,26 @@ use super::metric::{Metric, sealed::Sealed};
 use crate::format::desc::FamilyDesc;
 use crate::format::{ErrorKind, MetricType};
 use crate::write::cell::{Cell, Layout, add_f64};
+use crate::write::native::NativeCell;
 
-/// A histogram: one counter per bucket and a sum; the count is the sum of the buckets.
+/// A histogram: one counter per classic bucket and a sum (the count is the sum of the
+/// buckets), and, when declared with [native buckets](crate::Opts::native), a zero bucket
+/// and sparse exponential buckets allocated as observations need them.
 #[derive(Clone)]
 pub struct Histogram {
     cell: Arc<Cell>,
-    /// Finite upper bounds (the +Inf bucket follows them).
+    /// Finite upper bounds of the classic buckets (the +Inf bucket follows them).
     bounds: Arc<[f64]>,
+    /// Classic buckets (`bounds.len() + 1`, or 0 for native buckets only): the sum's slot.
+    classic: usize,
+    native: Option<Native>,
+}
+
+/// A histogram's native part.
+#[derive(Clone)]
+struct Native {
+    cell: Arc<NativeCell>,
+    zero_threshold: f64,
 }
 
 impl Histogram {
@@ -29,12 +43,30 @@ impl Histogram {
             });
             return;
         }
-        let bucket = bucket_index(&self.bounds, v);
-        let sum = self.bounds.len() + 1;
+        let Some(native) = &self.native else {
+            let bucket = bucket_index(&self.bounds, v);
+            let sum = self.bounds.len() + 1;
+            self.cell.with(|s| {
+                s[bucket].fetch_add(1, Ordering::Relaxed);
+                add_f64(&s[sum], v);
+            });
+            return;
+        };
+        let sum = self.classic;
+        let bucket = (sum > 0).then(|| bucket_index(&self.bounds, v));
+        let zero = v.abs() <= native.zero_threshold;
         self.cell.with(|s| {
-            s[bucket].fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = bucket {
+                s[b].fetch_add(1, Ordering::Relaxed);
+            }
             add_f64(&s[sum], v);
+            if zero {
+                s[sum + 1].fetch_add(1, Ordering::Relaxed);
+            }
         });
+        if !zero {
+            native.cell.observe(v);
+        }
     }
 
     /// Records a duration in seconds.
@@ -43,9 +75,10 @@ impl Histogram {
         self.observe(d.as_secs_f64());
     }
 
-    /// This process's per-bucket counts (+Inf last) and sum.
+    /// This process's per-bucket counts of the classic buckets (+Inf last; none for a
+    /// histogram with native buckets only) and sum.
     pub fn get(&self) -> (Vec<u64>, f64) {
-        let n = self.bounds.len() + 1;
+        let n = self.classic;
         self.cell.with(|s| {
             let buckets = s[..n].iter().map(|b| b.load(Ordering::Relaxed)).collect();
             (buckets, f64::from_bits(s[n].load(Ordering::Relaxed)))
@@ -69,13 +102,22 @@ fn bucket_index(bounds: &[f64], v: f64) -> usize {
 #[allow(private_interfaces)] // sealed: unnameable outside the crate
 impl Sealed for Histogram {
     fn layout(desc: &FamilyDesc) -> Layout {
-        Layout::Histogram(desc.buckets.len())
+        match desc.native {
+            Some(_) => Layout::Native(desc.buckets.len()),
+            None => Layout::Histogram(desc.buckets.len()),
+        }
     }
     fn from_cell(cell: Arc<Cell>, desc: &FamilyDesc) -> Self {
         let finite = &desc.buckets[..desc.buckets.len().saturating_sub(1)];
+        let native = desc.native.map(|spec| Native {
+            cell: NativeCell::new(Arc::clone(&cell), spec),
+            zero_threshold: spec.zero_threshold,
+        });
         Histogram {
             cell,
             bounds: finite.into(),
+            classic: desc.buckets.len(),
+            native,
         }
     }
     fn cell(&self) -> &Arc<Cell> {

@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::format::names;
+use crate::format::native::{MAX_SCHEMA, MIN_SCHEMA, NativeSpec};
 use crate::format::records::FamilyRecord;
 use crate::format::{GaugeMode, MAX_HELP_BYTES, MetricType};
 
@@ -93,6 +94,93 @@ pub struct Opts {
     pub(crate) series_limit: Option<usize>,
     pub(crate) buckets: Option<Vec<f64>>,
     pub(crate) mode: Option<GaugeMode>,
+    pub(crate) native: Option<NativeOpts>,
+}
+
+/// Native histogram buckets (Prometheus' sparse exponential buckets) for
+/// [`Opts::native`]: one series per label set holds every bucket, at a resolution chosen
+/// here, instead of one series per classic bucket.
+///
+/// Bucket `i` holds the observations `v` with `2^((i−1)·2^−schema) < v ≤ 2^(i·2^−schema)`
+/// (negative observations the same way, on their own side); observations with
+/// `|v| ≤ zero_threshold` go to the zero bucket. Defaults: schema 3 (buckets grow by a
+/// factor of about 1.09, as Go's and prometheus-client's default bucket factor of 1.1
+/// gives), zero threshold 2^−128 (as they use), at most 160 buckets per merged series.
+///
+/// Processes that declare one family with other settings (two releases of a rolling
+/// deploy) are merged exactly: every series is brought to the coarsest schema and the
+/// widest zero bucket among them. A merged series with more than `max_buckets` buckets has
+/// its resolution halved until it fits (counts move to the wider buckets, none is lost).
+///
+/// ```
+/// use shmetrics_core::{NativeOpts, Opts};
+/// let latency = Opts::new("job_seconds", "Job latency").native(NativeOpts::default().schema(4));
+/// let both = Opts::new("rpc_seconds", "RPC latency")
+///     .native(NativeOpts::with_factor(1.1)) // schema 3
+///     .buckets(vec![0.01, 0.1, 1.0]); // classic buckets too, for scrapers without native support
+/// # let _ = (latency, both);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NativeOpts {
+    pub(crate) schema: i8,
+    pub(crate) zero_threshold: f64,
+    pub(crate) max_buckets: u32,
+}
+
+impl Default for NativeOpts {
+    fn default() -> Self {
+        NativeOpts {
+            schema: 3,
+            zero_threshold: DEFAULT_ZERO_THRESHOLD,
+            max_buckets: 160,
+        }
+    }
+}
+
+/// The default zero threshold of native histograms: 2^−128, as Prometheus' clients use.
+pub const DEFAULT_ZERO_THRESHOLD: f64 = 2.938735877055719e-39;
+
+impl NativeOpts {
+    /// The schema whose bucket growth factor is the largest one at most `factor` (Go's
+    /// `NativeHistogramBucketFactor`): 1.1 gives schema 3, 2 gives schema 0. Factors
+    /// below the finest schema's give schema 8; large ones, schema −4.
+    pub fn with_factor(factor: f64) -> Self {
+        // Schema s grows buckets by 2^(2^-s): the first (coarsest) schema at most `factor`.
+        let mut schema = MIN_SCHEMA;
+        while schema < MAX_SCHEMA && (-f64::from(schema)).exp2().exp2() > factor {
+            schema += 1;
+        }
+        NativeOpts {
+            schema,
+            ..NativeOpts::default()
+        }
+    }
+
+    /// The resolution: −4 (a factor of 65,536 per bucket) to 8 (2^(1/256) per bucket).
+    pub fn schema(mut self, schema: i8) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// Observations with `|v| <=` this go to the zero bucket (finite, at least 0).
+    pub fn zero_threshold(mut self, threshold: f64) -> Self {
+        self.zero_threshold = threshold;
+        self
+    }
+
+    /// Most buckets a merged series shows (both sides together); 0 for no limit.
+    pub fn max_buckets(mut self, n: u32) -> Self {
+        self.max_buckets = n;
+        self
+    }
+
+    pub(crate) fn spec(&self) -> NativeSpec {
+        NativeSpec {
+            schema: self.schema,
+            zero_threshold: self.zero_threshold,
+            max_buckets: self.max_buckets,
+        }
+    }
 }
 
 impl Opts {
@@ -106,6 +194,7 @@ impl Opts {
             series_limit: None,
             buckets: None,
             mode: None,
+            native: None,
         }
     }
 
@@ -129,9 +218,20 @@ impl Opts {
     }
 
     /// Histogram bucket upper bounds (strictly increasing; `+Inf` is added). Histograms
-    /// only; defaults to [`DEFAULT_BUCKETS`](crate::DEFAULT_BUCKETS).
+    /// only; defaults to [`DEFAULT_BUCKETS`](crate::DEFAULT_BUCKETS), or to none for a
+    /// histogram with [native buckets](Opts::native).
     pub fn buckets(mut self, bounds: impl Into<Vec<f64>>) -> Self {
         self.buckets = Some(bounds.into());
+        self
+    }
+
+    /// Gives a histogram native buckets (see [`NativeOpts`]): they go out in the Prometheus
+    /// protobuf format, to a Prometheus started with `--enable-feature=native-histograms`.
+    /// Without [`buckets`](Opts::buckets) the histogram has native buckets only, and the
+    /// text formats show its count and sum (a single `+Inf` bucket); with them, it has
+    /// both, and text scrapers get the classic buckets. Histograms only.
+    pub fn native(mut self, native: NativeOpts) -> Self {
+        self.native = Some(native);
         self
     }
 
@@ -180,8 +280,11 @@ pub(crate) struct FamilyDesc {
     pub ty: MetricType,
     pub mode: GaugeMode,
     pub labels: Vec<String>,
-    /// Upper bounds with +Inf last (histograms), empty otherwise.
+    /// Upper bounds with +Inf last (histograms), empty otherwise (and for histograms with
+    /// native buckets only).
     pub buckets: Vec<f64>,
+    /// Native buckets (histograms only).
+    pub native: Option<NativeSpec>,
     pub series_limit: usize,
 }
 
@@ -209,7 +312,25 @@ impl FamilyDesc {
             }
             (_, None) => GaugeMode::All,
         };
+        let native = match (ty, opts.native) {
+            (MetricType::Histogram, Some(n)) => {
+                let spec = n.spec();
+                spec.check().map_err(|reason| Error::InvalidOption {
+                    name: name.clone(),
+                    reason: format!("native buckets: {reason}"),
+                })?;
+                Some(spec)
+            }
+            (_, Some(_)) => {
+                return Err(Error::InvalidOption {
+                    name,
+                    reason: "native buckets apply to histograms only".into(),
+                });
+            }
+            (_, None) => None,
+        };
         let buckets = match (ty, opts.buckets) {
+            (MetricType::Histogram, None) if native.is_some() => Vec::new(),
             (MetricType::Histogram, b) => {
                 let b = b.unwrap_or_else(|| names::DEFAULT_BUCKETS.to_vec());
                 names::normalize_buckets(&b).map_err(|reason| Error::InvalidBuckets {
@@ -240,6 +361,7 @@ impl FamilyDesc {
             mode,
             labels,
             buckets,
+            native,
             series_limit,
         })
     }
@@ -253,16 +375,23 @@ impl FamilyDesc {
             help: self.help.clone(),
             labels: self.labels.clone(),
             buckets: self.buckets.clone(),
+            native: self.native,
             stats_offset,
         }
     }
 
-    /// Whether two declarations can be merged (help text and limits may differ).
+    /// Whether two declarations are the same (help text and limits may differ).
     pub(crate) fn same_schema(&self, other: &FamilyDesc) -> bool {
         self.ty == other.ty
             && self.mode == other.mode
             && self.labels == other.labels
             && self.buckets == other.buckets
+            && self.native == other.native
+    }
+
+    /// Value slots per series.
+    pub(crate) fn slots(&self) -> usize {
+        crate::format::series_slots(self.ty, self.mode, self.buckets.len(), self.native.is_some())
     }
 
     pub(crate) fn from_record(r: &FamilyRecord) -> Self {
@@ -273,6 +402,7 @@ impl FamilyDesc {
             mode: r.mode,
             labels: r.labels.clone(),
             buckets: r.buckets.clone(),
+            native: r.native,
             series_limit: 0,
         }
     }
@@ -296,7 +426,19 @@ impl FamilyDesc {
                         }
                     })
                     .collect();
-                format!("histogram (buckets [{}])", b.join(", "))
+                match &self.native {
+                    Some(n) if b.is_empty() => format!(
+                        "native histogram (schema {}, zero threshold {})",
+                        n.schema, n.zero_threshold
+                    ),
+                    Some(n) => format!(
+                        "histogram (buckets [{}], native schema {}, zero threshold {})",
+                        b.join(", "),
+                        n.schema,
+                        n.zero_threshold
+                    ),
+                    None => format!("histogram (buckets [{}])", b.join(", ")),
+                }
             }
         };
         format!("{kind} with labels [{}]", self.labels.join(", "))
@@ -335,10 +477,50 @@ mod tests {
             .is_ok()
         );
         assert!(desc(MetricType::Counter, Opts::new("c", "h").buckets(vec![1.0])).is_err());
+        assert!(
+            desc(
+                MetricType::Counter,
+                Opts::new("c", "h").native(NativeOpts::default())
+            )
+            .is_err()
+        );
+        for bad in [
+            NativeOpts::default().schema(9),
+            NativeOpts::default().schema(-5),
+            NativeOpts::default().zero_threshold(-1.0),
+            NativeOpts::default().zero_threshold(f64::NAN),
+        ] {
+            let e = desc(MetricType::Histogram, Opts::new("h", "h").native(bad)).unwrap_err();
+            assert!(e.to_string().contains("native buckets"), "{e}");
+        }
         assert!(desc(MetricType::Counter, Opts::new("c", "h").mode(GaugeMode::Max)).is_err());
         assert!(desc(MetricType::Counter, Opts::new("c", "h").label_names(["a", "a"])).is_err());
         assert!(desc(MetricType::Counter, Opts::new("shmetrics_x", "h")).is_err());
         assert!(desc(MetricType::Counter, Opts::new("c", "h").series_limit(0)).is_err());
+    }
+
+    #[test]
+    fn native_alone_has_no_classic_buckets_and_both_keep_them() {
+        let n = desc(
+            MetricType::Histogram,
+            Opts::new("h", "h").native(NativeOpts::default()),
+        )
+        .unwrap();
+        assert!(n.buckets.is_empty() && n.native.is_some());
+        assert_eq!(n.slots(), 2);
+        let both = desc(
+            MetricType::Histogram,
+            Opts::new("h", "h")
+                .native(NativeOpts::default())
+                .buckets(vec![1.0]),
+        )
+        .unwrap();
+        assert_eq!(both.buckets, vec![1.0, f64::INFINITY]);
+        assert_eq!(both.slots(), 4);
+        assert_eq!(NativeOpts::with_factor(1.1).schema, 3);
+        assert_eq!(NativeOpts::with_factor(2.0).schema, 0);
+        assert_eq!(NativeOpts::with_factor(1.0001).schema, 8);
+        assert_eq!(NativeOpts::with_factor(1e9).schema, -4);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use crate::sys::region::Region;
 
 /// The header of a new file, as its creator writes it.
 pub(crate) struct NewHeader {
+    /// [`format::BASE_VERSION`], or [`format::VERSION`] for a file that holds native
+    /// histograms.
+    pub version: u32,
     pub pid: u32,
     pub flags: u32,
     pub writer_id: u64,
@@ -21,7 +24,7 @@ impl NewHeader {
     pub(crate) fn words(&self) -> [u64; HEADER_WORDS] {
         let mut h = [0u64; HEADER_WORDS];
         h[format::H_MAGIC] = u64::from_le_bytes(format::MAGIC);
-        h[format::H_VERSION] = u64::from(format::VERSION) | ((HEADER_BYTES as u64) << 32);
+        h[format::H_VERSION] = version_word(self.version);
         h[format::H_USED] = 0;
         h[format::H_PID] = u64::from(self.pid) | (u64::from(self.flags) << 32);
         h[format::H_START] = crate::sys::unix_nanos();
@@ -32,9 +35,15 @@ impl NewHeader {
     }
 }
 
+/// Word 1 of a header of `version`.
+pub(crate) fn version_word(version: u32) -> u64 {
+    u64::from(version) | ((HEADER_BYTES as u64) << 32)
+}
+
 /// The header fields a reader needs (re-read on every scrape: a resumed slot changes pid).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Header {
+    pub version: u32,
     pub pid: u32,
     pub flags: u32,
     pub start: u64,
@@ -94,9 +103,10 @@ pub(crate) fn read_header(region: &Region, size: usize) -> Result<Header, Header
     if version > format::VERSION {
         return Err(HeaderError::Newer(version));
     }
-    if version != format::VERSION {
+    if version < format::BASE_VERSION {
         return Err(corrupt!(
-            "format version {version}, this reader knows version {}",
+            "format version {version}, this reader knows versions {} to {}",
+            format::BASE_VERSION,
             format::VERSION
         )
         .into());
@@ -128,6 +138,7 @@ pub(crate) fn read_header(region: &Region, size: usize) -> Result<Header, Header
         return Err(corrupt!("used length {used} below {HEADER_BYTES} or unaligned").into());
     }
     Ok(Header {
+        version,
         pid: h[format::H_PID] as u32,
         flags,
         start: h[format::H_START],

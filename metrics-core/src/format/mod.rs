@@ -1,4 +1,5 @@
-//! The file format (version 1), as specified in `FORMAT.md`: this module is its one owner.
+//! The file format (versions 1 and 2), as specified in `FORMAT.md`: this module is its one
+//! owner.
 //!
 //! * here: the directory's file names, the header layout, record kinds, limits, the metric
 //!   types and gauge modes as the files encode them;
@@ -6,7 +7,8 @@
 //! * [`records`]: encoding and decoding each record, every length untrusted;
 //! * [`parse`]: the records of a mapped file, read incrementally;
 //! * [`desc`]: a family's validated declaration (what a family record holds);
-//! * [`names`]: metric and label name rules, escaping, bucket bounds.
+//! * [`names`]: metric and label name rules, escaping, bucket bounds;
+//! * [`native`]: native histogram buckets (index, schema reduction, chunks).
 //!
 //! Nothing here writes a file; the decoders never touch shared memory directly (they work
 //! on local copies of words, or through [`Region`](crate::sys::region::Region)'s atomic
@@ -15,6 +17,7 @@
 pub(crate) mod desc;
 pub(crate) mod header;
 pub(crate) mod names;
+pub(crate) mod native;
 pub(crate) mod parse;
 pub(crate) mod records;
 
@@ -27,8 +30,12 @@ compile_error!(
 
 /// Bytes 0..8 of every store file.
 pub(crate) const MAGIC: [u8; 8] = *b"SHMETRIC";
-/// The format version this crate writes and reads.
-pub(crate) const VERSION: u32 = 1;
+/// The newest format version this crate reads and writes: a file holding native
+/// histograms (their family and chunk records, or removal baselines of their buckets).
+pub(crate) const VERSION: u32 = 2;
+/// The version of a file that holds nothing version 2 added: byte for byte what releases
+/// that only know version 1 write, so they keep reading it during a rolling upgrade.
+pub(crate) const BASE_VERSION: u32 = 1;
 /// Size of the header in bytes (16 words).
 pub(crate) const HEADER_BYTES: usize = 128;
 /// Header size in words.
@@ -101,6 +108,11 @@ pub(crate) const REC_SERIES: u32 = 3;
 pub(crate) const REC_VALUES: u32 = 4;
 pub(crate) const REC_FOLDED: u32 = 5;
 pub(crate) const REC_REMOVAL: u32 = 6;
+/// Version 2: a chunk of a native histogram series' buckets.
+pub(crate) const REC_NATIVE_CHUNK: u32 = 7;
+
+/// Family flag (record word 1, high half): the histogram has native buckets (version 2).
+pub(crate) const FAMILY_NATIVE: u32 = 1 << 16;
 
 /// Header flag (word 3, high half): the file is the directory's accumulator of folded
 /// dead writers.
@@ -272,13 +284,14 @@ impl std::str::FromStr for GaugeMode {
     }
 }
 
-/// Number of value slots of one series.
-pub(crate) fn series_slots(ty: MetricType, mode: GaugeMode, buckets: usize) -> usize {
+/// Number of value slots of one series (`native`: a histogram with native buckets, whose
+/// zero bucket follows the sum; its other buckets are in chunk records).
+pub(crate) fn series_slots(ty: MetricType, mode: GaugeMode, buckets: usize, native: bool) -> usize {
     match ty {
         MetricType::Counter | MetricType::CounterF64 => 1,
         MetricType::Gauge if mode.most_recent() => 3,
         MetricType::Gauge => 1,
-        MetricType::Histogram => buckets + 1,
+        MetricType::Histogram => buckets + 1 + usize::from(native),
         MetricType::Summary => 2,
     }
 }

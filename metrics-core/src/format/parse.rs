@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::native::ChunkId;
 use super::records::{self, Corrupt, FamilyRecord, Removal, corrupt};
 use super::{self as format, HEADER_BYTES};
 use crate::sys::region::Region;
@@ -25,6 +26,16 @@ pub(crate) struct ParsedSeries {
     /// Byte offset of the series record's body (after its header word), and its words.
     pub record: usize,
     pub record_words: usize,
+    /// Its native bucket chunks (indexes into [`Parsed::chunks`]), in file order.
+    pub chunks: Vec<u32>,
+}
+
+/// A chunk of a native histogram series' buckets, as found in a file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ParsedChunk {
+    pub id: ChunkId,
+    /// Byte offset of its count words.
+    pub counts: usize,
 }
 
 /// Everything parsed from one file so far.
@@ -37,6 +48,10 @@ pub(crate) struct Parsed {
     pub blocks: Vec<(usize, usize)>,
     pub folded: Vec<u64>,
     pub removals: Vec<std::sync::Arc<Removal>>,
+    pub chunks: Vec<ParsedChunk>,
+    /// Series of native histograms, by the offset of their value slots (chunks name
+    /// their series so).
+    pub native_series: std::collections::HashMap<u32, usize>,
     /// Bytes parsed (records below this offset are in the vectors above).
     pub parsed: usize,
 }
@@ -110,7 +125,7 @@ impl Parsed {
                         rec.name
                     ));
                 }
-                let slots = format::series_slots(rec.ty, rec.mode, rec.buckets.len());
+                let slots = rec.slots();
                 self.families.push(ParsedFamily { rec, slots });
             }
             format::REC_SERIES => {
@@ -130,11 +145,17 @@ impl Parsed {
                 if !in_block(&self.blocks, rec.value_offset, fam.slots) {
                     return Err(corrupt!("series value slots outside value blocks at {at}"));
                 }
+                if fam.rec.native.is_some() {
+                    // Value slots lie below 1 GiB (the largest file).
+                    self.native_series
+                        .insert(rec.value_offset as u32, self.series.len());
+                }
                 self.series.push(ParsedSeries {
                     family: rec.family,
                     offset: rec.value_offset as usize,
                     record: at + 8,
                     record_words: body.len(),
+                    chunks: Vec::new(),
                 });
             }
             format::REC_VALUES => self.blocks.push((at + 8, at + len)),
@@ -147,6 +168,15 @@ impl Parsed {
             format::REC_REMOVAL => self
                 .removals
                 .push(std::sync::Arc::new(records::decode_removal(body)?)),
+            format::REC_NATIVE_CHUNK => {
+                let id = records::decode_chunk(body)?;
+                let series = *self
+                    .native_series
+                    .get(&id.series_offset)
+                    .ok_or_else(|| corrupt!("chunk of no native histogram series at {at}"))?;
+                self.series[series].chunks.push(self.chunks.len() as u32);
+                self.chunks.push(ParsedChunk { id, counts: at + 16 });
+            }
             k if k & format::REC_OPTIONAL != 0 => {}
             k => return Err(corrupt!("unknown record kind {k} at {at}")),
         }

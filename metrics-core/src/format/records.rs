@@ -3,10 +3,16 @@
 
 use std::fmt;
 
+use super::native::{CHUNK_WORDS, ChunkId, NativeSpec};
 use super::{
-    GaugeMode, MAX_BASELINES, MAX_BUCKETS, MAX_LABELS, MAX_NAME_BYTES, MAX_RECORD_BYTES, MetricType,
-    REC_APPLICATION, REC_FAMILY, REC_FOLDED, REC_REMOVAL, REC_SERIES, REC_VALUES,
+    FAMILY_NATIVE, GaugeMode, MAX_BASELINES, MAX_BUCKETS, MAX_LABELS, MAX_NAME_BYTES, MAX_RECORD_BYTES,
+    MetricType, REC_APPLICATION, REC_FAMILY, REC_FOLDED, REC_NATIVE_CHUNK, REC_REMOVAL, REC_SERIES,
+    REC_VALUES,
 };
+
+/// Most values one removal baseline holds: a histogram's slots, then a (bucket, count)
+/// word pair per native bucket.
+pub(crate) const MAX_BASELINE_VALUES: usize = 1 << 17;
 
 /// A family record, decoded.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,10 +23,20 @@ pub(crate) struct FamilyRecord {
     pub name: String,
     pub help: String,
     pub labels: Vec<String>,
-    /// Upper bounds, +Inf last (histograms only).
+    /// Upper bounds, +Inf last (histograms only; none for a histogram with native buckets
+    /// only).
     pub buckets: Vec<f64>,
+    /// Native buckets' settings (histograms of format version 2 only).
+    pub native: Option<NativeSpec>,
     /// Byte offset of the family's statistics slot (cardinality overflow count).
     pub stats_offset: u64,
+}
+
+impl FamilyRecord {
+    /// Value slots per series.
+    pub(crate) fn slots(&self) -> usize {
+        super::series_slots(self.ty, self.mode, self.buckets.len(), self.native.is_some())
+    }
 }
 
 /// Builds one record as a sequence of little-endian words.
@@ -70,7 +86,8 @@ pub(crate) const SERIES_VALUES_WORD: usize = 2;
 /// Encodes a family record.
 pub(crate) fn encode_family(f: &FamilyRecord) -> Vec<u64> {
     let mut r = RecordBuf::new(REC_FAMILY);
-    let flags = u32::from(f.ty.code()) | (u32::from(f.mode.code()) << 8);
+    let native = if f.native.is_some() { FAMILY_NATIVE } else { 0 };
+    let flags = u32::from(f.ty.code()) | (u32::from(f.mode.code()) << 8) | native;
     r.halves(f.id, flags)
         .halves(f.labels.len() as u32, f.buckets.len() as u32)
         .word(f.stats_offset)
@@ -82,7 +99,29 @@ pub(crate) fn encode_family(f: &FamilyRecord) -> Vec<u64> {
     for b in &f.buckets {
         r.word(b.to_bits());
     }
+    if let Some(n) = &f.native {
+        r.halves(i32::from(n.schema) as u32, n.max_buckets)
+            .word(n.zero_threshold.to_bits());
+    }
     r.finish()
+}
+
+/// Encodes a native bucket chunk record (version 2): its identity and 16 counts.
+pub(crate) fn encode_chunk(id: ChunkId, counts: &[u64; CHUNK_WORDS]) -> Vec<u64> {
+    let mut r = RecordBuf::new(REC_NATIVE_CHUNK);
+    r.word(id.word());
+    for w in counts {
+        r.word(*w);
+    }
+    r.finish()
+}
+
+/// Decodes a chunk record body (its identity; the counts stay in the file).
+pub(crate) fn decode_chunk(body: &[u64]) -> Result<ChunkId, Corrupt> {
+    if body.len() != 1 + CHUNK_WORDS {
+        return Err(corrupt!("chunk record of {} words", body.len() + 1));
+    }
+    ChunkId::from_word(body[0]).map_err(|e| corrupt!("{e}"))
 }
 
 /// Encodes a series record.
@@ -187,7 +226,7 @@ pub(crate) fn decode_removal(body: &[u64]) -> Result<crate::format::records::Rem
             bl.push(c.string(MAX_RECORD_BYTES)?.into_boxed_str());
         }
         let ns = c.word()? as usize;
-        if ns > MAX_BUCKETS + 1 {
+        if ns > MAX_BASELINE_VALUES {
             return Err(corrupt!("baseline with {ns} values"));
         }
         let mut values = Vec::with_capacity(ns);
@@ -306,8 +345,12 @@ pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
         MetricType::from_code(flags as u8).ok_or_else(|| corrupt!("unknown metric type {}", flags as u8))?;
     let mode = GaugeMode::from_code((flags >> 8) as u8)
         .ok_or_else(|| corrupt!("unknown gauge mode {}", (flags >> 8) as u8))?;
-    if flags >> 16 != 0 {
+    if flags >> 17 != 0 {
         return Err(corrupt!("reserved family flags set"));
+    }
+    let native = flags & FAMILY_NATIVE != 0;
+    if native && ty != MetricType::Histogram {
+        return Err(corrupt!("native buckets on a family that is not a histogram"));
     }
     if ty != MetricType::Gauge && mode != GaugeMode::All {
         return Err(corrupt!("gauge mode on a non-gauge family"));
@@ -337,9 +380,24 @@ pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
     for _ in 0..nbuckets {
         buckets.push(f64::from_bits(c.word()?));
     }
+    let native = if native {
+        let (schema, max_buckets) = c.halves()?;
+        let spec = NativeSpec {
+            schema: i8::try_from(schema as i32).map_err(|_| corrupt!("native schema {}", schema as i32))?,
+            zero_threshold: f64::from_bits(c.word()?),
+            max_buckets,
+        };
+        spec.check().map_err(|e| corrupt!("native buckets: {e}"))?;
+        Some(spec)
+    } else {
+        None
+    };
     match ty {
         MetricType::Histogram => {
-            crate::format::names::check_stored_buckets(&buckets).map_err(|e| corrupt!("buckets: {e}"))?;
+            // Native buckets only: no classic bounds at all.
+            if !(native.is_some() && buckets.is_empty()) {
+                crate::format::names::check_stored_buckets(&buckets).map_err(|e| corrupt!("buckets: {e}"))?;
+            }
             if labels.iter().any(|l| l == "le") {
                 return Err(corrupt!("histogram with an `le` label"));
             }
@@ -361,6 +419,7 @@ pub(crate) fn decode_family(body: &[u64]) -> Result<FamilyRecord, Corrupt> {
         help,
         labels,
         buckets,
+        native,
         stats_offset,
     })
 }
@@ -478,12 +537,35 @@ mod tests {
             help: "Help with \"quotes\"\nand é".into(),
             labels: vec!["route".into(), "method".into()],
             buckets: vec![0.1, 1.0, f64::INFINITY],
+            native: None,
             stats_offset: 4096,
         };
         let words = encode_family(&f);
         assert_eq!(words[0] as u32, REC_FAMILY);
         assert_eq!((words[0] >> 32) as usize, words.len() * 8);
         assert_eq!(decode_family(&words[1..]).unwrap(), f);
+        for buckets in [vec![], vec![0.5, f64::INFINITY]] {
+            let native = FamilyRecord {
+                buckets,
+                native: Some(NativeSpec {
+                    schema: -2,
+                    zero_threshold: 1e-9,
+                    max_buckets: 160,
+                }),
+                ..f.clone()
+            };
+            let words = encode_family(&native);
+            assert_eq!(decode_family(&words[1..]).unwrap(), native);
+            let mut bad = words.clone();
+            let last = bad.len() - 2;
+            bad[last] = 9; // schema 9
+            assert!(decode_family(&bad[1..]).is_err());
+        }
+        let classic_without_bounds = FamilyRecord {
+            buckets: vec![],
+            ..f.clone()
+        };
+        assert!(decode_family(&encode_family(&classic_without_bounds)[1..]).is_err());
     }
 
     #[test]

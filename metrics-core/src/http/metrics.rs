@@ -12,7 +12,7 @@ use crate::family::counter::Counter;
 use crate::family::gauge::Gauge;
 use crate::family::histogram::Histogram;
 use crate::format::GaugeMode;
-use crate::format::desc::Opts;
+use crate::format::desc::{NativeOpts, Opts};
 use crate::format::names::DEFAULT_BUCKETS;
 use crate::store::Store;
 
@@ -31,6 +31,8 @@ pub struct HttpMetricsBuilder {
     metrics_path: Option<String>,
     unmatched: String,
     series_limit: Option<usize>,
+    native: Option<NativeOpts>,
+    classic: bool,
 }
 
 impl HttpMetricsBuilder {
@@ -49,6 +51,32 @@ impl HttpMetricsBuilder {
     /// Latency buckets in seconds (default: Prometheus' 0.005 ... 10).
     pub fn buckets(mut self, buckets: impl Into<Vec<f64>>) -> Self {
         self.buckets = buckets.into();
+        self
+    }
+
+    /// Gives the latency histogram native buckets too (off by default): a Prometheus
+    /// started with `--enable-feature=native-histograms` scrapes them (protobuf); scrapers
+    /// of the text formats keep getting the classic buckets, unless
+    /// [`classic_buckets(false)`](HttpMetricsBuilder::classic_buckets) leaves those out.
+    ///
+    /// ```
+    /// use shmetrics_core::{NativeOpts, http::HttpMetrics};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path())?;
+    /// let metrics = HttpMetrics::builder(&store).native(NativeOpts::default()).build()?;
+    /// # let _ = metrics;
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn native(mut self, native: NativeOpts) -> Self {
+        self.native = Some(native);
+        self
+    }
+
+    /// Whether the latency histogram keeps its classic buckets (default `true`). `false`
+    /// needs [`native`](HttpMetricsBuilder::native) buckets: the text formats then show the
+    /// latency's count and sum only.
+    pub fn classic_buckets(mut self, on: bool) -> Self {
+        self.classic = on;
         self
     }
 
@@ -112,6 +140,14 @@ impl HttpMetricsBuilder {
     /// Declares the three families in the store (or finds them, if this process declared
     /// them identically already: building the layer twice is fine).
     pub fn build(self) -> Result<HttpMetrics> {
+        if !self.classic && self.native.is_none() {
+            return Err(Error::InvalidOption {
+                name: "classic_buckets".into(),
+                reason: "a latency histogram without classic buckets needs native ones: \
+                         call native(NativeOpts::default()) too"
+                    .into(),
+            });
+        }
         if self.const_labels.len() > MAX_CONST_LABELS {
             return Err(Error::InvalidOption {
                 name: "const_labels".into(),
@@ -149,14 +185,18 @@ impl HttpMetricsBuilder {
             )
             .label_names(request_labels),
         ))?;
-        let duration = self.store.register::<Histogram>(limit(
-            Opts::new(
-                name("http_request_duration_seconds"),
-                "HTTP request latency in seconds, until the response body was sent, by method and route template.",
-            )
-            .label_names(duration_labels)
-            .buckets(self.buckets.clone()),
-        ))?;
+        let mut duration_opts = Opts::new(
+            name("http_request_duration_seconds"),
+            "HTTP request latency in seconds, until the response body was sent, by method and route template.",
+        )
+        .label_names(duration_labels);
+        if self.classic {
+            duration_opts = duration_opts.buckets(self.buckets.clone());
+        }
+        if let Some(n) = self.native {
+            duration_opts = duration_opts.native(n);
+        }
+        let duration = self.store.register::<Histogram>(limit(duration_opts))?;
         let in_flight_family = self.store.register::<Gauge>(
             Opts::new(name("http_requests_in_flight"), "HTTP requests being served.")
                 .label_names(const_names.iter().copied())
@@ -272,6 +312,8 @@ impl HttpMetrics {
             metrics_path: Some(METRICS_PATH.to_string()),
             unmatched: UNMATCHED.into(),
             series_limit: None,
+            native: None,
+            classic: true,
         }
     }
 

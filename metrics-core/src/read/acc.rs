@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{Ordering, fence};
 
+use crate::format::native::{BucketKey, CHUNK_WORDS, NativeSpec, Sparse, chunk_counts};
+use crate::format::parse::{Parsed, ParsedSeries};
 use crate::format::{GaugeMode, MR_SEQ, MR_TIME, MR_VALUE};
 use crate::sys::region::Region;
 
@@ -17,6 +19,8 @@ pub(crate) enum Acc {
     Hist {
         buckets: Vec<u64>,
         sum: f64,
+        /// The native buckets of a histogram that has them.
+        native: Option<Box<NativeAcc>>,
     },
     /// Python summaries only.
     Summary {
@@ -44,11 +48,19 @@ impl Acc {
                 // twice (it cannot be two live processes); keep the native value.
                 GaugeMode::All | GaugeMode::LiveAll => {}
             },
-            (Acc::Hist { buckets, sum }, Acc::Hist { buckets: b, sum: s }) => {
+            (
+                Acc::Hist { buckets, sum, native },
+                Acc::Hist {
+                    buckets: b,
+                    sum: s,
+                    native: n,
+                },
+            ) => {
                 for (x, y) in buckets.iter_mut().zip(b) {
                     *x = x.saturating_add(y);
                 }
                 *sum += s;
+                NativeAcc::absorb_into(native, n);
             }
             (Acc::Summary { count, sum }, Acc::Summary { count: c, sum: s }) => {
                 *count += c;
@@ -56,6 +68,86 @@ impl Acc {
             }
             _ => {}
         }
+    }
+}
+
+/// Native buckets being accumulated: every file's bucket counts as they were recorded
+/// (each at its own schema), brought to one schema and zero bucket only for the exposition
+/// ([`NativeAcc::sparse`]), so a compaction folds them exactly as they are.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NativeAcc {
+    /// The coarsest schema, the widest zero threshold and the smallest bucket limit of
+    /// the declarations merged.
+    pub spec: NativeSpec,
+    /// The narrowest zero threshold of the declarations merged (buckets recorded under it
+    /// may reach into a wider one).
+    pub narrowest_zero: f64,
+    pub zero: u64,
+    /// Counts by bucket, sorted, no duplicates.
+    pub buckets: Vec<(BucketKey, u64)>,
+}
+
+impl NativeAcc {
+    pub(crate) fn new(spec: NativeSpec) -> Self {
+        NativeAcc {
+            spec,
+            narrowest_zero: spec.zero_threshold,
+            zero: 0,
+            buckets: Vec::new(),
+        }
+    }
+
+    /// Adds `n` to bucket `key`.
+    #[inline]
+    pub(crate) fn add(&mut self, key: BucketKey, n: u64) {
+        match self.buckets.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(n),
+            Err(i) => self.buckets.insert(i, (key, n)),
+        }
+    }
+
+    /// Zero again, keeping the declaration and the room allocated.
+    pub(crate) fn reset(&mut self) {
+        self.zero = 0;
+        self.buckets.clear();
+    }
+
+    /// Whether nothing is counted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.zero == 0 && self.buckets.iter().all(|(_, n)| *n == 0)
+    }
+
+    /// Takes `other` (another declaration's, or another source's) into `this`.
+    pub(crate) fn absorb_into(this: &mut Option<Box<NativeAcc>>, other: Option<Box<NativeAcc>>) {
+        let Some(other) = other else { return };
+        let Some(a) = this else {
+            *this = Some(other);
+            return;
+        };
+        a.spec.schema = a.spec.schema.min(other.spec.schema);
+        a.spec.zero_threshold = a.spec.zero_threshold.max(other.spec.zero_threshold);
+        a.spec.max_buckets = match (a.spec.max_buckets, other.spec.max_buckets) {
+            (0, m) | (m, 0) => m,
+            (x, y) => x.min(y),
+        };
+        a.narrowest_zero = a.narrowest_zero.min(other.narrowest_zero);
+        a.zero = a.zero.saturating_add(other.zero);
+        for (k, n) in other.buckets {
+            a.add(k, n);
+        }
+    }
+
+    /// The buckets as one series shows them: one schema, one zero bucket, at most the
+    /// bucket limit.
+    pub(crate) fn sparse(&self) -> Sparse {
+        Sparse::build(
+            &self.buckets,
+            self.zero,
+            self.spec.schema,
+            self.spec.zero_threshold,
+            self.narrowest_zero < self.spec.zero_threshold,
+            self.spec.max_buckets,
+        )
     }
 }
 
@@ -83,6 +175,45 @@ pub(crate) fn read_most_recent(region: &Region, offset: usize) -> (f64, u64) {
         f64::from_bits(val.load(Ordering::Relaxed)),
         time.load(Ordering::Relaxed),
     )
+}
+
+/// The bucket counts of a native histogram series' chunks in one file (chunks of one
+/// bucket added up), in bucket order; nothing for other series.
+pub(crate) fn native_counts(region: &Region, parsed: &Parsed, s: &ParsedSeries) -> Vec<(BucketKey, u64)> {
+    let mut out = Vec::new();
+    read_native_counts(region, parsed, s, &mut out, &mut Vec::with_capacity(CHUNK_WORDS));
+    out
+}
+
+/// [`native_counts`] into `out` (cleared first), with `words` as scratch.
+pub(crate) fn read_native_counts(
+    region: &Region,
+    parsed: &Parsed,
+    s: &ParsedSeries,
+    out: &mut Vec<(BucketKey, u64)>,
+    words: &mut Vec<u64>,
+) {
+    out.clear();
+    for &c in &s.chunks {
+        let Some(chunk) = parsed.chunks.get(c as usize) else {
+            continue;
+        };
+        words.clear();
+        if !region.copy_words(chunk.counts, CHUNK_WORDS, words) {
+            continue;
+        }
+        for (j, n) in chunk_counts(words) {
+            out.push((chunk.id.bucket(j), n));
+        }
+    }
+    out.sort_unstable_by_key(|(k, _)| *k);
+    out.dedup_by(|b, a| {
+        let same = a.0 == b.0;
+        if same {
+            a.1 = a.1.saturating_add(b.1);
+        }
+        same
+    });
 }
 
 /// Reads the current values of a series' slots (for removal baselines).

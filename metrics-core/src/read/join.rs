@@ -55,10 +55,11 @@ impl FamilyOut {
                     Acc::U64(v) => Value::Counter(v),
                     Acc::F64(v) => Value::CounterF64(v),
                     Acc::Gauge { v, .. } => Value::Gauge(v),
-                    Acc::Hist { buckets, sum } => Value::Histogram(HistogramValue {
+                    Acc::Hist { buckets, sum, native } => Value::Histogram(HistogramValue {
                         buckets,
                         sum,
                         bounds: s.bounds,
+                        native: native.map(|n| n.sparse().into()),
                     }),
                     Acc::Summary { count, sum } => Value::Summary { count, sum },
                 },
@@ -191,12 +192,14 @@ fn reorder(names: &[String], values: &Arc<[Box<str>]>, wanted: &[String]) -> Opt
 fn merge_series(a: &mut OutSeries, b: OutSeries, family_buckets: &[f64], mode: GaugeMode) {
     match (&mut a.acc, b.acc) {
         (
-            Acc::Hist { buckets, sum },
+            Acc::Hist { buckets, sum, native },
             Acc::Hist {
                 buckets: b_buckets,
                 sum: b_sum,
+                native: b_native,
             },
         ) => {
+            super::acc::NativeAcc::absorb_into(native, b_native);
             let a_bounds: Vec<f64> = a.bounds.as_deref().unwrap_or(family_buckets).to_vec();
             let b_bounds: Vec<f64> = b.bounds.as_deref().unwrap_or(family_buckets).to_vec();
             if a_bounds == b_bounds {

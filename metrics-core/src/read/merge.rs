@@ -7,14 +7,15 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::acc::{Acc, read_most_recent};
+use super::acc::{Acc, NativeAcc, read_most_recent, read_native_counts};
 use super::join::{FamilyOut, OutSeries};
 use super::keys::KeyTable;
 use super::removals::{Baseline, RemovalIndex};
 use super::scan::{CachedFile, accumulator_pid_labels};
 use super::snapshot::ScrapeStats;
 use crate::format::desc::FamilyDesc;
-use crate::format::parse::{Parsed, ParsedFamily};
+use crate::format::native::BucketKey;
+use crate::format::parse::{Parsed, ParsedFamily, ParsedSeries};
 use crate::format::records::{FamilyRecord, Removal};
 use crate::format::{ERROR_KINDS, ErrorKind, GaugeMode, MR_TIME, MetricType};
 use crate::sys::region::Region;
@@ -106,6 +107,9 @@ pub(crate) struct IndexFamily {
     /// Whether this pass took values of files into it.
     pub(crate) folded_here: bool,
     pub(crate) stats: u64,
+    /// Scratch space for a native series' bucket counts in one file, and their words.
+    scratch: Vec<(BucketKey, u64)>,
+    words: Vec<u64>,
 }
 
 impl MergeIndex {
@@ -312,7 +316,8 @@ impl MergeIndex {
                     fam.desc.labels.len(),
                 ),
             };
-            fam.accumulate(idx, region, s.offset, t.slots, baseline);
+            let native = fam.desc.native.is_some().then_some((&cf.parsed, s));
+            fam.accumulate(idx, region, s.offset, t.slots, baseline, native);
         }
     }
 }
@@ -367,6 +372,8 @@ impl IndexFamily {
             reference: false,
             folded_here: false,
             stats: 0,
+            scratch: Vec::new(),
+            words: Vec::new(),
         }
     }
 
@@ -378,6 +385,7 @@ impl IndexFamily {
             MetricType::Histogram => Acc::Hist {
                 buckets: vec![0; self.desc.buckets.len()],
                 sum: 0.0,
+                native: self.desc.native.map(|n| Box::new(NativeAcc::new(n))),
             },
             MetricType::Summary => Acc::Summary { count: 0.0, sum: 0.0 },
         }
@@ -387,9 +395,12 @@ impl IndexFamily {
         let zero = self.zero();
         for a in &mut self.acc {
             match a {
-                Acc::Hist { buckets, sum } => {
+                Acc::Hist { buckets, sum, native } => {
                     buckets.iter_mut().for_each(|b| *b = 0);
                     *sum = 0.0;
+                    if let Some(n) = native {
+                        n.reset();
+                    }
                 }
                 a => *a = zero.clone(),
             }
@@ -427,6 +438,7 @@ impl IndexFamily {
         offset: usize,
         slots: usize,
         baseline: Baseline<'_>,
+        native: Option<(&Parsed, &ParsedSeries)>,
     ) {
         let raw = |i: usize| {
             region
@@ -471,13 +483,34 @@ impl IndexFamily {
                     };
                 }
             }
-            Acc::Hist { buckets, sum } => {
+            Acc::Hist {
+                buckets,
+                sum,
+                native: acc,
+            } => {
                 let n = buckets.len();
-                debug_assert_eq!(slots, n + 1);
+                debug_assert_eq!(slots, n + 1 + usize::from(acc.is_some()));
                 for (i, b) in buckets.iter_mut().enumerate() {
                     *b = b.saturating_add(raw(i).saturating_sub(base(i)));
                 }
                 *sum += f64::from_bits(raw(n)) - f64::from_bits(base(n));
+                if let (Some(acc), Some((parsed, series))) = (acc, native) {
+                    acc.zero = acc.zero.saturating_add(raw(n + 1).saturating_sub(base(n + 1)));
+                    read_native_counts(region, parsed, series, &mut self.scratch, &mut self.words);
+                    let pairs = match baseline {
+                        Baseline::Values(v) => baseline_pairs(v.get(slots..).unwrap_or(&[])),
+                        _ => Vec::new(),
+                    };
+                    for &(key, count) in &self.scratch {
+                        let before = pairs
+                            .binary_search_by(|(k, _)| k.cmp(&key))
+                            .map_or(0, |i| pairs[i].1);
+                        let c = count.saturating_sub(before);
+                        if c > 0 {
+                            acc.add(key, c);
+                        }
+                    }
+                }
             }
             Acc::Summary { .. } => {} // never stored natively
         }
@@ -495,7 +528,9 @@ impl IndexFamily {
             let empty = match a {
                 Acc::U64(v) => *v == 0,
                 Acc::F64(v) => *v == 0.0,
-                Acc::Hist { buckets, .. } => buckets.iter().all(|b| *b == 0),
+                Acc::Hist { buckets, native, .. } => {
+                    buckets.iter().all(|b| *b == 0) && native.as_ref().is_none_or(|n| n.is_empty())
+                }
                 Acc::Gauge { .. } | Acc::Summary { .. } => false,
             };
             if empty {
@@ -528,4 +563,15 @@ impl IndexFamily {
             sorted: true,
         }
     }
+}
+
+/// The (bucket, count) pairs that follow a native histogram's slots in a removal baseline,
+/// sorted by bucket (pairs that do not name a bucket are left out).
+fn baseline_pairs(words: &[u64]) -> Vec<(BucketKey, u64)> {
+    let mut pairs: Vec<(BucketKey, u64)> = words
+        .chunks_exact(2)
+        .filter_map(|p| BucketKey::from_word(p[0]).map(|k| (k, p[1])))
+        .collect();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
 }

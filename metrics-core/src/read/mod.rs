@@ -350,6 +350,16 @@ impl Reader {
             Ok(removals::baselines(&r.scan, family, labels))
         })
     }
+
+    /// Whether some file read by the last pass declares `family` with native buckets.
+    pub(crate) fn family_is_native(&self, family: &str) -> bool {
+        self.scan.files.values().any(|cf| {
+            cf.parsed
+                .families
+                .iter()
+                .any(|f| f.rec.name == family && f.rec.native.is_some())
+        })
+    }
 }
 
 impl std::fmt::Debug for Reader {

@@ -727,6 +727,7 @@ impl PyFamily {
                         Acc::Hist {
                             buckets: counts,
                             sum: *sum,
+                            native: None,
                         },
                         Some(bounds),
                     )

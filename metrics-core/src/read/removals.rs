@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::acc::{read_most_recent, read_slots};
+use super::acc::{native_counts, read_most_recent, read_slots};
 use super::scan::Scan;
 use crate::format::MetricType;
 use crate::format::parse::Parsed;
@@ -84,7 +84,9 @@ impl<'a> RemovalIndex<'a> {
 }
 
 /// Baselines of the series of `family` (all of them, or the one with `labels`) in every
-/// usable, unfolded file of `scan`, as of its last pass.
+/// usable, unfolded file of `scan`, as of its last pass. A native histogram's baseline is
+/// its slots followed by a (bucket, count) word pair per bucket it counted
+/// ([`native_pairs`]).
 pub(crate) fn baselines(scan: &Scan, family: &str, labels: Option<&[Box<str>]>) -> Vec<records::Baseline> {
     let mut out = Vec::new();
     for cf in scan.files.values() {
@@ -108,6 +110,9 @@ pub(crate) fn baselines(scan: &Scan, family: &str, labels: Option<&[Box<str>]>) 
             if fam.rec.ty == MetricType::Gauge && fam.rec.mode.most_recent() {
                 let (v, t) = read_most_recent(region, s.offset);
                 values = vec![0, v.to_bits(), t];
+            }
+            for (key, count) in native_counts(region, &cf.parsed, s) {
+                values.extend([key.word(), count]);
             }
             // The key the merge uses: label values, plus the pid label for per-process
             // gauges of ordinary files.

@@ -34,21 +34,77 @@ pub enum Value {
 
 /// A merged histogram.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HistogramValue {
-    /// Count per bucket (not cumulative), in the order of the bounds (the series' own
-    /// [`bounds`](HistogramValue::bounds), or the family's), +Inf last.
+    /// Count per classic bucket (not cumulative), in the order of the bounds (the series'
+    /// own [`bounds`](HistogramValue::bounds), or the family's), +Inf last; empty for a
+    /// histogram with native buckets only.
     pub buckets: Vec<u64>,
     /// Sum of all observations.
     pub sum: f64,
     /// The series' own bucket bounds, when they are not the family's: processes of two
     /// releases that declare other buckets each keep theirs, as Python's collector does.
     pub bounds: Option<Arc<[f64]>>,
+    /// The native buckets of a histogram declared with them.
+    pub native: Option<NativeBuckets>,
 }
 
 impl HistogramValue {
-    /// Number of observations (the sum of the buckets).
+    /// Number of observations: the sum of the classic buckets, or of the native ones for
+    /// a histogram without classic buckets.
     pub fn count(&self) -> u64 {
-        self.buckets.iter().sum()
+        match &self.native {
+            Some(n) if self.buckets.is_empty() => n.count(),
+            _ => self.buckets.iter().sum(),
+        }
+    }
+}
+
+/// The merged native buckets of one histogram series: every process's buckets brought to
+/// one schema (the coarsest any of them used) and one zero bucket, and to at most the
+/// family's bucket limit. Counts are per bucket, not cumulative.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct NativeBuckets {
+    /// The resolution: bucket `i` holds `2^((i−1)·2^−schema) < |v| ≤ 2^(i·2^−schema)`.
+    pub schema: i8,
+    /// Observations with `|v|` at most this are in the zero bucket.
+    pub zero_threshold: f64,
+    /// Observations in the zero bucket.
+    pub zero_count: u64,
+    /// (bucket index, count) of the positive observations, by index, no empty bucket.
+    pub positive: Vec<(i32, u64)>,
+    /// (bucket index, count) of the negative observations (by magnitude), by index.
+    pub negative: Vec<(i32, u64)>,
+}
+
+impl NativeBuckets {
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.positive
+            .iter()
+            .chain(&self.negative)
+            .fold(self.zero_count, |a, (_, n)| a.saturating_add(*n))
+    }
+
+    /// The magnitudes bucket `index` holds: (lower bound, excluded; upper bound, included).
+    pub fn bounds(&self, index: i32) -> (f64, f64) {
+        (
+            crate::format::native::upper_bound(self.schema, index - 1),
+            crate::format::native::upper_bound(self.schema, index),
+        )
+    }
+}
+
+impl From<crate::format::native::Sparse> for NativeBuckets {
+    fn from(s: crate::format::native::Sparse) -> Self {
+        NativeBuckets {
+            schema: s.schema,
+            zero_threshold: s.zero_threshold,
+            zero_count: s.zero_count,
+            positive: s.positive,
+            negative: s.negative,
+        }
     }
 }
 

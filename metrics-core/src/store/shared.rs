@@ -42,6 +42,13 @@ impl Shared {
             labels: labels.map(|l| l.to_vec().into_boxed_slice()),
             baselines,
         };
+        // Baselines of native histograms (more values than the series' slots) need version 2.
+        let native = reader.family_is_native(family);
+        let version = if native {
+            crate::format::VERSION
+        } else {
+            crate::format::BASE_VERSION
+        };
         let words = records::encode_removal(&record);
         if words.len() * 8 > crate::format::MAX_RECORD_BYTES {
             return Err(Error::InvalidOption {
@@ -49,7 +56,7 @@ impl Shared {
                 reason: "too many series to remove in one record: remove them one by one".into(),
             });
         }
-        self.writer.append_record(&words)?;
+        self.writer.append_record(&words, version)?;
         Ok(found)
     }
 }

@@ -34,6 +34,9 @@ pub(crate) enum Layout {
     MostRecent,
     /// `n` u64 bucket counts, then the f64 sum.
     Histogram(usize),
+    /// `n` u64 classic bucket counts, the f64 sum, then the u64 zero bucket count of a
+    /// native histogram (its other buckets are in chunks).
+    Native(usize),
 }
 
 impl Layout {
@@ -42,6 +45,7 @@ impl Layout {
             Layout::U64 | Layout::F64 | Layout::Gauge => 1,
             Layout::MostRecent => 3,
             Layout::Histogram(n) => n + 1,
+            Layout::Native(n) => n + 2,
         }
     }
 
@@ -59,11 +63,14 @@ impl Layout {
                     to[MR_TIME].store(t, Ordering::Relaxed);
                 }
             }
-            Layout::Histogram(n) => {
+            Layout::Histogram(n) | Layout::Native(n) => {
                 for i in 0..n {
                     to[i].fetch_add(from[i].load(Ordering::Relaxed), Ordering::Relaxed);
                 }
                 add_f64(&to[n], f64::from_bits(from[n].load(Ordering::Relaxed)));
+                if let Layout::Native(_) = self {
+                    to[n + 1].fetch_add(from[n + 1].load(Ordering::Relaxed), Ordering::Relaxed);
+                }
             }
         }
         for s in from {
@@ -161,6 +168,17 @@ impl Cell {
         self.labels.as_deref().unwrap_or(&[])
     }
 
+    /// What this cell binds to in the writer.
+    pub(crate) fn bind_key(&self) -> BindKey<'_> {
+        match &self.labels {
+            Some(labels) => BindKey::Series {
+                family: self.family,
+                labels,
+            },
+            None => BindKey::Stats { family: self.family },
+        }
+    }
+
     /// Runs `f` on this process's value slots of the series.
     #[inline(always)]
     pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&[AtomicU64]) -> R) -> R {
@@ -221,13 +239,7 @@ impl Cell {
         if !now && st.retry_at.is_some_and(|t| at < t) {
             return None;
         }
-        let key = match &self.labels {
-            Some(labels) => BindKey::Series {
-                family: self.family,
-                labels,
-            },
-            None => BindKey::Stats { family: self.family },
-        };
+        let key = self.bind_key();
         let Some(p) = self.writer.bind(&key, self.nslots) else {
             st.retry_at = Some(at + RETRY_INTERVAL);
             return None;

@@ -13,6 +13,7 @@ use super::config::Config;
 use crate::error::Error;
 use crate::format::desc::FamilyDesc;
 use crate::format::header::{self, NewHeader};
+use crate::format::native::{CHUNK_WORDS, ChunkId};
 use crate::format::parse::Parsed;
 use crate::format::records;
 use crate::format::{
@@ -68,6 +69,10 @@ pub(crate) struct WriterFile {
     pub(super) stats: Vec<usize>,
     /// Value slot offset of each series, by family id and label values.
     pub(super) series: HashMap<u32, SeriesOffsets>,
+    /// Offset of the count words of the latest chunk of each native bucket chunk identity.
+    pub(super) chunks: HashMap<ChunkId, usize>,
+    /// The format version in the header: raised to 2 before the first record that needs it.
+    pub(super) version: u32,
 }
 
 impl WriterFile {
@@ -153,6 +158,8 @@ impl WriterFile {
             by_name: HashMap::new(),
             stats: Vec::new(),
             series: HashMap::new(),
+            chunks: HashMap::new(),
+            version: format::BASE_VERSION,
         }
     }
 
@@ -306,6 +313,7 @@ impl WriterFile {
         );
         wf.used = header.used;
         wf.allocated = size;
+        wf.version = header.version;
         wf.adopt(&parsed, path, size)?;
         if let Some(w) = wf.region.word(format::H_PID * 8) {
             w.store(u64::from(sys::current_pid()), Ordering::Relaxed);
@@ -337,6 +345,10 @@ impl WriterFile {
             let labels = Parsed::series_labels(&self.region, s)
                 .map_err(|c| Error::io("reading", path, io::Error::other(c.0)))?;
             self.series.entry(s.family).or_default().insert(labels, s.offset);
+        }
+        // Later chunks of one identity replaced full ones: the last is the one to go on with.
+        for c in &parsed.chunks {
+            self.chunks.insert(c.id, c.counts);
         }
         self.reset_gauges(parsed);
         Ok(())
@@ -393,6 +405,7 @@ impl WriterFile {
         flags: u32,
     ) {
         let h = NewHeader {
+            version: format::BASE_VERSION,
             pid,
             flags,
             writer_id,
@@ -405,6 +418,28 @@ impl WriterFile {
                 word.store(*w, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Raises the header's format version to `version` (if it is lower) before a record
+    /// that needs it is appended: a reader that loads the new `used` sees the new version.
+    pub(super) fn require_version(&mut self, version: u32) {
+        if self.version >= version {
+            return;
+        }
+        if let Some(w) = self.region.word(format::H_VERSION * 8) {
+            w.store(header::version_word(version), Ordering::Release);
+        }
+        self.version = version;
+    }
+
+    /// Appends a chunk of zero counts for `id` (and publishes it): the offset of its count
+    /// words. It becomes the chunk of `id` that writers go on with.
+    pub(super) fn append_chunk(&mut self, id: ChunkId) -> io::Result<usize> {
+        self.require_version(format::VERSION);
+        let off = self.append(&records::encode_chunk(id, &[0; CHUNK_WORDS]))? + 16;
+        self.publish();
+        self.chunks.insert(id, off);
+        Ok(off)
     }
 
     /// Makes everything appended so far visible to readers.

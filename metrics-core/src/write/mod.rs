@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::error::Error;
 use crate::format::desc::{FamilyDesc, OVERFLOW_LABEL_VALUE};
+use crate::format::native::ChunkId;
 use crate::format::records;
 use crate::format::{self, ERROR_KINDS, ErrorKind};
 use crate::format::{STORE_EXT, WRITER_PREFIX};
@@ -23,6 +24,7 @@ use file::WriterFile;
 pub(crate) mod cell;
 pub(crate) mod config;
 pub(crate) mod file;
+pub(crate) mod native;
 use crate::sys;
 
 /// A series that waits in process memory for file slots (a [`cell::Cell`]).
@@ -285,8 +287,53 @@ impl Writer {
         }
     }
 
-    /// Appends a record that has no value slots (a removal) and publishes it.
-    pub(crate) fn append_record(&self, words: &[u64]) -> Result<(), Error> {
+    /// Binds the chunk of native buckets `chunk` (side, schema) of series `key` in this
+    /// process's current file: the chunk the file holds for it, or a new one when there is
+    /// none or when `replacing` (a full chunk's count words) is the one it holds. Returns
+    /// the chunk's count words; `None` when the series has no slots in the file yet or the
+    /// file cannot grow (counted and logged).
+    pub(crate) fn bind_chunk(
+        &self,
+        key: &BindKey<'_>,
+        negative: bool,
+        schema: i8,
+        chunk: i16,
+        replacing: Option<*const AtomicU64>,
+    ) -> Option<*const AtomicU64> {
+        let BindKey::Series { family, labels } = key else {
+            return None;
+        };
+        let _gate = sys::enter_gate();
+        let mut st = self.lock();
+        self.sync_fork(&mut st);
+        let file = st.file.as_mut()?;
+        let id = file.ids.get(*family as usize).copied().flatten()?;
+        let series_offset = *file.series.get(&id)?.get(*labels)?;
+        let chunk_id = ChunkId {
+            series_offset: u32::try_from(series_offset).ok()?,
+            negative,
+            schema,
+            chunk,
+        };
+        let words = crate::format::native::CHUNK_WORDS;
+        if let Some(&off) = file.chunks.get(&chunk_id) {
+            let p = file.region.words_ptr(off, words)?;
+            if replacing != Some(p) {
+                return Some(p);
+            }
+        }
+        match file.append_chunk(chunk_id) {
+            Ok(off) => file.region.words_ptr(off, words),
+            Err(e) => {
+                self.growth_failed(&mut st, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Appends a record that has no value slots (a removal) and publishes it, raising the
+    /// file's format version to `version` first if it is lower.
+    pub(crate) fn append_record(&self, words: &[u64], version: u32) -> Result<(), Error> {
         let _gate = sys::enter_gate();
         let mut st = self.lock();
         self.sync_fork(&mut st);
@@ -298,6 +345,7 @@ impl Writer {
             .as_mut()
             .ok_or_else(|| Error::io("writing", &self.config.dir, io::Error::other("no file")))?;
         let path = file.path.clone();
+        file.require_version(version);
         file.append(words).map_err(|e| Error::io("growing", &path, e))?;
         file.publish();
         Ok(())
@@ -455,6 +503,9 @@ impl Writer {
                 return Err(EmitError::Mismatch);
             }
             let id = file.descs.len() as u32;
+            if desc.native.is_some() {
+                file.require_version(format::VERSION);
+            }
             let words = records::encode_family(&desc.record(id, 0));
             match file.append_with_values(1, words, records::FAMILY_STATS_WORD) {
                 Ok(off) => {

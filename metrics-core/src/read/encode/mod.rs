@@ -14,7 +14,8 @@ pub use format::Format;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet, text,
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NativeHistogram, NativeHistogramBuckets,
+    NoLabelSet, text,
 };
 use prometheus_client::metrics::MetricType as PcMetricType;
 use prometheus_client::registry::Registry;
@@ -22,6 +23,7 @@ use prometheus_client::registry::Registry;
 use super::snapshot::{MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 use crate::format::MetricType;
 use crate::format::names::{escape_help, format_bound};
+use crate::format::native::Sparse;
 
 fn pc_type(t: MetricType) -> PcMetricType {
     match t {
@@ -163,6 +165,11 @@ fn write_histogram(out: &mut String, fam: &MergedFamily) {
             write_sample_head(out, &fam.name, "_bucket", names, &s.labels, Some(("le", &le)));
             let _ = writeln!(out, "{cumulative}");
         }
+        if h.buckets.is_empty() {
+            // Native buckets only: text shows the count as the one (+Inf) bucket.
+            write_sample_head(out, &fam.name, "_bucket", names, &s.labels, Some(("le", "+Inf")));
+            let _ = writeln!(out, "{}", h.count());
+        }
         write_sample_head(out, &fam.name, "_count", names, &s.labels, None);
         let _ = writeln!(out, "{}", h.count());
         write_sample_head(out, &fam.name, "_sum", names, &s.labels, None);
@@ -278,8 +285,43 @@ fn encode_value(
         },
         Value::Histogram(h) => {
             let bounds = h.bounds.as_deref().unwrap_or(bounds);
-            let pairs: Vec<(f64, u64)> = bounds.iter().copied().zip(h.buckets.iter().copied()).collect();
-            series.encode_histogram::<NoLabelSet>(h.sum, h.count(), &pairs, None)
+            let mut pairs: Vec<(f64, u64)> = bounds.iter().copied().zip(h.buckets.iter().copied()).collect();
+            let Some(native) = &h.native else {
+                return series.encode_histogram::<NoLabelSet>(h.sum, h.count(), &pairs, None);
+            };
+            let count = native.count();
+            if pairs.is_empty() {
+                // Native buckets only: encoders without native support show the count.
+                pairs.push((f64::INFINITY, count));
+            }
+            let (pos_spans, pos_deltas) = Sparse::spans_and_deltas(&native.positive);
+            let (neg_spans, neg_deltas) = Sparse::spans_and_deltas(&native.negative);
+            let mut pos_spans = pos_spans;
+            // No bucket, no zero bucket width, no zero count: one empty span tells
+            // Prometheus this is a native histogram (as Go's client does).
+            if native.zero_threshold == 0.0 && count == 0 && pos_spans.is_empty() && neg_spans.is_empty() {
+                pos_spans.push((0, 0));
+            }
+            series.encode_histogram_with_native::<NoLabelSet>(
+                h.sum,
+                count,
+                &pairs,
+                None,
+                NativeHistogram {
+                    schema: i32::from(native.schema),
+                    zero_threshold: native.zero_threshold,
+                    zero_count: native.zero_count,
+                    negative: NativeHistogramBuckets {
+                        spans: &neg_spans,
+                        deltas: &neg_deltas,
+                    },
+                    positive: NativeHistogramBuckets {
+                        spans: &pos_spans,
+                        deltas: &pos_deltas,
+                    },
+                    created: None,
+                },
+            )
         }
         Value::Summary { .. } => Ok(()), // written by the caller
     }
