@@ -487,19 +487,10 @@ const FILL_SERIES: usize = 3000;
 /// SIGXFSZ past the limit; it is ignored so the failure shows up as EFBIG, as a full tmpfs
 /// shows up as ENOSPC.
 fn limit_file_size(limit: &str) {
-    let bytes = match limit {
-        "none" => libc::RLIM_INFINITY,
-        n => n.parse().expect("limit"),
-    };
-    // SAFETY: plain syscalls on this process's own limits and signal disposition.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let lim = libc::rlimit {
-            rlim_cur: bytes,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
-    }
+    shmetrics_testing::limit_file_size(match limit {
+        "none" => None,
+        n => Some(n.parse().expect("limit")),
+    });
 }
 
 fn role_fill(dir: &str, limit: &str) {

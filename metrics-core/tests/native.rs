@@ -31,6 +31,9 @@ const TESTS: &[(&str, Test)] = &[
     ("a_count_at_a_chunks_limit_goes_on_in_a_new_chunk", chunk_limit),
     ("a_removed_native_series_comes_back_with_new_counts_only", removal),
     ("native_only_histograms_show_count_and_sum_in_text_and_buckets_in_protobuf", text_and_protobuf),
+    ("on_a_full_filesystem_buckets_wait_in_memory_and_reach_the_file", full_filesystem),
+    ("a_fork_child_counts_in_its_own_file", fork_child),
+    ("files_stay_version_1_until_a_native_histogram_is_declared", version_bump),
 ];
 
 fn main() {
@@ -50,6 +53,8 @@ fn run_role(role: &str, args: &[String]) {
         "observe" => role_observe(dir, args[1].parse().expect("process number")),
         "schema" => role_schema(dir, args[1].parse().expect("schema")),
         "slot" => role_slot(dir, args[1].parse().expect("observations")),
+        "full" => role_full(dir),
+        "fork" => role_fork(dir),
         other => panic!("unknown role {other}"),
     }
 }
@@ -582,6 +587,142 @@ fn text_and_protobuf() -> Result<(), Failed> {
         if (name == "latency" && classic != 0) || (name == "both_seconds" && classic != 2) {
             return Err(format!("{name}: {classic} classic buckets").into());
         }
+    }
+    Ok(())
+}
+
+/// Fills its file (series of a counter) under a 16 KiB file size limit, observes into a
+/// native histogram, then lifts the limit and scrapes: the chunks that waited in memory
+/// reach the file.
+fn role_full(dir: &str) {
+    shmetrics_testing::limit_file_size(Some(16 << 10));
+    let store = open(dir);
+    let filler = store.counter_family("filler", "Filler", &["n"]).expect("counter");
+    for i in 0..300 {
+        filler.labels(&[&format!("{i:05}-{}", "x".repeat(60))]).inc();
+    }
+    let fam = native(
+        &store,
+        "latency",
+        NativeOpts::default().schema(SCHEMA).max_buckets(0),
+    );
+    let h = fam.labels(&["spread"]);
+    for v in spread() {
+        h.observe(v);
+    }
+    let errors: u64 = store
+        .snapshot()
+        .map(|s| s.stats().store_errors.iter().map(|(_, n)| *n).sum())
+        .unwrap_or(0);
+    say(format!("full {errors}"));
+    assert_eq!(read_stdin_line(), "room");
+    shmetrics_testing::limit_file_size(None);
+    std::thread::sleep(Duration::from_millis(700));
+    // A scrape of this process is a chance to write what waited.
+    store.snapshot().expect("scrape");
+    say("flushed");
+    wait_for_stdin_eof();
+}
+
+fn full_filesystem() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut p = RoleProc::spawn("full", &[d]);
+    let line = p.expect("full", Duration::from_secs(60));
+    let errors: u64 = line.parse().unwrap_or(0);
+    if errors == 0 {
+        return Err("the file never ran out of room: the test proves nothing".into());
+    }
+    p.send("room");
+    p.expect("flushed", Duration::from_secs(60));
+    let snap = shmetrics_core::Reader::new(d)?.snapshot()?;
+    check_against(
+        "after the file had room again",
+        &snap,
+        "spread",
+        &spread(),
+        SCHEMA,
+    )?;
+    let filler = snap.family("filler").ok_or("no filler")?;
+    if filler.series.len() != 300 {
+        return Err(format!("{} filler series of 300", filler.series.len()).into());
+    }
+    p.close_stdin();
+    p.wait(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Observes in the parent, forks, observes in the child; each reports when done.
+fn role_fork(dir: &str) {
+    let store = open(dir);
+    let fam = native(
+        &store,
+        "latency",
+        NativeOpts::default().schema(SCHEMA).max_buckets(0),
+    );
+    let h = fam.labels(&["spread"]).clone();
+    for v in spread() {
+        h.observe(v);
+    }
+    // SAFETY: this role is single-threaded; the child only observes, reports and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        for v in spread() {
+            h.observe(v);
+        }
+        say("child done");
+        std::thread::sleep(Duration::from_millis(200));
+        std::process::exit(0);
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child forked above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    for v in spread() {
+        h.observe(v);
+    }
+    say("parent done");
+    wait_for_stdin_eof();
+}
+
+fn fork_child() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap();
+    let mut p = RoleProc::spawn("fork", &[d]);
+    p.expect("child done", Duration::from_secs(30));
+    p.expect("parent done", Duration::from_secs(30));
+    let snap = shmetrics_core::Reader::new(d)?.snapshot()?;
+    let values: Vec<f64> = (0..3).flat_map(|_| spread()).collect();
+    check_against("parent and fork child", &snap, "spread", &values, SCHEMA)?;
+    let files = std::fs::read_dir(d)?
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("w-"))
+        })
+        .count();
+    if files != 2 {
+        return Err(format!("{files} writer files, expected the parent's and the child's").into());
+    }
+    Ok(())
+}
+
+fn version_bump() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path().to_str().unwrap());
+    store.counter("jobs", "Jobs")?.inc();
+    let path = store.file_path().ok_or("no file")?;
+    let version = |p: &std::path::Path| -> Result<u32, Failed> {
+        let b = std::fs::read(p)?;
+        Ok(u32::from_le_bytes(b[8..12].try_into().unwrap()))
+    };
+    if version(&path)? != 1 {
+        return Err("a file without native histograms must stay version 1".into());
+    }
+    native(&store, "latency", NativeOpts::default())
+        .labels(&["a"])
+        .observe(1.0);
+    if version(&path)? != 2 {
+        return Err("a file with a native histogram must be version 2".into());
     }
     Ok(())
 }

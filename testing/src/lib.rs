@@ -209,6 +209,20 @@ pub fn try_http_request(
     Ok((status, head, out[split..].to_vec()))
 }
 
+/// Limits the size of files this process writes (`RLIMIT_FSIZE`; `None`: no limit), with
+/// `SIGXFSZ` ignored: growing a file past it fails with `EFBIG`, as on a full filesystem.
+pub fn limit_file_size(bytes: Option<u64>) {
+    // SAFETY: plain syscalls on this process's own limits and signal disposition.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+}
+
 /// Makes sure Python's `prometheus_client` is importable by `python3`, installing it with
 /// pip (for the current user) if it is not. Panics with instructions if that fails.
 pub fn ensure_python_prometheus_client() {
