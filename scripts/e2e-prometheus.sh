@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end run of both multi-worker examples under a real Prometheus on loopback (see
-# scripts/e2e_prometheus.py for what is checked). Installs Prometheus (Debian package) if
+# End-to-end run of both multi-worker examples under a real Prometheus on loopback, with
+# classic and with native histograms (see scripts/e2e_prometheus.py for what is checked). Installs Prometheus (Debian package) if
 # it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,6 @@ fi
 cargo build -q -p shmetrics-examples --example axum_workers --example actix_workers
 for example in axum_workers actix_workers; do
   timeout 300 python3 scripts/e2e_prometheus.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
+  # Native histograms end to end: Prometheus with --enable-feature=native-histograms.
+  timeout 300 python3 scripts/e2e_prometheus.py --native --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
 done

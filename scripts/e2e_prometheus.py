@@ -11,6 +11,14 @@ one worker with SIGKILL midway (the supervisor restarts it), then asks Prometheu
 * the in-flight gauge is back to 0;
 * every query of the Grafana dashboard and of the alert rules evaluates.
 
+With `--native`, the server's latency histogram has native buckets too and Prometheus runs
+with `--enable-feature=native-histograms` (it then scrapes protobuf and stores the native
+histograms): histogram_count over the native series equals the responses received (route by
+route), histogram_count(rate(...)) equals the rate of http_requests_total, histogram_sum of
+the /slow route lies between the sleeps the client asked for and those plus a small
+overhead each, and histogram_quantile(0.99, ...) of /slow lies within one bucket width of
+the schema (a factor of 2^(1/8)) of the true 99th percentile of what the client sent.
+
 The rule for requests in flight at the kill: a request the killed worker was handling
 gets no response (the client sees the connection reset) and is not counted either, because
 a request is recorded when its response body has been handed to the server, which a
@@ -135,13 +143,57 @@ class Prometheus:
             return False
 
 
+def check_native(p, name, received, slept, failures):
+    """The native histogram checks (see the module doc)."""
+    series = p.query('http_request_duration_seconds{job="api"}')
+    if not series or any("histogram" not in r for r in series):
+        failures.append(f"the latency series are not native histograms in Prometheus: {series[:1]}")
+        return
+    counts = {r["metric"]["path"]: int(float(r["value"][1])) for r in p.query(
+        'histogram_count(sum by (path) (http_request_duration_seconds{job="api"}))')}
+    by_route = collections.Counter()
+    for (route, _status), n in received.items():
+        by_route[route] += n
+    for route in sorted(set(by_route) | set(counts)):
+        print(f"{name}: native count {route:<14} received {by_route.get(route, 0):>5} counted {counts.get(route, 0):>5}")
+        if by_route.get(route, 0) != counts.get(route, 0):
+            failures.append(f"native histogram_count of {route}: {counts.get(route)} != received {by_route.get(route)}")
+    # rate() extrapolates to the window's edges, floats and native histograms slightly
+    # otherwise: the two rates agree to within 2 %.
+    at = str(time.time())
+    hist_rate = p.query('sum(histogram_count(rate(http_request_duration_seconds{job="api"}[1m])))', time=at)
+    count_rate = p.query('sum(rate(http_requests_total{job="api"}[1m]))', time=at)
+    hr = float(hist_rate[0]["value"][1]) if hist_rate else float("nan")
+    cr = float(count_rate[0]["value"][1]) if count_rate else float("nan")
+    print(f"{name}: histogram_count(rate(...[1m])) = {hr:.3f}/s, rate(http_requests_total[1m]) = {cr:.3f}/s")
+    if not (cr > 0 and abs(hr - cr) <= 0.02 * cr):
+        failures.append(f"histogram_count(rate(...)) {hr} differs from rate(http_requests_total) {cr}")
+    # /slow: the client knows each latency to within the server's overhead.
+    s = p.query('histogram_sum(sum(http_request_duration_seconds{job="api",path="/slow"}))')
+    got_sum = float(s[0]["value"][1]) if s else float("nan")
+    low, high = sum(slept), sum(slept) + 0.25 * len(slept)
+    print(f"{name}: /slow histogram_sum {got_sum:.3f}s, sleeps asked {low:.3f}s (+ at most 0.25s each)")
+    if not low <= got_sum <= high:
+        failures.append(f"/slow histogram_sum {got_sum} outside [{low}, {high}]")
+    ordered = sorted(slept)
+    true_q = ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
+    q = p.query('histogram_quantile(0.99, sum(http_request_duration_seconds{job="api",path="/slow"}))')
+    got_q = float(q[0]["value"][1]) if q else float("nan")
+    width = 2 ** (1 / 8)  # schema 3: one bucket
+    print(f"{name}: /slow p99 from the native histogram {got_q:.4f}s, true {true_q:.4f}s "
+          f"(+ overhead), allowed [{true_q / width:.4f}, {(true_q + 0.25) * width:.4f}]")
+    if not true_q / width <= got_q <= (true_q + 0.25) * width:
+        failures.append(f"/slow histogram_quantile(0.99) {got_q} not within a bucket of {true_q}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--native", action="store_true", help="native histograms end to end")
     args = ap.parse_args()
-    name = os.path.basename(args.binary)
-    work = tempfile.mkdtemp(prefix=f"e2e-{name}-")
+    name = os.path.basename(args.binary) + (" (native)" if args.native else "")
+    work = tempfile.mkdtemp(prefix=f"e2e-{os.path.basename(args.binary)}-")
     token = secrets.token_hex(16)
     app_port, prom_port = free_port(), free_port()
     failures = []
@@ -150,9 +202,11 @@ def main():
                METRICS_AUTH_TOKEN=token, RUST_LOG="warn")
     log = open(os.path.join(work, "server.log"), "w")
     server = subprocess.Popen([args.binary, "--workers", str(args.workers), "--port", str(app_port),
-                               "--host", "127.0.0.1"], env=env, stdout=log, stderr=log)
+                               "--host", "127.0.0.1"] + (["--native-histograms"] if args.native else []),
+                              env=env, stdout=log, stderr=log)
     received = collections.Counter()  # (route, status) -> responses
     errors = collections.Counter()    # route -> requests without a response
+    slept = []                        # seconds asked of each /slow request that was answered
     lock = threading.Lock()
 
     def send(method, path, route, ports=None):
@@ -162,6 +216,8 @@ def main():
                 errors[route] += 1
             else:
                 received[(route, str(status))] += 1
+                if route == "/slow":
+                    slept.append(int(path.split("ms=")[1]) / 1000)
 
     try:
         wait("the server", lambda: request(app_port, "GET", "/nope-start") == 404)
@@ -192,7 +248,8 @@ scrape_configs:
         prom_log = open(os.path.join(work, "prometheus.log"), "w")
         prom = subprocess.Popen(["prometheus", f"--config.file={config}",
                                  f"--storage.tsdb.path={os.path.join(work, 'data')}",
-                                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]
+                                + (["--enable-feature=native-histograms"] if args.native else []),
                                 stdout=prom_log, stderr=prom_log)
         p = Prometheus(prom_port)
         try:
@@ -205,6 +262,8 @@ scrape_configs:
                     + [("POST", "/orders", "/orders")] * 60
                     + [("GET", "/error", "/error")] * 40
                     + [("GET", "/slow?ms=20", "/slow")] * 30
+                    + ([("GET", "/slow?ms=150", "/slow")] * 20 + [("GET", "/slow?ms=450", "/slow")] * 10
+                       if args.native else [])
                     + [("GET", f"/nope/{i}", "unmatched") for i in range(50)])
             plan = plan[::2] + plan[1::2]  # interleave the routes
 
@@ -280,6 +339,9 @@ scrape_configs:
             in_flight = p.query('sum(http_requests_in_flight{job="api"})')
             if not in_flight or float(in_flight[0]["value"][1]) != 0:
                 failures.append(f"in-flight gauge is {in_flight}, expected 0")
+
+            if args.native:
+                check_native(p, name, received, slept, failures)
 
             # Every dashboard and alert query runs against real data.
             exprs = []

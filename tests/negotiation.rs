@@ -49,6 +49,14 @@ fn store() -> (tempfile::TempDir, Store) {
 
 /// An axum app with `MetricsLayer::pair` on a background thread.
 fn axum_server(store: Store) -> SocketAddr {
+    axum_server_with(store, |b| b)
+}
+
+/// The axum app, its request metrics as `options` says.
+fn axum_server_with(
+    store: Store,
+    options: fn(shmetrics_core::http::HttpMetricsBuilder) -> shmetrics_core::http::HttpMetricsBuilder,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -58,7 +66,9 @@ fn axum_server(store: Store) -> SocketAddr {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let (layer, metrics) = shmetrics_tower::MetricsLayer::pair(&store).unwrap();
+            let builder = options(shmetrics_core::http::HttpMetrics::builder(&store));
+            let endpoint = shmetrics_core::http::MetricsEndpoint::new(&store);
+            let (layer, metrics) = shmetrics_tower::MetricsLayer::pair_with(builder, endpoint).unwrap();
             let app = axum::Router::new()
                 .route("/users/{id}", axum::routing::get(|| async { "user" }))
                 .merge(metrics)
@@ -73,13 +83,22 @@ fn axum_server(store: Store) -> SocketAddr {
 /// An actix-web app on a background thread: `Metrics::with_endpoint` answers `/metrics`
 /// itself, and `metrics_resource` serves the same endpoint on `/resource-metrics`.
 fn actix_server(store: Store) -> SocketAddr {
+    actix_server_with(store, |b| b)
+}
+
+/// The actix-web app, its request metrics as `options` says.
+fn actix_server_with(
+    store: Store,
+    options: fn(shmetrics_core::http::HttpMetricsBuilder) -> shmetrics_core::http::HttpMetricsBuilder,
+) -> SocketAddr {
     use actix_web::{App, HttpServer, web};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let mw = shmetrics_actix::Metrics::with_endpoint(&store).unwrap();
             let endpoint = shmetrics_core::http::MetricsEndpoint::new(&store);
+            let builder = options(shmetrics_core::http::HttpMetrics::builder(&store));
+            let mw = shmetrics_actix::Metrics::with_endpoint_from(builder, endpoint.clone()).unwrap();
             HttpServer::new(move || {
                 App::new()
                     .wrap(mw.clone())
@@ -205,4 +224,84 @@ fn every_scraper_gets_its_format_from_both_adapters() {
             "{what}"
         );
     }
+}
+
+/// Waits for a server to answer.
+fn wait_up(addr: SocketAddr) {
+    for _ in 0..100 {
+        if shmetrics_testing::try_http_request(addr, "GET", "/users/1", &[]).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the server at {addr} does not answer");
+}
+
+#[test]
+fn an_opted_in_latency_histogram_is_native_in_protobuf_and_classic_in_text_on_both_adapters() {
+    let native =
+        |b: shmetrics_core::http::HttpMetricsBuilder| b.native(shmetrics_core::NativeOpts::default());
+    let native_only = |b: shmetrics_core::http::HttpMetricsBuilder| {
+        b.native(shmetrics_core::NativeOpts::default())
+            .classic_buckets(false)
+    };
+    for (name, start, only) in [
+        ("axum", axum_server_with as fn(_, _) -> SocketAddr, false),
+        ("actix", actix_server_with, false),
+        ("axum native only", axum_server_with, true),
+        ("actix native only", actix_server_with, true),
+    ] {
+        let (_dir, store) = store();
+        let addr = start(store, if only { native_only } else { native });
+        wait_up(addr);
+        for i in 0..9 {
+            http_request(addr, "GET", &format!("/users/{i}"), &[]);
+        }
+        let (_, _, body) = http_request(addr, "GET", "/metrics", &[("accept", PROMETHEUS_NATIVE)]);
+        let fams = expositions::decode_protobuf(&body).unwrap();
+        let lat = fams
+            .iter()
+            .find(|f| f.name == "http_request_duration_seconds")
+            .unwrap_or_else(|| panic!("{name}: no latency family"));
+        let users = lat
+            .metric
+            .iter()
+            .find(|m| m.label.iter().any(|l| l.value == "/users/{id}"))
+            .and_then(|m| m.histogram.clone())
+            .unwrap_or_else(|| panic!("{name}: no /users/{{id}} latency"));
+        assert_eq!(users.schema, 3, "{name}");
+        assert!(!users.positive_span.is_empty(), "{name}: {users:?}");
+        // Every request of the burst, plus the one that waited for the server to be up.
+        let native_count: i64 = users
+            .positive_delta
+            .iter()
+            .scan(0, |c, d| {
+                *c += d;
+                Some(*c)
+            })
+            .sum::<i64>()
+            + users.zero_count as i64;
+        assert!(
+            native_count >= 9 && native_count as u64 == users.sample_count,
+            "{name}: {users:?}"
+        );
+        assert_eq!(
+            users.bucket.is_empty(),
+            only,
+            "{name}: classic buckets {:?}",
+            users.bucket
+        );
+        let (_, _, text) = http_request(addr, "GET", "/metrics", &[("accept", "text/plain;version=0.0.4")]);
+        let text = String::from_utf8(text).unwrap();
+        let classic_le =
+            "http_request_duration_seconds_bucket{method=\"GET\",path=\"/users/{id}\",le=\"0.005\"}";
+        assert_eq!(text.contains(classic_le), !only, "{name}:\n{text}");
+        expositions::promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let (_dir, store) = store();
+    let err = shmetrics_core::http::HttpMetrics::builder(&store)
+        .classic_buckets(false)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("native"), "{err}");
 }

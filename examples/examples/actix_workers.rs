@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde::Deserialize;
-use shmetrics_examples::{MAX_SLOW_MS, Worker, metrics_endpoint};
+use shmetrics_examples::{MAX_SLOW_MS, Worker, http_metrics, metrics_endpoint};
 
 const APPLICATION: &str = "actix-workers";
 
@@ -55,10 +55,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = metrics_endpoint(&w.store, &w.application)?;
     // The request metrics, answering `/metrics` too (not counted as a request).
-    let metrics = shmetrics_actix::Metrics::with_endpoint_from(
-        shmetrics_actix::HttpMetrics::builder(&w.store),
-        endpoint.clone(),
-    )?;
+    let metrics =
+        shmetrics_actix::Metrics::with_endpoint_from(http_metrics(&w.store, &w.options), endpoint.clone())?;
     let measured = w.options.metrics;
     actix_web::rt::System::new().block_on(async move {
         // One thread per worker process, as Sanic and gunicorn workers; a client that goes

@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use shmetrics_examples::{MAX_SLOW_MS, Worker, metrics_endpoint};
-use shmetrics_tower::{HttpMetrics, MetricsLayer, metrics_route};
+use shmetrics_examples::{MAX_SLOW_MS, Options, Worker, http_metrics, metrics_endpoint};
+use shmetrics_tower::{MetricsLayer, metrics_route};
 
 const APPLICATION: &str = "axum-workers";
 
@@ -34,8 +34,12 @@ struct Slow {
 
 static ORDERS: AtomicU64 = AtomicU64::new(0);
 
-/// The app of one worker process (`measured`: with the metrics layer).
-fn app(store: &shmetrics_core::Store, application: &str, measured: bool) -> shmetrics_core::Result<Router> {
+/// The app of one worker process (with the metrics layer unless `--no-metrics`).
+fn app(
+    store: &shmetrics_core::Store,
+    application: &str,
+    options: &Options,
+) -> shmetrics_core::Result<Router> {
     let routes = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route(
@@ -72,9 +76,9 @@ fn app(store: &shmetrics_core::Store, application: &str, measured: bool) -> shme
             }),
         );
     let endpoint = metrics_endpoint(store, application)?;
-    Ok(if measured {
+    Ok(if options.metrics {
         // The request metrics and `/metrics` (not counted as a request) in one call.
-        let (layer, metrics) = MetricsLayer::pair_with(HttpMetrics::builder(store), endpoint)?;
+        let (layer, metrics) = MetricsLayer::pair_with(http_metrics(store, options), endpoint)?;
         routes.merge(metrics).layer(layer)
     } else {
         routes.route("/metrics", metrics_route(endpoint))
@@ -82,7 +86,7 @@ fn app(store: &shmetrics_core::Store, application: &str, measured: bool) -> shme
 }
 
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&w.store, &w.application, w.options.metrics)?;
+    let app = app(&w.store, &w.application, &w.options)?;
     // One thread per worker process, as Sanic and gunicorn workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -53,6 +53,9 @@ pub struct Options {
     /// Whether requests are measured (`--no-metrics` serves without the metrics
     /// middleware, to measure its overhead).
     pub metrics: bool,
+    /// Whether the latency histogram has native buckets too (`--native-histograms`): a
+    /// Prometheus started with `--enable-feature=native-histograms` scrapes them.
+    pub native: bool,
 }
 
 impl Options {
@@ -64,6 +67,7 @@ impl Options {
             host: IpAddr::from([127, 0, 0, 1]),
             dir: None,
             metrics: true,
+            native: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -78,11 +82,14 @@ impl Options {
                 "--host" => o.host = value("--host")?.parse().map_err(|e| format!("--host: {e}"))?,
                 "--dir" => o.dir = Some(value("--dir")?.into()),
                 "--no-metrics" => o.metrics = false,
+                "--native-histograms" => o.native = true,
                 "-h" | "--help" => {
                     return Err(format!(
-                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics]\n\
+                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms]\n\
                          DIR defaults to $PROMETHEUS_MULTIPROC_DIR, then /dev/shm/prometheus/{application}.\n\
-                         METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off."
+                         METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off.\n\
+                         --native-histograms gives the latency histogram native buckets too (Prometheus with\n\
+                         --enable-feature=native-histograms scrapes them)."
                     ));
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -339,6 +346,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Longest `/slow` delay.
 pub const MAX_SLOW_MS: u64 = 10_000;
+
+/// The request metrics of the examples: the defaults, and native buckets on the latency
+/// histogram (beside its classic ones) with `--native-histograms`.
+pub fn http_metrics(store: &Store, options: &Options) -> shmetrics_core::http::HttpMetricsBuilder {
+    let builder = shmetrics_core::http::HttpMetrics::builder(store);
+    if options.native {
+        builder.native(shmetrics_core::NativeOpts::default())
+    } else {
+        builder
+    }
+}
 
 /// The `/metrics` endpoint of the examples: `METRICS_AUTH_TOKEN`, `ENABLE_METRICS` (an
 /// unknown value fails the worker's start), and a build-info gauge of the caller's own in

@@ -57,6 +57,6 @@ pub use shmetrics_core::http::{
 };
 /// The store and metric types, so that this crate is the one dependency an app needs.
 pub use shmetrics_core::{
-    self as core, Counter, CounterF64, DEFAULT_BUCKETS, Error, Family, Gauge, GaugeMode, Histogram, Result,
-    Store, StoreBuilder,
+    self as core, Counter, CounterF64, DEFAULT_BUCKETS, Error, Family, Gauge, GaugeMode, Histogram,
+    NativeOpts, Result, Store, StoreBuilder,
 };

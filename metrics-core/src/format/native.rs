@@ -51,16 +51,16 @@ impl NativeSpec {
 }
 
 /// `v` (finite, positive) as `frac · 2^exp` with `frac` in `[0.5, 1)`, as C's `frexp`.
+#[inline(always)]
 fn frexp(v: f64) -> (f64, i32) {
-    let bits = v.to_bits();
-    let exp_bits = ((bits >> 52) & 0x7ff) as i32;
-    if exp_bits == 0 {
+    let (mut bits, mut bias) = (v.to_bits(), 1022);
+    if (bits >> 52) & 0x7ff == 0 {
         // Subnormal: scale into the normal range first.
-        let (f, e) = frexp(v * f64::from_bits(0x43f0_0000_0000_0000)); // 2^64
-        return (f, e - 64);
+        bits = (v * f64::from_bits(0x43f0_0000_0000_0000)).to_bits(); // 2^64
+        bias += 64;
     }
     let frac = f64::from_bits((bits & !(0x7ffu64 << 52)) | (1022u64 << 52));
-    (frac, exp_bits - 1022)
+    (frac, ((bits >> 52) & 0x7ff) as i32 - bias)
 }
 
 /// The bounds of the 256 buckets of schema 8 inside one power of two, as fractions of it
@@ -136,28 +136,91 @@ const BOUNDS: [f64; 256] = [
     0.9892280131939752, 0.9919100824251095, 0.9945994234836328, 0.9972960560854698,
 ];
 
+/// Schema `s`'s bounds inside one power of two (every `2^(8−s)`-th of [`BOUNDS`]).
+const fn table<const N: usize>() -> [f64; N] {
+    let step = BOUNDS.len() / N;
+    let mut t = [0.0; N];
+    let mut j = 0;
+    while j < N {
+        t[j] = BOUNDS[j * step];
+        j += 1;
+    }
+    t
+}
+
+static T1: [f64; 2] = table();
+static T2: [f64; 4] = table();
+static T3: [f64; 8] = table();
+static T4: [f64; 16] = table();
+static T5: [f64; 32] = table();
+static T6: [f64; 64] = table();
+static T7: [f64; 128] = table();
+
+/// The bounds inside one power of two of `schema` (none for schemas up to 0, whose
+/// buckets span whole powers of two).
+pub(crate) fn bounds_of(schema: i8) -> &'static [f64] {
+    match schema {
+        1 => &T1,
+        2 => &T2,
+        3 => &T3,
+        4 => &T4,
+        5 => &T5,
+        6 => &T6,
+        7 => &T7,
+        8 => &BOUNDS,
+        _ => &[],
+    }
+}
+
 /// The bucket of magnitude `v` (finite, > 0) at `schema`: what Prometheus' clients compute.
-#[inline]
+#[cfg(test)]
 pub(crate) fn bucket_index(schema: i8, v: f64) -> i32 {
+    bucket_index_in(schema, bounds_of(schema), v)
+}
+
+/// [`bucket_index`] with the schema's bounds ([`bounds_of`]) looked up by the caller.
+#[inline(always)]
+pub(crate) fn bucket_index_in(schema: i8, bounds: &[f64], v: f64) -> i32 {
     let (frac, exp) = frexp(v);
     if schema > 0 {
-        // The first of this schema's bounds not below `frac`.
-        let step = 1usize << (MAX_SCHEMA - schema);
-        let (mut lo, mut hi) = (0usize, 1usize << schema);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if BOUNDS[mid * step] < frac {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+        // The first bound not below `frac`: for a few bounds, counting them (a fixed count:
+        // branch-free and vectorised); for many, a binary search without data-dependent
+        // branches.
+        let j = match schema {
+            1 => below(&T1, frac),
+            2 => below(&T2, frac),
+            3 => below(&T3, frac),
+            4 => below(&T4, frac),
+            _ => {
+                let (mut base, mut len) = (0usize, bounds.len());
+                while len > 1 {
+                    let half = len / 2;
+                    base = if bounds[base + half - 1] < frac {
+                        base + half
+                    } else {
+                        base
+                    };
+                    len -= half;
+                }
+                (base + usize::from(bounds.get(base).is_some_and(|b| *b < frac))) as i32
             }
-        }
-        lo as i32 + (exp - 1) * (1 << schema)
+        };
+        j + (exp - 1) * (1 << schema)
     } else {
         let key = if frac == 0.5 { exp - 1 } else { exp };
         let shift = -i32::from(schema);
         (key + (1 << shift) - 1) >> shift
     }
+}
+
+/// How many of `bounds` are below `x`.
+#[inline(always)]
+fn below<const N: usize>(bounds: &[f64; N], x: f64) -> i32 {
+    let mut n = 0u32;
+    for b in bounds {
+        n += u32::from(*b < x);
+    }
+    n as i32
 }
 
 /// Index `i` at schema `from` as an index at the coarser schema `to` (`to <= from`).

@@ -26,7 +26,9 @@ pub(crate) struct ParsedSeries {
     /// Byte offset of the series record's body (after its header word), and its words.
     pub record: usize,
     pub record_words: usize,
-    /// Its native bucket chunks (indexes into [`Parsed::chunks`]), in file order.
+    /// Its native bucket chunks (indexes into [`Parsed::chunks`]), ordered by side,
+    /// schema and chunk number (so their buckets come out in bucket order); chunks of the
+    /// same buckets in file order.
     pub chunks: Vec<u32>,
 }
 
@@ -174,7 +176,10 @@ impl Parsed {
                     .native_series
                     .get(&id.series_offset)
                     .ok_or_else(|| corrupt!("chunk of no native histogram series at {at}"))?;
-                self.series[series].chunks.push(self.chunks.len() as u32);
+                let key = |c: &ChunkId| (c.negative, c.schema, c.chunk);
+                let list = &self.series[series].chunks;
+                let pos = list.partition_point(|&c| key(&self.chunks[c as usize].id) <= key(&id));
+                self.series[series].chunks.insert(pos, self.chunks.len() as u32);
                 self.chunks.push(ParsedChunk { id, counts: at + 16 });
             }
             k if k & format::REC_OPTIONAL != 0 => {}

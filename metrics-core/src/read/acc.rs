@@ -97,6 +97,27 @@ impl NativeAcc {
         }
     }
 
+    /// Adds `counts` (sorted by bucket, no duplicates): one pass when every bucket is
+    /// known already, as in every scrape after the first.
+    pub(crate) fn add_sorted(&mut self, counts: &[(BucketKey, u64)]) {
+        let mut i = 0;
+        for (n, &(key, c)) in counts.iter().enumerate() {
+            while i < self.buckets.len() && self.buckets[i].0 < key {
+                i += 1;
+            }
+            match self.buckets.get_mut(i) {
+                Some(b) if b.0 == key => b.1 = b.1.saturating_add(c),
+                _ => {
+                    // A bucket this series did not have yet: the rest one by one.
+                    for &(k, c) in &counts[n..] {
+                        self.add(k, c);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
     /// Adds `n` to bucket `key`.
     #[inline]
     pub(crate) fn add(&mut self, key: BucketKey, n: u64) {
@@ -185,7 +206,9 @@ pub(crate) fn native_counts(region: &Region, parsed: &Parsed, s: &ParsedSeries) 
     out
 }
 
-/// [`native_counts`] into `out` (cleared first), with `words` as scratch.
+/// [`native_counts`] into `out` (cleared first), with `words` as scratch. The series'
+/// chunks are kept in bucket order (see [`ParsedSeries::chunks`]): the counts come out
+/// sorted, chunks of the same buckets added up, without sorting.
 pub(crate) fn read_native_counts(
     region: &Region,
     parsed: &Parsed,
@@ -194,26 +217,32 @@ pub(crate) fn read_native_counts(
     words: &mut Vec<u64>,
 ) {
     out.clear();
-    for &c in &s.chunks {
-        let Some(chunk) = parsed.chunks.get(c as usize) else {
+    let mut i = 0;
+    while i < s.chunks.len() {
+        let Some(first) = parsed.chunks.get(s.chunks[i] as usize) else {
+            i += 1;
             continue;
         };
-        words.clear();
-        if !region.copy_words(chunk.counts, CHUNK_WORDS, words) {
-            continue;
+        // Every chunk of these buckets (a full one, then the ones after it).
+        let mut counts = [0u64; 16];
+        while let Some(c) = s.chunks.get(i).and_then(|&c| parsed.chunks.get(c as usize)) {
+            if c.id != first.id {
+                break;
+            }
+            words.clear();
+            if region.copy_words(c.counts, CHUNK_WORDS, words) {
+                for (j, n) in chunk_counts(words) {
+                    counts[j] = counts[j].saturating_add(n);
+                }
+            }
+            i += 1;
         }
-        for (j, n) in chunk_counts(words) {
-            out.push((chunk.id.bucket(j), n));
+        for (j, n) in counts.into_iter().enumerate() {
+            if n > 0 {
+                out.push((first.id.bucket(j), n));
+            }
         }
     }
-    out.sort_unstable_by_key(|(k, _)| *k);
-    out.dedup_by(|b, a| {
-        let same = a.0 == b.0;
-        if same {
-            a.1 = a.1.saturating_add(b.1);
-        }
-        same
-    });
 }
 
 /// Reads the current values of a series' slots (for removal baselines).

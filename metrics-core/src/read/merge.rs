@@ -497,19 +497,17 @@ impl IndexFamily {
                 if let (Some(acc), Some((parsed, series))) = (acc, native) {
                     acc.zero = acc.zero.saturating_add(raw(n + 1).saturating_sub(base(n + 1)));
                     read_native_counts(region, parsed, series, &mut self.scratch, &mut self.words);
-                    let pairs = match baseline {
-                        Baseline::Values(v) => baseline_pairs(v.get(slots..).unwrap_or(&[])),
-                        _ => Vec::new(),
-                    };
-                    for &(key, count) in &self.scratch {
-                        let before = pairs
-                            .binary_search_by(|(k, _)| k.cmp(&key))
-                            .map_or(0, |i| pairs[i].1);
-                        let c = count.saturating_sub(before);
-                        if c > 0 {
-                            acc.add(key, c);
+                    if let Baseline::Values(v) = baseline {
+                        let pairs = baseline_pairs(v.get(slots..).unwrap_or(&[]));
+                        for (key, count) in self.scratch.iter_mut() {
+                            let before = pairs
+                                .binary_search_by(|(k, _)| k.cmp(key))
+                                .map_or(0, |i| pairs[i].1);
+                            *count = count.saturating_sub(before);
                         }
+                        self.scratch.retain(|(_, c)| *c > 0);
                     }
+                    acc.add_sorted(&self.scratch);
                 }
             }
             Acc::Summary { .. } => {} // never stored natively

@@ -28,7 +28,8 @@ use std::time::Instant;
 use super::Waiting;
 use super::cell::{Cell, RETRY_INTERVAL};
 use crate::format::native::{
-    CHUNK_BUCKETS, CHUNK_COUNT_LIMIT, CHUNK_WORDS, MIN_SCHEMA, NativeSpec, bucket_index, reduce_index,
+    CHUNK_BUCKETS, CHUNK_COUNT_LIMIT, CHUNK_WORDS, MIN_SCHEMA, NativeSpec, bounds_of, bucket_index_in,
+    reduce_index,
 };
 use crate::sys;
 
@@ -38,6 +39,8 @@ pub(crate) const MAX_CHUNKS: usize = 64;
 /// Widest range of chunk numbers of one side at one schema (8,192 buckets); a wider one
 /// goes on at the next coarser schema.
 pub(crate) const MAX_SPAN: i32 = 512;
+const _: () = assert!(CHUNK_BUCKETS == 16);
+
 /// Frames one series may publish; past them, every observation takes the locked path
 /// (a series would need hundreds of forks or file moves to get there).
 const GENERATIONS: usize = 64;
@@ -58,8 +61,8 @@ impl Side {
 
     #[inline]
     fn get(&self, chunk: i32) -> Option<&AtomicPtr<AtomicU64>> {
-        let i = chunk.checked_sub(self.base)?;
-        self.slots.get(usize::try_from(i).ok()?)
+        // Below `base` wraps to a huge index, which `get` refuses.
+        self.slots.get(chunk.wrapping_sub(self.base) as u32 as usize)
     }
 
     /// A copy that also covers `chunk`, with room to grow towards it (the range doubles),
@@ -111,6 +114,8 @@ pub(crate) struct NativeCell {
     /// The series' slots (classic buckets, sum, zero bucket), its labels and writer.
     cell: Arc<Cell>,
     spec: NativeSpec,
+    /// The declared schema's bucket bounds (see `format::native::bounds_of`).
+    bounds: &'static [f64],
     frames: [OnceLock<Frame>; GENERATIONS],
     /// The frame in use (published once set).
     current: AtomicUsize,
@@ -139,6 +144,7 @@ impl NativeCell {
         Arc::new(NativeCell {
             cell,
             spec,
+            bounds: bounds_of(spec.schema),
             frames: std::array::from_fn(|_| OnceLock::new()),
             current: AtomicUsize::new(usize::MAX),
             state: Mutex::new(State {
@@ -165,18 +171,20 @@ impl NativeCell {
     #[inline]
     pub(crate) fn observe(self: &Arc<Self>, v: f64) {
         let negative = v < 0.0;
-        let declared = bucket_index(self.spec.schema, v.abs());
+        let declared = bucket_index_in(self.spec.schema, self.bounds, v.abs());
         if let Some(f) = self.frame() {
             let index = if f.schema < self.spec.schema {
                 reduce_index(declared, self.spec.schema, f.schema)
             } else {
                 declared
             };
-            let chunk = index.div_euclid(CHUNK_BUCKETS);
+            // CHUNK_BUCKETS is 16: the chunk is index >> 4 (rounding down), the bucket
+            // inside it index & 15.
+            let chunk = index >> 4;
             if let Some(slot) = f.sides[usize::from(negative)].get(chunk) {
                 let p = slot.load(Ordering::Acquire);
                 if !p.is_null() {
-                    let j = index.rem_euclid(CHUNK_BUCKETS) as usize;
+                    let j = (index & 15) as usize;
                     // SAFETY: `p` was stored in a frame of the current bind epoch by
                     // `bind`, from `Writer::bind_chunk`: it points at the CHUNK_WORDS count
                     // words of a chunk in this process's mapping of its file, checked to be
