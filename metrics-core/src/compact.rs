@@ -345,10 +345,10 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
                 Acc::F64(v) => w.push(v.to_bits()),
                 Acc::Gauge { v, t } if fam.desc.mode.most_recent() => w.extend([0, v.to_bits(), *t]),
                 Acc::Gauge { v, .. } => w.push(v.to_bits()),
-                Acc::Hist { buckets, sum, native } => {
-                    w.extend(buckets.iter().copied());
-                    w.push(sum.to_bits());
-                    if let Some(n) = native {
+                Acc::Hist(h) => {
+                    w.extend(h.buckets.iter().copied());
+                    w.push(h.sum.to_bits());
+                    if let Some(n) = &h.native {
                         w.push(n.zero);
                     }
                 }
@@ -364,9 +364,11 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
             w.extend(records::encode_series(id as u32, off as u64, &values));
         }
         for (i, (_, acc)) in fam.series.iter().enumerate() {
-            if let Acc::Hist { native: Some(n), .. } = acc {
-                let off = first_slot + 8 + i * slots * 8;
-                push_chunks(&mut w, off as u32, &n.buckets);
+            if let Acc::Hist(h) = acc {
+                if let Some(n) = &h.native {
+                    let off = first_slot + 8 + i * slots * 8;
+                    push_chunks(&mut w, off as u32, &n.buckets);
+                }
             }
         }
         series_count += fam.series.len();

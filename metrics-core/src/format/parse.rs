@@ -22,15 +22,18 @@ pub(crate) struct ParsedFamily {
 #[derive(Debug, Clone)]
 pub(crate) struct ParsedSeries {
     pub family: u32,
+    /// Index of its list of native bucket chunks in [`Parsed::chunk_lists`] (native
+    /// histograms only; `NO_CHUNKS` otherwise): kept out of this struct, which stays small
+    /// for the many series of other types.
+    pub chunk_list: u32,
     pub offset: usize,
     /// Byte offset of the series record's body (after its header word), and its words.
     pub record: usize,
     pub record_words: usize,
-    /// Its native bucket chunks (indexes into [`Parsed::chunks`]), ordered by side,
-    /// schema and chunk number (so their buckets come out in bucket order); chunks of the
-    /// same buckets in file order.
-    pub chunks: Vec<u32>,
 }
+
+/// [`ParsedSeries::chunk_list`] of a series without chunk list.
+pub(crate) const NO_CHUNKS: u32 = u32::MAX;
 
 /// A chunk of a native histogram series' buckets, as found in a file.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,10 @@ pub(crate) struct Parsed {
     pub folded: Vec<u64>,
     pub removals: Vec<std::sync::Arc<Removal>>,
     pub chunks: Vec<ParsedChunk>,
+    /// Each native histogram series' chunks (indexes into `chunks`), ordered by side,
+    /// schema and chunk number (so their buckets come out in bucket order); chunks of the
+    /// same buckets in file order.
+    pub chunk_lists: Vec<Vec<u32>>,
     /// Series of native histograms, by the offset of their value slots (chunks name
     /// their series so).
     pub native_series: std::collections::HashMap<u32, usize>,
@@ -105,6 +112,7 @@ impl Parsed {
         Ok(())
     }
 
+    #[inline]
     fn record(&mut self, kind: u32, at: usize, len: usize, body: &[u64]) -> Result<(), Corrupt> {
         match kind {
             format::REC_APPLICATION => {
@@ -147,17 +155,21 @@ impl Parsed {
                 if !in_block(&self.blocks, rec.value_offset, fam.slots) {
                     return Err(corrupt!("series value slots outside value blocks at {at}"));
                 }
-                if fam.rec.native.is_some() {
+                let chunk_list = if fam.rec.native.is_some() {
                     // Value slots lie below 1 GiB (the largest file).
                     self.native_series
                         .insert(rec.value_offset as u32, self.series.len());
-                }
+                    self.chunk_lists.push(Vec::new());
+                    (self.chunk_lists.len() - 1) as u32
+                } else {
+                    NO_CHUNKS
+                };
                 self.series.push(ParsedSeries {
                     family: rec.family,
+                    chunk_list,
                     offset: rec.value_offset as usize,
                     record: at + 8,
                     record_words: body.len(),
-                    chunks: Vec::new(),
                 });
             }
             format::REC_VALUES => self.blocks.push((at + 8, at + len)),
@@ -177,9 +189,14 @@ impl Parsed {
                     .get(&id.series_offset)
                     .ok_or_else(|| corrupt!("chunk of no native histogram series at {at}"))?;
                 let key = |c: &ChunkId| (c.negative, c.schema, c.chunk);
-                let list = &self.series[series].chunks;
-                let pos = list.partition_point(|&c| key(&self.chunks[c as usize].id) <= key(&id));
-                self.series[series].chunks.insert(pos, self.chunks.len() as u32);
+                let list_index = self.series[series].chunk_list as usize;
+                let chunks = &self.chunks;
+                let list = self
+                    .chunk_lists
+                    .get_mut(list_index)
+                    .ok_or_else(|| corrupt!("chunk of no native histogram series at {at}"))?;
+                let pos = list.partition_point(|&c| key(&chunks[c as usize].id) <= key(&id));
+                list.insert(pos, chunks.len() as u32);
                 self.chunks.push(ParsedChunk { id, counts: at + 16 });
             }
             k if k & format::REC_OPTIONAL != 0 => {}
@@ -190,8 +207,16 @@ impl Parsed {
 }
 
 impl Parsed {
+    /// The chunks of series `s`, in bucket order (none for a series of another type).
+    pub(crate) fn chunks_of(&self, s: &ParsedSeries) -> &[u32] {
+        self.chunk_lists
+            .get(s.chunk_list as usize)
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// Reads a series record back from the file into `buf` and views it (validated when
     /// parsed; records never change).
+    #[inline]
     pub(crate) fn read_series<'b>(
         region: &Region,
         s: &ParsedSeries,

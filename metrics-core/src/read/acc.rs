@@ -16,12 +16,8 @@ pub(crate) enum Acc {
         v: f64,
         t: u64,
     },
-    Hist {
-        buckets: Vec<u64>,
-        sum: f64,
-        /// The native buckets of a histogram that has them.
-        native: Option<Box<NativeAcc>>,
-    },
+    /// Boxed: the other variants, far more numerous in a scrape, stay small.
+    Hist(Box<HistAcc>),
     /// Python summaries only.
     Summary {
         count: f64,
@@ -48,19 +44,13 @@ impl Acc {
                 // twice (it cannot be two live processes); keep the native value.
                 GaugeMode::All | GaugeMode::LiveAll => {}
             },
-            (
-                Acc::Hist { buckets, sum, native },
-                Acc::Hist {
-                    buckets: b,
-                    sum: s,
-                    native: n,
-                },
-            ) => {
-                for (x, y) in buckets.iter_mut().zip(b) {
+            (Acc::Hist(a), Acc::Hist(b)) => {
+                let b = *b;
+                for (x, y) in a.buckets.iter_mut().zip(b.buckets) {
                     *x = x.saturating_add(y);
                 }
-                *sum += s;
-                NativeAcc::absorb_into(native, n);
+                a.sum += b.sum;
+                NativeAcc::absorb_into(&mut a.native, b.native);
             }
             (Acc::Summary { count, sum }, Acc::Summary { count: c, sum: s }) => {
                 *count += c;
@@ -68,6 +58,23 @@ impl Acc {
             }
             _ => {}
         }
+    }
+}
+
+/// A histogram being accumulated.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HistAcc {
+    /// Classic bucket counts (not cumulative), +Inf last.
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    /// The native buckets of a histogram that has them.
+    pub native: Option<NativeAcc>,
+}
+
+impl HistAcc {
+    /// An accumulated histogram value.
+    pub(crate) fn acc(buckets: Vec<u64>, sum: f64, native: Option<NativeAcc>) -> Acc {
+        Acc::Hist(Box::new(HistAcc { buckets, sum, native }))
     }
 }
 
@@ -139,7 +146,7 @@ impl NativeAcc {
     }
 
     /// Takes `other` (another declaration's, or another source's) into `this`.
-    pub(crate) fn absorb_into(this: &mut Option<Box<NativeAcc>>, other: Option<Box<NativeAcc>>) {
+    pub(crate) fn absorb_into(this: &mut Option<NativeAcc>, other: Option<NativeAcc>) {
         let Some(other) = other else { return };
         let Some(a) = this else {
             *this = Some(other);
@@ -207,7 +214,7 @@ pub(crate) fn native_counts(region: &Region, parsed: &Parsed, s: &ParsedSeries) 
 }
 
 /// [`native_counts`] into `out` (cleared first), with `words` as scratch. The series'
-/// chunks are kept in bucket order (see [`ParsedSeries::chunks`]): the counts come out
+/// chunks are kept in bucket order (see [`Parsed::chunk_lists`]): the counts come out
 /// sorted, chunks of the same buckets added up, without sorting.
 pub(crate) fn read_native_counts(
     region: &Region,
@@ -217,15 +224,16 @@ pub(crate) fn read_native_counts(
     words: &mut Vec<u64>,
 ) {
     out.clear();
+    let list = parsed.chunks_of(s);
     let mut i = 0;
-    while i < s.chunks.len() {
-        let Some(first) = parsed.chunks.get(s.chunks[i] as usize) else {
+    while i < list.len() {
+        let Some(first) = parsed.chunks.get(list[i] as usize) else {
             i += 1;
             continue;
         };
         // Every chunk of these buckets (a full one, then the ones after it).
         let mut counts = [0u64; 16];
-        while let Some(c) = s.chunks.get(i).and_then(|&c| parsed.chunks.get(c as usize)) {
+        while let Some(c) = list.get(i).and_then(|&c| parsed.chunks.get(c as usize)) {
             if c.id != first.id {
                 break;
             }

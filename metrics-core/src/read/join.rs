@@ -55,12 +55,15 @@ impl FamilyOut {
                     Acc::U64(v) => Value::Counter(v),
                     Acc::F64(v) => Value::CounterF64(v),
                     Acc::Gauge { v, .. } => Value::Gauge(v),
-                    Acc::Hist { buckets, sum, native } => Value::Histogram(HistogramValue {
-                        buckets,
-                        sum,
-                        bounds: s.bounds,
-                        native: native.map(|n| n.sparse().into()),
-                    }),
+                    Acc::Hist(h) => {
+                        let h = *h;
+                        Value::Histogram(HistogramValue {
+                            buckets: h.buckets,
+                            sum: h.sum,
+                            bounds: s.bounds,
+                            native: h.native.map(|n| n.sparse().into()),
+                        })
+                    }
                     Acc::Summary { count, sum } => Value::Summary { count, sum },
                 },
             })
@@ -191,15 +194,11 @@ fn reorder(names: &[String], values: &Arc<[Box<str>]>, wanted: &[String]) -> Opt
 /// bounds: nothing is counted under a bound a file did not have).
 fn merge_series(a: &mut OutSeries, b: OutSeries, family_buckets: &[f64], mode: GaugeMode) {
     match (&mut a.acc, b.acc) {
-        (
-            Acc::Hist { buckets, sum, native },
-            Acc::Hist {
-                buckets: b_buckets,
-                sum: b_sum,
-                native: b_native,
-            },
-        ) => {
-            super::acc::NativeAcc::absorb_into(native, b_native);
+        (Acc::Hist(h), Acc::Hist(other)) => {
+            let other = *other;
+            let (buckets, sum) = (&mut h.buckets, &mut h.sum);
+            let (b_buckets, b_sum) = (other.buckets, other.sum);
+            super::acc::NativeAcc::absorb_into(&mut h.native, other.native);
             let a_bounds: Vec<f64> = a.bounds.as_deref().unwrap_or(family_buckets).to_vec();
             let b_bounds: Vec<f64> = b.bounds.as_deref().unwrap_or(family_buckets).to_vec();
             if a_bounds == b_bounds {

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::acc::{Acc, NativeAcc, read_most_recent, read_native_counts};
+use super::acc::{Acc, HistAcc, NativeAcc, read_most_recent, read_native_counts};
 use super::join::{FamilyOut, OutSeries};
 use super::keys::KeyTable;
 use super::removals::{Baseline, RemovalIndex};
@@ -269,6 +269,7 @@ impl MergeIndex {
             targets.push((!skip).then(|| Target {
                 family: i,
                 slots: ff.slots,
+                native: ff.rec.native.is_some(),
                 removals: removals.of_family(&ff.rec.name),
             }));
         }
@@ -316,8 +317,10 @@ impl MergeIndex {
                     fam.desc.labels.len(),
                 ),
             };
-            let native = fam.desc.native.is_some().then_some((&cf.parsed, s));
-            fam.accumulate(idx, region, s.offset, t.slots, baseline, native);
+            fam.accumulate(idx, region, s.offset, t.slots, baseline);
+            if t.native {
+                fam.accumulate_native(idx, region, &cf.parsed, s, t.slots, baseline);
+            }
         }
     }
 }
@@ -328,6 +331,8 @@ struct Target<'r> {
     family: usize,
     /// Value slots per series.
     slots: usize,
+    /// Whether its series have native buckets (chunks).
+    native: bool,
     /// The family's removals, if it has any.
     removals: Option<&'r [&'r Removal]>,
 }
@@ -382,11 +387,11 @@ impl IndexFamily {
             MetricType::Counter => Acc::U64(0),
             MetricType::CounterF64 => Acc::F64(0.0),
             MetricType::Gauge => Acc::Gauge { v: 0.0, t: 0 },
-            MetricType::Histogram => Acc::Hist {
-                buckets: vec![0; self.desc.buckets.len()],
-                sum: 0.0,
-                native: self.desc.native.map(|n| Box::new(NativeAcc::new(n))),
-            },
+            MetricType::Histogram => HistAcc::acc(
+                vec![0; self.desc.buckets.len()],
+                0.0,
+                self.desc.native.map(NativeAcc::new),
+            ),
             MetricType::Summary => Acc::Summary { count: 0.0, sum: 0.0 },
         }
     }
@@ -395,10 +400,10 @@ impl IndexFamily {
         let zero = self.zero();
         for a in &mut self.acc {
             match a {
-                Acc::Hist { buckets, sum, native } => {
-                    buckets.iter_mut().for_each(|b| *b = 0);
-                    *sum = 0.0;
-                    if let Some(n) = native {
+                Acc::Hist(h) => {
+                    h.buckets.iter_mut().for_each(|b| *b = 0);
+                    h.sum = 0.0;
+                    if let Some(n) = &mut h.native {
                         n.reset();
                     }
                 }
@@ -438,7 +443,6 @@ impl IndexFamily {
         offset: usize,
         slots: usize,
         baseline: Baseline<'_>,
-        native: Option<(&Parsed, &ParsedSeries)>,
     ) {
         let raw = |i: usize| {
             region
@@ -483,36 +487,60 @@ impl IndexFamily {
                     };
                 }
             }
-            Acc::Hist {
-                buckets,
-                sum,
-                native: acc,
-            } => {
-                let n = buckets.len();
-                debug_assert_eq!(slots, n + 1 + usize::from(acc.is_some()));
-                for (i, b) in buckets.iter_mut().enumerate() {
+            Acc::Hist(h) => {
+                let n = h.buckets.len();
+                debug_assert_eq!(slots, n + 1 + usize::from(h.native.is_some()));
+                for (i, b) in h.buckets.iter_mut().enumerate() {
                     *b = b.saturating_add(raw(i).saturating_sub(base(i)));
                 }
-                *sum += f64::from_bits(raw(n)) - f64::from_bits(base(n));
-                if let (Some(acc), Some((parsed, series))) = (acc, native) {
-                    acc.zero = acc.zero.saturating_add(raw(n + 1).saturating_sub(base(n + 1)));
-                    read_native_counts(region, parsed, series, &mut self.scratch, &mut self.words);
-                    if let Baseline::Values(v) = baseline {
-                        let pairs = baseline_pairs(v.get(slots..).unwrap_or(&[]));
-                        for (key, count) in self.scratch.iter_mut() {
-                            let before = pairs
-                                .binary_search_by(|(k, _)| k.cmp(key))
-                                .map_or(0, |i| pairs[i].1);
-                            *count = count.saturating_sub(before);
-                        }
-                        self.scratch.retain(|(_, c)| *c > 0);
-                    }
-                    acc.add_sorted(&self.scratch);
-                }
+                h.sum += f64::from_bits(raw(n)) - f64::from_bits(base(n));
             }
             Acc::Summary { .. } => {} // never stored natively
         }
         self.seen[idx] = true;
+    }
+
+    /// Adds one file's native buckets of series `idx` (its zero bucket, in its slots after
+    /// the sum, and its chunks), minus the file's baseline of them.
+    fn accumulate_native(
+        &mut self,
+        idx: usize,
+        region: &Region,
+        parsed: &Parsed,
+        series: &ParsedSeries,
+        slots: usize,
+        baseline: Baseline<'_>,
+    ) {
+        let Some(Acc::Hist(h)) = self.acc.get_mut(idx) else {
+            return;
+        };
+        let Some(acc) = &mut h.native else {
+            return;
+        };
+        let word = |i: usize| {
+            region
+                .word(series.offset + i * 8)
+                .map_or(0, |w| w.load(Ordering::Relaxed))
+        };
+        let values = match baseline {
+            Baseline::Values(v) => v,
+            _ => &[],
+        };
+        let zero = slots - 1;
+        let before = values.get(zero).copied().unwrap_or(0);
+        acc.zero = acc.zero.saturating_add(word(zero).saturating_sub(before));
+        read_native_counts(region, parsed, series, &mut self.scratch, &mut self.words);
+        if !values.is_empty() {
+            let pairs = baseline_pairs(values.get(slots..).unwrap_or(&[]));
+            for (key, count) in self.scratch.iter_mut() {
+                let before = pairs
+                    .binary_search_by(|(k, _)| k.cmp(key))
+                    .map_or(0, |i| pairs[i].1);
+                *count = count.saturating_sub(before);
+            }
+            self.scratch.retain(|(_, c)| *c > 0);
+        }
+        acc.add_sorted(&self.scratch);
     }
 
     /// The value of series `i` if it is shown: seen, and (if a removal covers it) written
@@ -526,8 +554,8 @@ impl IndexFamily {
             let empty = match a {
                 Acc::U64(v) => *v == 0,
                 Acc::F64(v) => *v == 0.0,
-                Acc::Hist { buckets, native, .. } => {
-                    buckets.iter().all(|b| *b == 0) && native.as_ref().is_none_or(|n| n.is_empty())
+                Acc::Hist(h) => {
+                    h.buckets.iter().all(|b| *b == 0) && h.native.as_ref().is_none_or(|n| n.is_empty())
                 }
                 Acc::Gauge { .. } | Acc::Summary { .. } => false,
             };

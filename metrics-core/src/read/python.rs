@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::acc::Acc;
+use super::acc::{Acc, HistAcc};
 use super::join::{FamilyOut, OutSeries};
 use super::keys::KeyTable;
 use super::scan::{Problem, open_read_only};
@@ -723,14 +723,7 @@ impl PyFamily {
                     own.sort_by(|x, y| x.0.total_cmp(&y.0));
                     let bounds: Vec<f64> = own.iter().map(|(b, _)| *b).collect();
                     let counts = own.iter().map(|(_, c)| c.max(0.0) as u64).collect();
-                    (
-                        Acc::Hist {
-                            buckets: counts,
-                            sum: *sum,
-                            native: None,
-                        },
-                        Some(bounds),
-                    )
+                    (HistAcc::acc(counts, *sum, None), Some(bounds))
                 }
                 PyAcc::Summary { count, sum } => (
                     Acc::Summary {

@@ -11,6 +11,7 @@ use crate::format::parse::Parsed;
 use crate::format::records::{self, Removal};
 
 /// What a series' removal says about one file's contribution.
+#[derive(Clone, Copy)]
 pub(crate) enum Baseline<'a> {
     /// No removal covers the series.
     None,
