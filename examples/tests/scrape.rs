@@ -78,6 +78,35 @@ fn prints_a_mixed_directory() {
     let out = scrape(&["--without-self-metrics", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("shmetrics_"));
+
+    // The other formats, each read back by its own parser.
+    let d = dir.path().to_str().unwrap();
+    let out = scrape(&["--format", "text", d]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("# TYPE native_jobs_total counter\nnative_jobs_total 7\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+    let parsed = shmetrics_testing::expositions::parse_text(&[("text", &text)]);
+    let families = parsed.into_iter().next().unwrap().unwrap();
+    assert!(
+        families
+            .iter()
+            .any(|f| f.name == "native_jobs" && f.ty == "counter")
+    );
+    let out = scrape(&["--format", "protobuf", d]);
+    assert_eq!(out.status.code(), Some(0));
+    let families = shmetrics_testing::expositions::parse_protobuf(&out.stdout).unwrap();
+    assert!(
+        families
+            .iter()
+            .any(|f| f.name == "native_jobs" && f.ty == "counter")
+    );
+    let out = scrape(&["--format", "json", d]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown format"));
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //!
 //! Every process writes its samples into its own memory-mapped file in a directory
 //! (normally on `/dev/shm`, i.e. RAM); the process that answers a scrape merges all files
-//! into one OpenMetrics exposition, built in a fresh `prometheus_client` registry.
+//! into one exposition, built in a fresh `prometheus_client` registry: OpenMetrics text,
+//! the Prometheus text format 0.0.4 or the Prometheus protobuf format ([`Format`], chosen
+//! by the scraper's `Accept` header in the `http` endpoint).
 //!
 //! * **Exact and cheap**: a write is one atomic operation on a shared page, no lock, no
 //!   syscall. Counters and histograms of every process are summed, so totals stay exact
@@ -27,6 +29,9 @@
 //!   before. A program that installs its own SIGBUS handler later replaces it.
 //! * **Bounded**: every family has a series limit; past it, new label sets share one
 //!   overflow series.
+//! * **Native histograms** ([`Opts::native`]): Prometheus' sparse exponential buckets,
+//!   allocated in each process's file as observations need them and merged exactly across
+//!   processes (sent in the protobuf format).
 //!
 //! ## Example
 //!
