@@ -260,17 +260,23 @@ impl NativeCell {
             st.schema = self.spec.schema;
         }
         if self.frame().is_none() {
-            st.chunks = 0;
-            let schema = st.schema;
-            self.publish(
-                st,
-                Frame {
-                    epoch: sys::bind_epoch(),
-                    schema,
-                    sides: [Side::empty(), Side::empty()],
-                },
-            );
+            self.start_frame(st);
         }
+    }
+
+    /// Publishes an empty frame of this epoch at the storage schema: chunks are bound into
+    /// it afresh.
+    fn start_frame(&self, st: &mut State) {
+        st.chunks = 0;
+        let schema = st.schema;
+        self.publish(
+            st,
+            Frame {
+                epoch: sys::bind_epoch(),
+                schema,
+                sides: [Side::empty(), Side::empty()],
+            },
+        );
     }
 
     /// Publishes `frame` as the next generation (when generations are left).
@@ -308,16 +314,7 @@ impl NativeCell {
         });
         if (st.chunks + st.local.len() >= MAX_CHUNKS || too_wide) && st.schema > MIN_SCHEMA {
             st.schema -= 1;
-            st.chunks = 0;
-            let schema = st.schema;
-            self.publish(
-                st,
-                Frame {
-                    epoch: sys::bind_epoch(),
-                    schema,
-                    sides: [Side::empty(), Side::empty()],
-                },
-            );
+            self.start_frame(st);
             return Bound::Coarser;
         }
         if st.retry_at.is_some_and(|t| Instant::now() < t) {

@@ -124,6 +124,13 @@ fn write_sample_head(
         .map(String::as_str)
         .zip(values.iter().map(|v| &**v))
         .chain(extra);
+    write_labels(out, pairs);
+    out.push(' ');
+}
+
+/// Writes `{name="value",...}` (nothing for no label), values escaped as both text formats
+/// escape them (`\\`, `\"`, `\n`).
+pub(super) fn write_labels<'a>(out: &mut String, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
     let mut first = true;
     for (n, v) in pairs {
         out.push(if first { '{' } else { ',' });
@@ -143,7 +150,6 @@ fn write_sample_head(
     if !first {
         out.push('}');
     }
-    out.push(' ');
 }
 
 /// Writes a histogram family: per series its cumulative buckets (bounds written by

@@ -91,25 +91,7 @@ fn sample(out: &mut String, name: &str, suffix: &str, labels: &[LabelPair], le: 
         .iter()
         .map(|l| (l.name.as_str(), l.value.as_str()))
         .chain(le.map(|v| ("le", v)));
-    let mut first = true;
-    for (n, v) in pairs {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(n);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
-    }
+    super::write_labels(out, pairs);
     out.push(' ');
 }
 
