@@ -17,7 +17,7 @@ use actix_web::{Error, HttpRequest};
 use futures_util::future::{Either, LocalBoxFuture};
 use pin_project_lite::pin_project;
 use shmetrics_core::Store;
-use shmetrics_core::http::{HttpMetrics, METRICS_PATH, MetricsEndpoint, RequestTracker};
+use shmetrics_core::http::{HttpMetrics, METRICS_PATH, MetricsEndpoint, RequestHeaders, RequestTracker};
 
 use crate::body::MetricsBody;
 use crate::endpoint::answer;
@@ -176,6 +176,9 @@ where
             return MetricsResponse::new(self.service.call(req), None, None);
         }
         let mut tracker = self.metrics.start(req.method().as_str());
+        if let Some(id) = self.metrics.trace_id(&Headers(req.headers())) {
+            tracker.set_trace_id(id);
+        }
         // The route is read off the routed request when the response comes (no second
         // match). Until one request has completed there is no resource map to resolve a
         // request dropped before its response with, so the first ones match now.
@@ -193,6 +196,16 @@ where
             routed: Rc::clone(&self.routed),
         };
         MetricsResponse::new(self.service.call(req), Some(tracker), Some(dropped))
+    }
+}
+
+/// A request's headers, as the exemplar sources read them.
+struct Headers<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl RequestHeaders for Headers<'_> {
+    #[inline]
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(|v| v.as_bytes())
     }
 }
 

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
 use crate::format::desc::FamilyDesc;
+use crate::format::exemplar::encode_labels;
 use crate::format::header::NewHeader;
 use crate::format::native::{BucketKey, CHUNK_BUCKETS, CHUNK_WORDS, ChunkId};
 use crate::format::records;
@@ -313,7 +314,11 @@ fn write_file(config: &Config, path: &std::path::Path, words: &[u64]) -> Result<
 fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u64>, usize) {
     // Version 2 only when it holds something version 2 added, so that releases that know
     // only version 1 keep reading accumulators without native histograms.
-    let version = if view.families.iter().any(|f| f.desc.native.is_some()) {
+    let version = if view
+        .families
+        .iter()
+        .any(|f| f.desc.native.is_some() || !f.exemplars.is_empty())
+    {
         format::VERSION
     } else {
         format::BASE_VERSION
@@ -362,6 +367,19 @@ fn build_accumulator(config: &Config, view: &FoldView, folded: &[u64]) -> (Vec<u
             let values: Vec<&str> = labels.iter().map(|l| &**l).collect();
             let off = first_slot + 8 + i * slots * 8;
             w.extend(records::encode_series(id as u32, off as u64, &values));
+        }
+        for (i, bucket, e) in &fam.exemplars {
+            let off = first_slot + 8 + i * slots * 8;
+            let labels: Vec<(&str, &str)> = e.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let mut data = Vec::new();
+            encode_labels(&labels, &mut data);
+            let ex = (&data[..], labels.len() as u32, e.value, e.time);
+            w.extend(records::encode_exemplar(
+                off as u32,
+                *bucket as u32,
+                data.len(),
+                Some(ex),
+            ));
         }
         for (i, (_, acc)) in fam.series.iter().enumerate() {
             if let Acc::Hist(h) = acc {

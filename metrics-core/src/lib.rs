@@ -141,6 +141,7 @@ pub use family::gauge::Gauge;
 pub use family::histogram::Histogram;
 pub use family::metric::Metric;
 pub use format::desc::{DEFAULT_ZERO_THRESHOLD, NativeOpts, OVERFLOW_LABEL_VALUE, Opts};
+pub use format::exemplar::MAX_EXEMPLAR_CHARS;
 pub use format::names::{DEFAULT_BUCKETS, exponential_buckets, linear_buckets};
 pub use format::native::{MAX_SCHEMA, MIN_SCHEMA};
 pub use format::{GaugeMode, MAX_HELP_BYTES, MAX_LABEL_VALUE_BYTES, MetricType};

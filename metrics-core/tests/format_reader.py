@@ -5,7 +5,8 @@ Usage: format_reader.py DIR  -> prints the merged families as JSON:
   {"<family>": {"type": ..., "mode": ..., "labels": [...], "series": [[[values...], value], ...]}}
 with histogram values as {"buckets": [...], "sum": x}, and for histograms with native
 buckets also "native": {"schema": s, "zero": n, "positive": [[index, count]...],
-"negative": [...]}. Used by the Rust test suite to check
+"negative": [...]}. Series with exemplars get a third element: [[bucket, {labels}, value,
+time_ns], ...]. Used by the Rust test suite to check
 that the specification is precise enough to be implemented independently.
 """
 import fcntl
@@ -78,7 +79,8 @@ def read_file(path):
         raise Bad("flags")
     info = {"pid": pid, "start": u64(b, 32), "writer": u64(b, 40), "accumulator": bool(flags & 1),
             "errors": [u64(b, 56), u64(b, 64), u64(b, 72)],
-            "families": [], "series": [], "blocks": [], "folded": [], "removals": [], "chunks": []}
+            "families": [], "series": [], "blocks": [], "folded": [], "removals": [], "chunks": [],
+            "exemplars": []}
 
     def in_block(off, nslots):
         return off % 8 == 0 and any(s <= off and off + nslots * 8 <= e for s, e in info["blocks"])
@@ -184,6 +186,28 @@ def read_file(path):
             info["removals"].append({"time": time, "family": family,
                                      "labels": None if flags & 1 else tuple(labels),
                                      "baselines": baselines})
+        elif kind == 8:
+            voff, bucket = halves(u64(b, pos + 8))
+            owner = [s_ for s_ in info["series"] if s_[1] == voff]
+            if not owner or length < 48:
+                raise Bad("exemplar")
+            seq, value, time_ = u64(b, pos + 16), f64(b, pos + 24), u64(b, pos + 32)
+            nbytes, pairs = halves(u64(b, pos + 40))
+            data = b[pos + 48: end]
+            if seq % 2 == 0 and time_ and nbytes <= len(data):
+                labels, o, ok = {}, 0, True
+                for _ in range(pairs):
+                    try:
+                        parts = []
+                        for _ in range(2):
+                            n = struct.unpack_from("<H", data, o)[0]
+                            parts.append(data[o + 2: o + 2 + n].decode("utf-8"))
+                            o += 2 + n
+                        labels[parts[0]] = parts[1]
+                    except (struct.error, UnicodeDecodeError):
+                        ok = False
+                if ok and o <= nbytes:
+                    info["exemplars"].append((voff, bucket, labels, value, time_))
         elif not kind & (1 << 31):
             raise Bad("kind")
         pos = end
@@ -234,7 +258,8 @@ def merge(directory):
     out = {}
     for name, r in ref.items():
         labels = list(r["labels"]) + (["pid"] if r["type"] == "gauge" and r["mode"] in ("all", "liveall") else [])
-        out[name] = {"type": r["type"], "mode": r["mode"], "labels": labels, "series": {}, "covered": set()}
+        out[name] = {"type": r["type"], "mode": r["mode"], "labels": labels, "series": {}, "covered": set(),
+                     "exemplars": {}}
 
     folded_pids = set()
     for f in files:
@@ -270,6 +295,12 @@ def merge(directory):
                 return base[i] if base and i < len(base) else 0
             def bf(i):
                 return struct.unpack("<d", struct.pack("<Q", bw(i)))[0]
+            removed_at = rem["time"] if rem is not None else 0
+            for voff2, bucket, labels, value, time_ in f["exemplars"]:
+                if voff2 == voff and time_ > removed_at:
+                    best = o["exemplars"].setdefault(key, {})
+                    if bucket not in best or time_ > best[bucket][3]:
+                        best[bucket] = [bucket, labels, value, time_]
             if ty == "counter":
                 series[key] = series.get(key, 0) + max(u64(b, voff) - bw(0), 0)
             elif ty == "counter_f64":
@@ -331,11 +362,15 @@ def merge(directory):
                     continue
             if fam["type"] == "histogram" and "native" in v:
                 v["native"] = native_view(v["native"], ref[name]["native"])
+            if key in fam["exemplars"]:
+                items.append([list(key), v, [e for _, e in sorted(fam["exemplars"][key].items())]])
+                continue
             if fam["mode"].endswith("mostrecent") and fam["type"] == "gauge":
                 v = v[0]
             items.append([list(key), v])
         fam["series"] = items
         del fam["covered"]
+        del fam["exemplars"]
     return out
 
 

@@ -24,6 +24,11 @@ fn fill(store: &Store, scale: u64) {
         .unwrap();
     h.labels(&["/a"]).observe(0.125 * scale as f64);
     h.labels(&["/a"]).observe(4.0);
+    // Exemplars (format version 2): the newest per series and bucket wins the merge.
+    h.labels(&["/a"])
+        .observe_with_exemplar(0.5, &[("trace_id", &format!("t{scale}"))]);
+    c.labels(&["/b \"quoted\"", "500"])
+        .inc_by_with_exemplar(1, &[("trace_id", &format!("c{scale}")), ("user", "é")]);
     // Native buckets (format version 2): alone, with a bucket limit, and beside classic ones.
     let n = store
         .register::<shmetrics_core::Histogram>(
@@ -139,6 +144,28 @@ fn independent_python_reader_agrees() {
                     },
                     other => panic!("unexpected {other:?}"),
                 };
+                let v = if s.exemplars.is_empty() {
+                    v
+                } else {
+                    let ex: Vec<serde_json::Value> = s
+                        .exemplars
+                        .iter()
+                        .map(|(b, e)| {
+                            let labels: serde_json::Map<String, serde_json::Value> = e
+                                .labels
+                                .iter()
+                                .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                                .collect();
+                            let t = e
+                                .timestamp
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_nanos() as u64;
+                            serde_json::json!([b, labels, e.value, t])
+                        })
+                        .collect();
+                    serde_json::json!({"value": v, "exemplars": ex})
+                };
                 (s.labels.iter().map(|l| l.to_string()).collect(), v)
             })
             .collect();
@@ -163,7 +190,11 @@ fn independent_python_reader_agrees() {
                     .iter()
                     .map(|l| l.as_str().unwrap().to_string())
                     .collect();
-                (labels, e[1].clone())
+                let v = match e.get(2) {
+                    Some(ex) => serde_json::json!({"value": e[1].clone(), "exemplars": ex}),
+                    None => e[1].clone(),
+                };
+                (labels, v)
             })
             .collect();
         let norm = |v: &serde_json::Value| match v.as_f64() {

@@ -5,12 +5,22 @@ use std::task::{Context, Poll};
 #[cfg(feature = "axum")]
 use axum::extract::MatchedPath;
 use http::{Request, Response};
-use shmetrics_core::http::HttpMetrics;
+use shmetrics_core::http::{HttpMetrics, RequestHeaders};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
 use crate::route::{Guard, Route, RouteSlot, is_grpc};
+
+/// A request's headers, as the exemplar sources read them.
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl RequestHeaders for Headers<'_> {
+    #[inline]
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(http::HeaderValue::as_bytes)
+    }
+}
 
 /// Middleware recording request metrics (see [`MetricsLayer`](crate::MetricsLayer)).
 #[derive(Clone, Debug)]
@@ -52,6 +62,9 @@ where
         // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
         let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
         let mut tracker = self.metrics.start(req.method().as_str());
+        if let Some(id) = self.metrics.trace_id(&Headers(req.headers())) {
+            tracker.set_trace_id(id);
+        }
         #[cfg(feature = "axum")]
         let matched = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
         #[cfg(not(feature = "axum"))]

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+pub use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::LabelPair;
 use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{MetricFamily, MetricType};
 use prost::Message;
 

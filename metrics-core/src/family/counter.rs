@@ -40,6 +40,28 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.cell.with(|s| s[0].load(Ordering::Relaxed))
     }
+
+    /// Adds `v`, with an exemplar: `labels` (e.g. `[("trace_id", id)]`, at most
+    /// [`MAX_EXEMPLAR_CHARS`](crate::MAX_EXEMPLAR_CHARS) characters of names and values),
+    /// the value `v` and the time now. The exposition shows the latest exemplar of the
+    /// series across all processes (OpenMetrics, protobuf).
+    ///
+    /// Labels that break the rules are dropped, counted in
+    /// `shmetrics_store_errors_total{kind="exemplar"}` and logged once; the increment
+    /// counts whatever happens to its exemplar.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// let jobs = store.counter("jobs", "Jobs done")?;
+    /// jobs.inc_by_with_exemplar(1, &[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")]);
+    /// assert!(store.scrape()?.contains(r#"jobs_total 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 1"#));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn inc_by_with_exemplar(&self, v: u64, labels: &[(&str, &str)]) {
+        self.inc_by(v);
+        super::exemplar::record(&self.cell, 0, 1, labels, v as f64);
+    }
 }
 
 /// Puts a counter that went past `u64::MAX` back at `u64::MAX`.
@@ -104,6 +126,15 @@ impl CounterF64 {
     /// This process's contribution.
     pub fn get(&self) -> f64 {
         self.cell.with(|s| f64::from_bits(s[0].load(Ordering::Relaxed)))
+    }
+
+    /// Adds `v` with an exemplar of value `v` (see [`Counter::inc_by_with_exemplar`]).
+    pub fn inc_by_with_exemplar(&self, v: f64, labels: &[(&str, &str)]) {
+        if !(v >= 0.0 && v.is_finite()) {
+            return self.inc_by(v); // refused and counted there
+        }
+        self.inc_by(v);
+        super::exemplar::record(&self.cell, 0, 1, labels, v);
     }
 }
 

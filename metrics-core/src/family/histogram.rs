@@ -75,6 +75,44 @@ impl Histogram {
         self.observe(d.as_secs_f64());
     }
 
+    /// Records an observation with an exemplar: `labels` (e.g. `[("trace_id", id)]`, at
+    /// most [`MAX_EXEMPLAR_CHARS`](crate::MAX_EXEMPLAR_CHARS) characters of names and
+    /// values), the value `v` and the time now, kept for the classic bucket `v` falls in
+    /// (the `+Inf` bucket of a histogram with native buckets only). The exposition shows
+    /// each bucket's latest exemplar across all processes: Grafana links from a slow bucket
+    /// to its trace.
+    ///
+    /// Labels that break the rules are dropped, counted in
+    /// `shmetrics_store_errors_total{kind="exemplar"}` and logged once; the observation
+    /// counts whatever happens to its exemplar.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// let latency = store.histogram("latency_seconds", "Latency", &[0.1, 1.0])?;
+    /// latency.observe_with_exemplar(0.42, &[("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736")]);
+    /// let text = store.scrape()?;
+    /// assert!(text.contains(r#"latency_seconds_bucket{le="1.0"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.42"#));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn observe_with_exemplar(&self, v: f64, labels: &[(&str, &str)]) {
+        self.observe(v);
+        if v.is_finite() {
+            let (bucket, buckets) = self.exemplar_bucket(v);
+            super::exemplar::record(&self.cell, bucket, buckets, labels, v);
+        }
+    }
+
+    /// The exemplar slot of `v` and the number of slots: its classic bucket, or the one
+    /// slot of a histogram with native buckets only.
+    pub(crate) fn exemplar_bucket(&self, v: f64) -> (usize, usize) {
+        if self.classic == 0 {
+            (0, 1)
+        } else {
+            (bucket_index(&self.bounds, v), self.classic)
+        }
+    }
+
     /// This process's per-bucket counts of the classic buckets (+Inf last; none for a
     /// histogram with native buckets only) and sum.
     pub fn get(&self) -> (Vec<u64>, f64) {

@@ -9,6 +9,7 @@
 
 pub(crate) mod counter;
 pub(crate) mod declare;
+pub(crate) mod exemplar;
 pub(crate) mod gauge;
 pub(crate) mod histogram;
 pub(crate) mod metric;

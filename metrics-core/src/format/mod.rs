@@ -15,6 +15,7 @@
 //! loads).
 
 pub(crate) mod desc;
+pub(crate) mod exemplar;
 pub(crate) mod header;
 pub(crate) mod names;
 pub(crate) mod native;
@@ -57,9 +58,9 @@ pub(crate) const H_WRITER_ID: usize = 5;
 pub(crate) const H_WORKER: usize = 6;
 /// First of the error counters (see [`ErrorKind`]).
 pub(crate) const H_ERRORS: usize = 7;
-/// Number of error counters in the header (words 7 to 11; readers that know fewer
+/// Number of error counters in the header (words 7 to 12; readers that know fewer
 /// ignore the others, which older writers leave at zero).
-pub(crate) const ERROR_KINDS: usize = 5;
+pub(crate) const ERROR_KINDS: usize = 6;
 
 /// `H_WORKER` value of a writer without a stable worker id.
 pub(crate) const NO_WORKER: u64 = u64::MAX;
@@ -79,6 +80,9 @@ pub(crate) enum ErrorKind {
     /// A worker slot's file could not be used (a symlink or another kind of file planted
     /// at its name, or a newer format version): the worker wrote an ordinary file instead.
     SlotSkipped = 4,
+    /// An exemplar was not recorded: its labels break the rules (more than 128 characters,
+    /// an invalid name), or its record could not be written (no room).
+    Exemplar = 5,
 }
 
 impl ErrorKind {
@@ -88,6 +92,7 @@ impl ErrorKind {
         ErrorKind::LabelCount,
         ErrorKind::LabelValue,
         ErrorKind::SlotSkipped,
+        ErrorKind::Exemplar,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -97,6 +102,7 @@ impl ErrorKind {
             ErrorKind::LabelCount => "label_count",
             ErrorKind::LabelValue => "label_value",
             ErrorKind::SlotSkipped => "slot_skipped",
+            ErrorKind::Exemplar => "exemplar",
         }
     }
 }
@@ -110,6 +116,8 @@ pub(crate) const REC_FOLDED: u32 = 5;
 pub(crate) const REC_REMOVAL: u32 = 6;
 /// Version 2: a chunk of a native histogram series' buckets.
 pub(crate) const REC_NATIVE_CHUNK: u32 = 7;
+/// Version 2: the latest exemplar of a counter series or of a histogram bucket.
+pub(crate) const REC_EXEMPLAR: u32 = 8;
 
 /// Family flag (record word 1, high half): the histogram has native buckets (version 2).
 pub(crate) const FAMILY_NATIVE: u32 = 1 << 16;

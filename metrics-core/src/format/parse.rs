@@ -22,18 +22,41 @@ pub(crate) struct ParsedFamily {
 #[derive(Debug, Clone)]
 pub(crate) struct ParsedSeries {
     pub family: u32,
-    /// Index of its list of native bucket chunks in [`Parsed::chunk_lists`] (native
-    /// histograms only; `NO_CHUNKS` otherwise): kept out of this struct, which stays small
-    /// for the many series of other types.
-    pub chunk_list: u32,
+    /// Index of its chunks and exemplars in [`Parsed::extras`] (`NO_EXTRAS` for a series
+    /// that has none): kept out of this struct, which stays small for the many series that
+    /// have neither.
+    pub extra: u32,
     pub offset: usize,
     /// Byte offset of the series record's body (after its header word), and its words.
     pub record: usize,
     pub record_words: usize,
 }
 
-/// [`ParsedSeries::chunk_list`] of a series without chunk list.
-pub(crate) const NO_CHUNKS: u32 = u32::MAX;
+/// [`ParsedSeries::extra`] of a series without chunks or exemplars.
+pub(crate) const NO_EXTRAS: u32 = u32::MAX;
+
+/// What a series has beyond its value slots.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeriesExtras {
+    /// Its native bucket chunks (indexes into [`Parsed::chunks`]), ordered by side, schema
+    /// and chunk number (so their buckets come out in bucket order); chunks of the same
+    /// buckets in file order.
+    pub chunks: Vec<u32>,
+    /// Its exemplar records (indexes into [`Parsed::exemplars`]), in file order.
+    pub exemplars: Vec<u32>,
+}
+
+/// An exemplar record, as found in a file (its words change: read them under its
+/// sequence word).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ParsedExemplar {
+    /// Bucket (classic histogram bucket index; 0 for a counter).
+    pub bucket: u32,
+    /// Byte offset of the record.
+    pub record: usize,
+    /// Bytes of label data it has room for.
+    pub capacity: usize,
+}
 
 /// A chunk of a native histogram series' buckets, as found in a file.
 #[derive(Debug, Clone, Copy)]
@@ -54,13 +77,12 @@ pub(crate) struct Parsed {
     pub folded: Vec<u64>,
     pub removals: Vec<std::sync::Arc<Removal>>,
     pub chunks: Vec<ParsedChunk>,
-    /// Each native histogram series' chunks (indexes into `chunks`), ordered by side,
-    /// schema and chunk number (so their buckets come out in bucket order); chunks of the
-    /// same buckets in file order.
-    pub chunk_lists: Vec<Vec<u32>>,
-    /// Series of native histograms, by the offset of their value slots (chunks name
-    /// their series so).
-    pub native_series: std::collections::HashMap<u32, usize>,
+    pub exemplars: Vec<ParsedExemplar>,
+    /// The chunks and exemplars of the series that have some.
+    pub extras: Vec<SeriesExtras>,
+    /// Series by the offset of their value slots (chunk and exemplar records name their
+    /// series so), built at the first such record.
+    pub by_offset: Option<std::collections::HashMap<u32, usize>>,
     /// Bytes parsed (records below this offset are in the vectors above).
     pub parsed: usize,
 }
@@ -155,18 +177,13 @@ impl Parsed {
                 if !in_block(&self.blocks, rec.value_offset, fam.slots) {
                     return Err(corrupt!("series value slots outside value blocks at {at}"));
                 }
-                let chunk_list = if fam.rec.native.is_some() {
+                if let Some(map) = &mut self.by_offset {
                     // Value slots lie below 1 GiB (the largest file).
-                    self.native_series
-                        .insert(rec.value_offset as u32, self.series.len());
-                    self.chunk_lists.push(Vec::new());
-                    (self.chunk_lists.len() - 1) as u32
-                } else {
-                    NO_CHUNKS
-                };
+                    map.insert(rec.value_offset as u32, self.series.len());
+                }
                 self.series.push(ParsedSeries {
                     family: rec.family,
-                    chunk_list,
+                    extra: NO_EXTRAS,
                     offset: rec.value_offset as usize,
                     record: at + 8,
                     record_words: body.len(),
@@ -184,20 +201,41 @@ impl Parsed {
                 .push(std::sync::Arc::new(records::decode_removal(body)?)),
             format::REC_NATIVE_CHUNK => {
                 let id = records::decode_chunk(body)?;
-                let series = *self
-                    .native_series
-                    .get(&id.series_offset)
-                    .ok_or_else(|| corrupt!("chunk of no native histogram series at {at}"))?;
+                let series = self.series_at(id.series_offset, at)?;
+                if self.families[self.series[series].family as usize]
+                    .rec
+                    .native
+                    .is_none()
+                {
+                    return Err(corrupt!("chunk of a series without native buckets at {at}"));
+                }
                 let key = |c: &ChunkId| (c.negative, c.schema, c.chunk);
-                let list_index = self.series[series].chunk_list as usize;
                 let chunks = &self.chunks;
-                let list = self
-                    .chunk_lists
-                    .get_mut(list_index)
-                    .ok_or_else(|| corrupt!("chunk of no native histogram series at {at}"))?;
+                let list = &mut extras_of(&mut self.extras, &mut self.series[series]).chunks;
                 let pos = list.partition_point(|&c| key(&chunks[c as usize].id) <= key(&id));
                 list.insert(pos, chunks.len() as u32);
                 self.chunks.push(ParsedChunk { id, counts: at + 16 });
+            }
+            format::REC_EXEMPLAR => {
+                let (offset, bucket, capacity) = records::decode_exemplar_id(body)?;
+                let series = self.series_at(offset, at)?;
+                let fam = &self.families[self.series[series].family as usize].rec;
+                let buckets = match fam.ty {
+                    format::MetricType::Counter | format::MetricType::CounterF64 => 1,
+                    // A native-only histogram keeps one, shown on its +Inf bucket.
+                    format::MetricType::Histogram => fam.buckets.len().max(1),
+                    _ => 0,
+                };
+                if bucket as usize >= buckets {
+                    return Err(corrupt!("exemplar of bucket {bucket} of {:?} at {at}", fam.name));
+                }
+                let list = &mut extras_of(&mut self.extras, &mut self.series[series]).exemplars;
+                list.push(self.exemplars.len() as u32);
+                self.exemplars.push(ParsedExemplar {
+                    bucket,
+                    record: at,
+                    capacity,
+                });
             }
             k if k & format::REC_OPTIONAL != 0 => {}
             k => return Err(corrupt!("unknown record kind {k} at {at}")),
@@ -206,12 +244,44 @@ impl Parsed {
     }
 }
 
+/// The extras of series `s`, made if it has none yet.
+fn extras_of<'e>(extras: &'e mut Vec<SeriesExtras>, s: &mut ParsedSeries) -> &'e mut SeriesExtras {
+    if s.extra == NO_EXTRAS {
+        s.extra = extras.len() as u32;
+        extras.push(SeriesExtras::default());
+    }
+    &mut extras[s.extra as usize]
+}
+
 impl Parsed {
+    /// The series whose value slots are at `offset` (a chunk or exemplar record at `at`
+    /// names it so).
+    fn series_at(&mut self, offset: u32, at: usize) -> Result<usize, Corrupt> {
+        let series = &self.series;
+        let map = self.by_offset.get_or_insert_with(|| {
+            series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.offset as u32, i))
+                .collect()
+        });
+        map.get(&offset)
+            .copied()
+            .ok_or_else(|| corrupt!("record of no series at {at}"))
+    }
+
     /// The chunks of series `s`, in bucket order (none for a series of another type).
     pub(crate) fn chunks_of(&self, s: &ParsedSeries) -> &[u32] {
-        self.chunk_lists
-            .get(s.chunk_list as usize)
-            .map_or(&[], Vec::as_slice)
+        self.extras
+            .get(s.extra as usize)
+            .map_or(&[], |e| e.chunks.as_slice())
+    }
+
+    /// The exemplar records of series `s`, in file order.
+    pub(crate) fn exemplars_of(&self, s: &ParsedSeries) -> &[u32] {
+        self.extras
+            .get(s.extra as usize)
+            .map_or(&[], |e| e.exemplars.as_slice())
     }
 
     /// Reads a series record back from the file into `buf` and views it (validated when

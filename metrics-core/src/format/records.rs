@@ -6,8 +6,8 @@ use std::fmt;
 use super::native::{CHUNK_WORDS, ChunkId, NativeSpec};
 use super::{
     FAMILY_NATIVE, GaugeMode, MAX_BASELINES, MAX_BUCKETS, MAX_LABELS, MAX_NAME_BYTES, MAX_RECORD_BYTES,
-    MetricType, REC_APPLICATION, REC_FAMILY, REC_FOLDED, REC_NATIVE_CHUNK, REC_REMOVAL, REC_SERIES,
-    REC_VALUES,
+    MetricType, REC_APPLICATION, REC_EXEMPLAR, REC_FAMILY, REC_FOLDED, REC_NATIVE_CHUNK, REC_REMOVAL,
+    REC_SERIES, REC_VALUES,
 };
 
 /// Most values one removal baseline holds: a histogram's slots, then a (bucket, count)
@@ -122,6 +122,50 @@ pub(crate) fn decode_chunk(body: &[u64]) -> Result<ChunkId, Corrupt> {
         return Err(corrupt!("chunk record of {} words", body.len() + 1));
     }
     ChunkId::from_word(body[0]).map_err(|e| corrupt!("{e}"))
+}
+
+/// Encodes an exemplar record (version 2) with room for `capacity` bytes of label data,
+/// and, if given, an exemplar in it (sequence even: complete).
+pub(crate) fn encode_exemplar(
+    series_offset: u32,
+    bucket: u32,
+    capacity: usize,
+    exemplar: Option<(&[u8], u32, f64, u64)>,
+) -> Vec<u64> {
+    let mut r = RecordBuf::new(REC_EXEMPLAR);
+    r.halves(series_offset, bucket);
+    let words = capacity.div_ceil(8);
+    match exemplar {
+        Some((data, pairs, value, time)) => {
+            r.word(2)
+                .word(value.to_bits())
+                .word(time)
+                .halves(data.len() as u32, pairs);
+            let mut padded = data.to_vec();
+            padded.resize(words * 8, 0);
+            for w in padded.chunks_exact(8) {
+                r.word(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+            }
+        }
+        None => {
+            r.word(0).word(0).word(0).word(0);
+            for _ in 0..words {
+                r.word(0);
+            }
+        }
+    }
+    r.finish()
+}
+
+/// Decodes an exemplar record's identity: (series' value offset, bucket, bytes of label
+/// data it has room for). Its other words change under its sequence word: read them so.
+pub(crate) fn decode_exemplar_id(body: &[u64]) -> Result<(u32, u32, usize), Corrupt> {
+    let head = crate::format::exemplar::EX_HEAD_WORDS - 1;
+    if body.len() < head {
+        return Err(corrupt!("exemplar record of {} words", body.len() + 1));
+    }
+    let id = body[0];
+    Ok((id as u32, (id >> 32) as u32, (body.len() - head) * 8))
 }
 
 /// Encodes a series record.

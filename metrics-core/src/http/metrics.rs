@@ -1,11 +1,13 @@
 //! [`HttpMetrics`]: the three request families of a store, and their options.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use quanta::Clock;
 
 use super::labels::{MAX_CONST_LABELS, METHODS, METRICS_PATH, UNMATCHED, status_label};
 use super::routes::RouteCache;
+use super::trace::{RequestHeaders, TraceSource};
 use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::family::counter::Counter;
@@ -33,6 +35,8 @@ pub struct HttpMetricsBuilder {
     series_limit: Option<usize>,
     native: Option<NativeOpts>,
     classic: bool,
+    trace: TraceSource,
+    exemplar_interval: Duration,
 }
 
 impl HttpMetricsBuilder {
@@ -69,6 +73,50 @@ impl HttpMetricsBuilder {
     /// ```
     pub fn native(mut self, native: NativeOpts) -> Self {
         self.native = Some(native);
+        self
+    }
+
+    /// Whether traced requests carry exemplars (default `true`): the trace id of the W3C
+    /// `traceparent` header of a sampled trace, as `trace_id`, on the request counter and
+    /// the latency bucket, at most once per bucket per
+    /// [`exemplar_interval`](HttpMetricsBuilder::exemplar_interval) in each process.
+    /// Requests without a trace cost one header lookup.
+    pub fn exemplars(mut self, on: bool) -> Self {
+        self.trace = if on {
+            TraceSource::TraceParent
+        } else {
+            TraceSource::Off
+        };
+        self
+    }
+
+    /// Takes a request's trace id (16 bytes) from `f` instead of the `traceparent` header:
+    /// e.g. from the current OpenTelemetry span's context. `None` (or all zeros): no
+    /// exemplar.
+    ///
+    /// ```
+    /// use shmetrics_core::http::{HttpMetrics, RequestHeaders, parse_traceparent};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path())?;
+    /// // A proxy that forwards the trace under another name.
+    /// let metrics = HttpMetrics::builder(&store)
+    ///     .trace_id(|h: &dyn RequestHeaders| h.header("x-trace").and_then(parse_traceparent))
+    ///     .build()?;
+    /// # let _ = metrics;
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn trace_id(
+        mut self,
+        f: impl Fn(&dyn RequestHeaders) -> Option<[u8; 16]> + Send + Sync + 'static,
+    ) -> Self {
+        self.trace = TraceSource::Custom(Arc::new(f));
+        self
+    }
+
+    /// At most one exemplar write per bucket (and per request counter series) per
+    /// `interval` in each process (default 1 s; zero: every traced request).
+    pub fn exemplar_interval(mut self, interval: Duration) -> Self {
+        self.exemplar_interval = interval;
         self
     }
 
@@ -218,6 +266,8 @@ impl HttpMetricsBuilder {
                 status_class: self.status_class,
                 exclude: self.exclude.into_iter().chain(self.metrics_path).collect(),
                 unmatched: self.unmatched.into(),
+                trace: self.trace,
+                exemplar_interval: self.exemplar_interval.as_nanos().min(u128::from(u64::MAX)) as u64,
                 clock: Clock::new(),
             }),
         })
@@ -243,6 +293,10 @@ pub(super) struct Inner {
     pub(super) status_class: bool,
     pub(super) exclude: Vec<String>,
     pub(super) unmatched: Arc<str>,
+    /// Where traced requests' trace ids come from.
+    pub(super) trace: TraceSource,
+    /// Nanoseconds between two exemplar writes of one bucket.
+    pub(super) exemplar_interval: u64,
     /// Request latency: raw TSC reads (no thread-local lookup, no scaling per read),
     /// converted once per request.
     pub(super) clock: Clock,
@@ -314,6 +368,8 @@ impl HttpMetrics {
             series_limit: None,
             native: None,
             classic: true,
+            trace: TraceSource::TraceParent,
+            exemplar_interval: Duration::from_secs(1),
         }
     }
 

@@ -43,6 +43,7 @@ mod labels;
 mod metrics;
 mod negotiate;
 mod routes;
+mod trace;
 mod tracker;
 
 pub use endpoint::{
@@ -53,4 +54,5 @@ pub use labels::{
 };
 pub use metrics::{HttpMetrics, HttpMetricsBuilder};
 pub use negotiate::negotiate;
+pub use trace::{RequestHeaders, TraceIdFn, parse_traceparent};
 pub use tracker::RequestTracker;

@@ -5,6 +5,11 @@ use std::sync::Arc;
 use super::labels::{DROPPED_STATUS, METHODS, method_index};
 use super::metrics::{HttpMetrics, Inner};
 use super::routes::RouteEntry;
+use super::trace::{RequestHeaders, trace_label_data};
+use crate::family::counter::Counter;
+use crate::family::histogram::Histogram;
+use crate::family::metric::sealed::Sealed;
+use crate::write::exemplar::NewExemplar;
 
 impl HttpMetrics {
     /// Starts tracking a request: counts it in flight until the tracker is finished or
@@ -20,7 +25,16 @@ impl HttpMetrics {
             status: None,
             method: method_index(method),
             done: false,
+            trace: [0; 16],
         }
+    }
+
+    /// The trace id of a request with these headers, from the configured source (the
+    /// `traceparent` header by default; `None` when exemplars are off or the request has no
+    /// sampled trace). Adapters pass it to [`RequestTracker::set_trace_id`].
+    #[inline]
+    pub fn trace_id(&self, headers: &dyn RequestHeaders) -> Option<[u8; 16]> {
+        self.inner.trace.trace_id(headers)
     }
 }
 
@@ -40,6 +54,8 @@ pub struct RequestTracker {
     /// Index into `METHODS` (kept small: trackers travel inside futures and bodies).
     method: u8,
     done: bool,
+    /// The request's trace id, all zeros for none: its exemplars' label.
+    trace: [u8; 16],
 }
 
 impl std::fmt::Debug for RequestTracker {
@@ -106,6 +122,14 @@ impl RequestTracker {
         self.status
     }
 
+    /// The request's trace id (see [`HttpMetrics::trace_id`]): its counter series and
+    /// latency bucket get an exemplar `trace_id` (sampled: see `HttpMetricsBuilder::
+    /// exemplar_interval`).
+    #[inline]
+    pub fn set_trace_id(&mut self, id: [u8; 16]) {
+        self.trace = id;
+    }
+
     /// Forgets the request without recording it (it turned out to be excluded); the
     /// in-flight gauge goes back down.
     pub fn cancel(mut self) {
@@ -155,20 +179,68 @@ impl RequestTracker {
             return;
         }
         let key = if m.status_class { code / 100 * 100 } else { code };
+        let traced = self.trace != [0; 16];
         match entry {
             Some(e) => {
-                match e.counter(key, || m.request_counter(self.method, route, code).clone()) {
-                    Some(c) => c.inc(),
-                    None => m.request_counter(self.method, route, code).inc(),
-                }
+                let cached = e.counter(key, || m.request_counter(self.method, route, code).clone());
+                let fresh;
+                let counter = match cached {
+                    Some(c) => c,
+                    None => {
+                        fresh = m.request_counter(self.method, route, code);
+                        fresh
+                    }
+                };
+                counter.inc();
                 e.duration.observe_duration(elapsed);
+                if traced {
+                    write_exemplars(m, counter, &e.duration, elapsed, &self.trace);
+                }
             }
             None => {
-                m.request_counter(self.method, route, code).inc();
-                m.duration_histogram(self.method, route).observe_duration(elapsed);
+                let counter = m.request_counter(self.method, route, code);
+                let duration = m.duration_histogram(self.method, route);
+                counter.inc();
+                duration.observe_duration(elapsed);
+                if traced {
+                    write_exemplars(m, counter, duration, elapsed, &self.trace);
+                }
             }
         }
         m.in_flight.dec();
+    }
+}
+
+/// The exemplars of a traced request: on its counter series (value 1) and its latency
+/// bucket (value: the latency), each at most once per interval per bucket in this process.
+#[cold]
+#[inline(never)]
+fn write_exemplars(
+    m: &Inner,
+    counter: &Counter,
+    duration: &Histogram,
+    elapsed: std::time::Duration,
+    id: &[u8; 16],
+) {
+    let now = m.clock.delta_as_nanos(0, m.clock.raw());
+    let data = trace_label_data(id);
+    let secs = elapsed.as_secs_f64();
+    let (bucket, buckets) = duration.exemplar_bucket(secs);
+    let targets = [
+        (Sealed::cell(counter), 0, 1, 1.0),
+        (Sealed::cell(duration), bucket, buckets, secs),
+    ];
+    let mut time = None;
+    for (cell, bucket, buckets, value) in targets {
+        if cell.exemplar_due(bucket, buckets, now, m.exemplar_interval) {
+            let ex = NewExemplar {
+                data: &data,
+                pairs: 1,
+                value,
+                time: *time.get_or_insert_with(crate::sys::unix_nanos),
+            };
+            cell.write_exemplar(bucket, buckets, &ex);
+        }
     }
 }
 

@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{Ordering, fence};
 
+use crate::format::exemplar::{
+    EX_HEAD_WORDS, EX_LEN, EX_MAX_DATA, EX_SEQ, EX_TIME, EX_VALUE, ExemplarData, decode_labels,
+};
 use crate::format::native::{BucketKey, CHUNK_WORDS, NativeSpec, Sparse, chunk_counts};
 use crate::format::parse::{Parsed, ParsedSeries};
 use crate::format::{GaugeMode, MR_SEQ, MR_TIME, MR_VALUE};
@@ -251,6 +254,37 @@ pub(crate) fn read_native_counts(
             }
         }
     }
+}
+
+/// Reads the exemplar record at `record` (`capacity` bytes of label data) under its
+/// sequence word: `None` if a write is in progress or happened while it was read (skipped
+/// for this scrape: never one write's labels with another's value), if it was never
+/// written, or if its words break the format.
+pub(crate) fn read_exemplar(region: &Region, record: usize, capacity: usize) -> Option<ExemplarData> {
+    let word = |i: usize| region.word(record + i * 8);
+    let seq = word(EX_SEQ)?;
+    let s1 = seq.load(Ordering::Acquire);
+    if s1 & 1 == 1 {
+        return None;
+    }
+    let value = f64::from_bits(word(EX_VALUE)?.load(Ordering::Relaxed));
+    let time = word(EX_TIME)?.load(Ordering::Relaxed);
+    let len = word(EX_LEN)?.load(Ordering::Relaxed);
+    let (bytes, pairs) = ((len as u32) as usize, (len >> 32) as usize);
+    if bytes > capacity.min(EX_MAX_DATA) || pairs > 64 {
+        return None;
+    }
+    let mut words = Vec::with_capacity(bytes.div_ceil(8));
+    if !region.copy_words(record + EX_HEAD_WORDS * 8, bytes.div_ceil(8), &mut words) {
+        return None;
+    }
+    fence(Ordering::Acquire);
+    if seq.load(Ordering::Relaxed) != s1 || time == 0 {
+        return None;
+    }
+    let data: &[u8] = bytemuck::cast_slice(&words);
+    let labels = decode_labels(&data[..bytes], pairs)?;
+    Some(ExemplarData { labels, value, time })
 }
 
 /// Reads the current values of a series' slots (for removal baselines).

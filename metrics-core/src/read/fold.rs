@@ -12,6 +12,7 @@ use super::scan::{CachedFile, Scan};
 use super::snapshot::ScrapeStats;
 use crate::error::Error;
 use crate::format::desc::FamilyDesc;
+use crate::format::exemplar::ExemplarData;
 use crate::format::records::Removal;
 use crate::format::{self, ERROR_KINDS, is_accumulator_name};
 
@@ -20,6 +21,8 @@ use crate::format::{self, ERROR_KINDS, is_accumulator_name};
 pub(crate) struct FoldFamily {
     pub(crate) desc: FamilyDesc,
     pub(crate) series: Vec<(Arc<[Box<str>]>, Acc)>,
+    /// The newest exemplar of each bucket, by index into `series`.
+    pub(crate) exemplars: Vec<(usize, usize, ExemplarData)>,
     pub(crate) stats: u64,
 }
 
@@ -148,12 +151,21 @@ pub(crate) fn view(
     let mut valued: HashSet<String> = HashSet::new();
     let mut declared_only: HashMap<String, FoldFamily> = HashMap::new();
     for f in &idx {
-        let series: Vec<(Arc<[Box<str>]>, Acc)> = (0..f.acc.len())
-            .filter_map(|i| f.visible(i).map(|a| (Arc::clone(f.keys.key(i)), a.clone())))
-            .collect();
+        let mut series: Vec<(Arc<[Box<str>]>, Acc)> = Vec::new();
+        let mut exemplars = Vec::new();
+        for i in 0..f.acc.len() {
+            let Some(a) = f.visible(i) else { continue };
+            for (bucket, e) in f.exemplars.get(&i).into_iter().flatten().enumerate() {
+                if let Some(e) = e {
+                    exemplars.push((series.len(), bucket, e.clone()));
+                }
+            }
+            series.push((Arc::clone(f.keys.key(i)), a.clone()));
+        }
         let fam = FoldFamily {
             desc: f.desc.clone(),
             series,
+            exemplars,
             stats: f.stats,
         };
         if f.folded_here {
@@ -175,6 +187,7 @@ pub(crate) fn view(
     for (name, mut fam) in declared_only {
         if !valued.contains(&name) {
             fam.series.clear();
+            fam.exemplars.clear();
             families.push(fam);
         }
     }

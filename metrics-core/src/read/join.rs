@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::acc::Acc;
 use super::snapshot::{HistogramValue, MergedFamily, MergedSeries, Value};
+use crate::format::exemplar::ExemplarData;
 use crate::format::{GaugeMode, MetricType};
 
 /// A merged family before it becomes a [`MergedFamily`]: native, from Python files, or both.
@@ -30,6 +31,8 @@ pub(crate) struct OutSeries {
     /// Its own bucket bounds (histograms), when they are not the family's.
     pub bounds: Option<Arc<[f64]>>,
     pub acc: Acc,
+    /// Its newest exemplar per bucket (bucket index, exemplar), if any.
+    pub exemplars: Vec<(usize, ExemplarData)>,
 }
 
 impl OutSeries {
@@ -39,6 +42,7 @@ impl OutSeries {
             names: None,
             bounds: None,
             acc,
+            exemplars: Vec::new(),
         }
     }
 }
@@ -51,6 +55,7 @@ impl FamilyOut {
             .map(|s| MergedSeries {
                 labels: s.labels,
                 names: s.names,
+                exemplars: s.exemplars.into_iter().map(|(b, e)| (b, e.into())).collect(),
                 value: match s.acc {
                     Acc::U64(v) => Value::Counter(v),
                     Acc::F64(v) => Value::CounterF64(v),
@@ -157,6 +162,7 @@ impl FamilyOut {
                 names,
                 bounds: (self.ty == MetricType::Histogram && *bounds != *self.buckets).then_some(bounds),
                 acc: s.acc,
+                exemplars: s.exemplars,
             };
             let id = self.identity(&incoming);
             match at.get(&id) {
@@ -191,8 +197,43 @@ fn reorder(names: &[String], values: &Arc<[Box<str>]>, wanted: &[String]) -> Opt
 
 /// Adds `b` (the same series from other files) into `a`. Histograms whose bounds differ add
 /// up bound by bound over the union of the bounds (each file's counts stay on its own
-/// bounds: nothing is counted under a bound a file did not have).
+/// bounds: nothing is counted under a bound a file did not have). Each bucket keeps the
+/// newer exemplar.
 fn merge_series(a: &mut OutSeries, b: OutSeries, family_buckets: &[f64], mode: GaugeMode) {
+    // Exemplars by their bucket's bound (the bucket indexes of two bound lists differ).
+    let bound_of = |s: &OutSeries, i: usize| {
+        s.bounds
+            .as_deref()
+            .unwrap_or(family_buckets)
+            .get(i)
+            .copied()
+            .unwrap_or(f64::INFINITY)
+    };
+    let taken = std::mem::take(&mut a.exemplars);
+    let mut exemplars: Vec<(f64, ExemplarData)> =
+        taken.into_iter().map(|(i, e)| (bound_of(a, i), e)).collect();
+    for (i, e) in b.exemplars.iter() {
+        let bound = bound_of(&b, *i);
+        match exemplars.iter_mut().find(|(x, _)| *x == bound) {
+            Some((_, cur)) if e.time > cur.time => *cur = e.clone(),
+            Some(_) => {}
+            None => exemplars.push((bound, e.clone())),
+        }
+    }
+    merge_values(a, b, family_buckets, mode);
+    let bounds: &[f64] = a.bounds.as_deref().unwrap_or(family_buckets);
+    a.exemplars = exemplars
+        .into_iter()
+        .map(|(bound, e)| {
+            let i = bounds.iter().position(|b| *b == bound).unwrap_or(0);
+            (i, e)
+        })
+        .collect();
+    a.exemplars.sort_by_key(|(i, _)| *i);
+}
+
+/// [`merge_series`]' values.
+fn merge_values(a: &mut OutSeries, b: OutSeries, family_buckets: &[f64], mode: GaugeMode) {
     match (&mut a.acc, b.acc) {
         (Acc::Hist(h), Acc::Hist(other)) => {
             let other = *other;

@@ -7,13 +7,14 @@ use std::ffi::OsString;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::acc::{Acc, HistAcc, NativeAcc, read_most_recent, read_native_counts};
+use super::acc::{Acc, HistAcc, NativeAcc, read_exemplar, read_most_recent, read_native_counts};
 use super::join::{FamilyOut, OutSeries};
 use super::keys::KeyTable;
 use super::removals::{Baseline, RemovalIndex};
 use super::scan::{CachedFile, accumulator_pid_labels};
 use super::snapshot::ScrapeStats;
 use crate::format::desc::FamilyDesc;
+use crate::format::exemplar::ExemplarData;
 use crate::format::native::BucketKey;
 use crate::format::parse::{Parsed, ParsedFamily, ParsedSeries};
 use crate::format::records::{FamilyRecord, Removal};
@@ -110,6 +111,8 @@ pub(crate) struct IndexFamily {
     /// Scratch space for a native series' bucket counts in one file, and their words.
     scratch: Vec<(BucketKey, u64)>,
     words: Vec<u64>,
+    /// The newest exemplar of each bucket of the series that have some, by series.
+    pub(crate) exemplars: HashMap<usize, Vec<Option<ExemplarData>>>,
 }
 
 impl MergeIndex {
@@ -321,6 +324,14 @@ impl MergeIndex {
             if t.native {
                 fam.accumulate_native(idx, region, &cf.parsed, s, t.slots, baseline);
             }
+            let records = cf.parsed.exemplars_of(s);
+            if !records.is_empty() {
+                // A removed series shows only exemplars written after its removal.
+                let removed_at = t
+                    .removals
+                    .and_then(|list| removals.covering_time(list, fam.keys.key(idx), fam.desc.labels.len()));
+                fam.accumulate_exemplars(idx, region, &cf.parsed, records, removed_at.unwrap_or(0));
+            }
         }
     }
 }
@@ -379,6 +390,7 @@ impl IndexFamily {
             stats: 0,
             scratch: Vec::new(),
             words: Vec::new(),
+            exemplars: HashMap::new(),
         }
     }
 
@@ -413,6 +425,7 @@ impl IndexFamily {
         self.seen.iter_mut().for_each(|s| *s = false);
         self.covered.iter_mut().for_each(|s| *s = false);
         self.stats = 0;
+        self.exemplars.clear();
     }
 
     /// Index of the merged series for `labels` (`pid`: the file's pid label, for
@@ -543,6 +556,37 @@ impl IndexFamily {
         acc.add_sorted(&self.scratch);
     }
 
+    /// Keeps, per bucket of series `idx`, the newest of its exemplar `records` in one file
+    /// (and of what other files gave), those not written after `after` (ns) left out.
+    fn accumulate_exemplars(
+        &mut self,
+        idx: usize,
+        region: &Region,
+        parsed: &Parsed,
+        records: &[u32],
+        after: u64,
+    ) {
+        let buckets = match self.desc.ty {
+            MetricType::Histogram => self.desc.buckets.len().max(1),
+            _ => 1,
+        };
+        let slots = self.exemplars.entry(idx).or_insert_with(|| vec![None; buckets]);
+        for &r in records {
+            let Some(rec) = parsed.exemplars.get(r as usize) else {
+                continue;
+            };
+            let Some(slot) = slots.get_mut(rec.bucket as usize) else {
+                continue;
+            };
+            let Some(ex) = read_exemplar(region, rec.record, rec.capacity) else {
+                continue;
+            };
+            if ex.time > after && slot.as_ref().is_none_or(|cur| ex.time > cur.time) {
+                *slot = Some(ex);
+            }
+        }
+    }
+
     /// The value of series `i` if it is shown: seen, and (if a removal covers it) written
     /// since.
     pub(crate) fn visible(&self, i: usize) -> Option<&Acc> {
@@ -575,7 +619,15 @@ impl IndexFamily {
         let mut series = Vec::with_capacity(self.acc.len());
         for &i in self.keys.sorted() {
             if let Some(a) = self.visible(i as usize) {
-                series.push(OutSeries::plain(Arc::clone(self.keys.key(i as usize)), a.clone()));
+                let mut out = OutSeries::plain(Arc::clone(self.keys.key(i as usize)), a.clone());
+                if let Some(ex) = self.exemplars.get(&(i as usize)) {
+                    out.exemplars = ex
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(b, e)| e.clone().map(|e| (b, e)))
+                        .collect();
+                }
+                series.push(out);
             }
         }
         FamilyOut {

@@ -748,6 +748,7 @@ impl PyFamily {
                     _ => None,
                 },
                 acc: a,
+                exemplars: Vec::new(),
             });
         }
         FamilyOut {

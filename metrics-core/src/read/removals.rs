@@ -84,6 +84,17 @@ impl<'a> RemovalIndex<'a> {
     }
 }
 
+impl RemovalIndex<'_> {
+    /// The time of the latest removal among `list` that covers the series with label
+    /// values `key` (the first `nlabels` of them), if one does.
+    pub(crate) fn covering_time(&self, list: &[&Removal], key: &[Box<str>], nlabels: usize) -> Option<u64> {
+        let labels = &key[..nlabels.min(key.len())];
+        list.iter()
+            .find(|r| r.labels.as_deref().is_none_or(|l| l == labels))
+            .map(|r| r.time)
+    }
+}
+
 /// Baselines of the series of `family` (all of them, or the one with `labels`) in every
 /// usable, unfolded file of `scan`, as of its last pass. A native histogram's baseline is
 /// its slots followed by a (bucket, count) word pair per bucket it counted

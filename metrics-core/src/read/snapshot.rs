@@ -120,6 +120,33 @@ pub struct MergedSeries {
     pub names: Option<Arc<[String]>>,
     /// The merged value.
     pub value: Value,
+    /// The series' exemplars: (bucket, exemplar), the newest of each bucket across all
+    /// processes; bucket 0 for a counter, the classic bucket's index for a histogram (0,
+    /// its `+Inf` bucket, for one with native buckets only).
+    pub exemplars: Vec<(usize, Exemplar)>,
+}
+
+/// An exemplar: the labels (a trace id, say) of one observation or increment, its value
+/// and its time.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Exemplar {
+    /// Label names and values.
+    pub labels: Vec<(String, String)>,
+    /// The observed value (the increment, for a counter).
+    pub value: f64,
+    /// When it was recorded.
+    pub timestamp: std::time::SystemTime,
+}
+
+impl From<crate::format::exemplar::ExemplarData> for Exemplar {
+    fn from(e: crate::format::exemplar::ExemplarData) -> Self {
+        Exemplar {
+            labels: e.labels,
+            value: e.value,
+            timestamp: std::time::UNIX_EPOCH + Duration::from_nanos(e.time),
+        }
+    }
 }
 
 impl MergedSeries {

@@ -124,6 +124,8 @@ pub(crate) struct Cell {
     bind: Mutex<BindState>,
     /// Whether the writer's list of series waiting for file slots holds this one.
     queued: AtomicBool,
+    /// The series' exemplar records, once it has one (see `super::exemplar`).
+    pub(crate) exemplars: std::sync::OnceLock<super::exemplar::ExemplarSlots>,
 }
 
 struct BindState {
@@ -153,6 +155,7 @@ impl Cell {
             writer,
             local: (0..nslots).map(|_| AtomicU64::new(0)).collect(),
             queued: AtomicBool::new(false),
+            exemplars: std::sync::OnceLock::new(),
             bind: Mutex::new(BindState {
                 local_gen: sys::fork_generation(),
                 bound_gen: u64::MAX,

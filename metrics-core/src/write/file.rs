@@ -71,6 +71,8 @@ pub(crate) struct WriterFile {
     pub(super) series: HashMap<u32, SeriesOffsets>,
     /// Offset of the count words of the latest chunk of each native bucket chunk identity.
     pub(super) chunks: HashMap<ChunkId, usize>,
+    /// Offset of the latest exemplar record of each (series' value offset, bucket).
+    pub(super) exemplars: HashMap<(u32, u32), usize>,
     /// The format version in the header: raised to 2 before the first record that needs it.
     pub(super) version: u32,
 }
@@ -159,6 +161,7 @@ impl WriterFile {
             stats: Vec::new(),
             series: HashMap::new(),
             chunks: HashMap::new(),
+            exemplars: HashMap::new(),
             version: format::BASE_VERSION,
         }
     }
@@ -350,6 +353,13 @@ impl WriterFile {
         for c in &parsed.chunks {
             self.chunks.insert(c.id, c.counts);
         }
+        for s in &parsed.series {
+            for &e in parsed.exemplars_of(s) {
+                let e = parsed.exemplars[e as usize];
+                self.exemplars.insert((s.offset as u32, e.bucket), e.record);
+                self.repair_exemplar(e.record);
+            }
+        }
         self.reset_gauges(parsed);
         Ok(())
     }
@@ -439,6 +449,34 @@ impl WriterFile {
         let off = self.append(&records::encode_chunk(id, &[0; CHUNK_WORDS]))? + 16;
         self.publish();
         self.chunks.insert(id, off);
+        Ok(off)
+    }
+
+    /// An exemplar record left odd by a writer killed inside a write: its words may be
+    /// torn, so it is marked empty (time 0) and its sequence made even again.
+    fn repair_exemplar(&self, record: usize) {
+        use crate::format::exemplar::{EX_SEQ, EX_TIME};
+        let (Some(seq), Some(time)) = (
+            self.region.word(record + EX_SEQ * 8),
+            self.region.word(record + EX_TIME * 8),
+        ) else {
+            return;
+        };
+        let s = seq.load(Ordering::Relaxed);
+        if s & 1 == 1 {
+            time.store(0, Ordering::Relaxed);
+            seq.store(s + 1, Ordering::Release);
+        }
+    }
+
+    /// Appends an empty exemplar record for `key` (series' value offset, bucket) with room
+    /// for `capacity` bytes of labels, and publishes it: the record's offset. It becomes
+    /// the record writers of that key go on with.
+    pub(super) fn append_exemplar(&mut self, key: (u32, u32), capacity: usize) -> io::Result<usize> {
+        self.require_version(format::VERSION);
+        let off = self.append(&records::encode_exemplar(key.0, key.1, capacity, None))?;
+        self.publish();
+        self.exemplars.insert(key, off);
         Ok(off)
     }
 

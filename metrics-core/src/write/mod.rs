@@ -23,6 +23,7 @@ use file::WriterFile;
 
 pub(crate) mod cell;
 pub(crate) mod config;
+pub(crate) mod exemplar;
 pub(crate) mod file;
 pub(crate) mod native;
 use crate::sys;
@@ -324,6 +325,48 @@ impl Writer {
         }
         match file.append_chunk(chunk_id) {
             Ok(off) => file.region.words_ptr(off, words),
+            Err(e) => {
+                self.growth_failed(&mut st, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Binds the exemplar record of `bucket` of series `key` in this process's current
+    /// file: the one it holds if it has room for `capacity` bytes of labels and is not
+    /// `replacing`, a new one otherwise (room for at least `capacity`). Returns a pointer
+    /// to the record's first word; `None` when the series has no slots in the file yet or
+    /// the file cannot grow.
+    pub(crate) fn bind_exemplar(
+        &self,
+        key: &BindKey<'_>,
+        bucket: u32,
+        capacity: usize,
+        replacing: Option<*const AtomicU64>,
+    ) -> Option<*const AtomicU64> {
+        use crate::format::exemplar::{EX_FIRST_CAPACITY, EX_HEAD_WORDS};
+        let BindKey::Series { family, labels } = key else {
+            return None;
+        };
+        let _gate = sys::enter_gate();
+        let mut st = self.lock();
+        self.sync_fork(&mut st);
+        let file = st.file.as_mut()?;
+        let id = file.ids.get(*family as usize).copied().flatten()?;
+        let offset = u32::try_from(*file.series.get(&id)?.get(*labels)?).ok()?;
+        if let Some(&rec) = file.exemplars.get(&(offset, bucket)) {
+            let len = file
+                .region
+                .word(rec)
+                .map(|w| (w.load(Ordering::Relaxed) >> 32) as usize)?;
+            let p = file.region.words_ptr(rec, len / 8)?;
+            if len >= EX_HEAD_WORDS * 8 + capacity && replacing != Some(p) {
+                return Some(p);
+            }
+        }
+        let room = capacity.max(EX_FIRST_CAPACITY).div_ceil(8) * 8;
+        match file.append_exemplar((offset, bucket), room) {
+            Ok(rec) => file.region.words_ptr(rec, EX_HEAD_WORDS + room / 8),
             Err(e) => {
                 self.growth_failed(&mut st, &e.to_string());
                 None

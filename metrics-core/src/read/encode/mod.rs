@@ -88,9 +88,12 @@ impl Snapshot {
         // Histograms and summaries are written here, the rest by prometheus-client: its
         // encoder has no summary type, and writes `le` bounds its own way, where this
         // crate writes them as Python's prometheus_client does (`names::format_bound`).
-        let (own, families) = std::mem::take(&mut self.families)
-            .into_iter()
-            .partition(|f| matches!(f.metric_type, MetricType::Summary | MetricType::Histogram));
+        // Counters with exemplars too: prometheus-client takes exemplars only from its own
+        // metric types.
+        let (own, families) = std::mem::take(&mut self.families).into_iter().partition(|f| {
+            matches!(f.metric_type, MetricType::Summary | MetricType::Histogram)
+                || f.series.iter().any(|s| !s.exemplars.is_empty())
+        });
         self.families = families;
         let own: Vec<MergedFamily> = own;
         let estimate = 64 + self.stats.series * 64;
@@ -100,7 +103,8 @@ impl Snapshot {
         for fam in &own {
             match fam.metric_type {
                 MetricType::Summary => write_summary(&mut body, fam),
-                _ => write_histogram(&mut body, fam),
+                MetricType::Histogram => write_histogram(&mut body, fam),
+                _ => write_counter(&mut body, fam),
             }
         }
         text::encode_eof(&mut body).map_err(|_| crate::error::Error::Encode)?;
@@ -165,22 +169,71 @@ fn write_histogram(out: &mut String, fam: &MergedFamily) {
         let names = s.label_names(fam);
         let bounds = h.bounds.as_deref().unwrap_or(&fam.buckets);
         let mut cumulative = 0u64;
-        for (bound, n) in bounds.iter().zip(&h.buckets) {
+        for (i, (bound, n)) in bounds.iter().zip(&h.buckets).enumerate() {
             cumulative = cumulative.saturating_add(*n);
             let le = format_bound(*bound);
             write_sample_head(out, &fam.name, "_bucket", names, &s.labels, Some(("le", &le)));
-            let _ = writeln!(out, "{cumulative}");
+            let _ = write!(out, "{cumulative}");
+            write_exemplar(out, s, i);
+            out.push('\n');
         }
         if h.buckets.is_empty() {
             // Native buckets only: text shows the count as the one (+Inf) bucket.
             write_sample_head(out, &fam.name, "_bucket", names, &s.labels, Some(("le", "+Inf")));
-            let _ = writeln!(out, "{}", h.count());
+            let _ = write!(out, "{}", h.count());
+            write_exemplar(out, s, 0);
+            out.push('\n');
         }
         write_sample_head(out, &fam.name, "_count", names, &s.labels, None);
         let _ = writeln!(out, "{}", h.count());
         write_sample_head(out, &fam.name, "_sum", names, &s.labels, None);
         let _ = writeln!(out, "{}", format_bound(h.sum));
     }
+}
+
+/// Writes a counter family with its exemplars as OpenMetrics text.
+fn write_counter(out: &mut String, fam: &MergedFamily) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {} {}", fam.name, escape_help(&fam.help));
+    let _ = writeln!(out, "# TYPE {} counter", fam.name);
+    for s in &fam.series {
+        write_sample_head(out, &fam.name, "_total", s.label_names(fam), &s.labels, None);
+        match s.value {
+            Value::Counter(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Value::CounterF64(v) => out.push_str(&format_bound(v)),
+            _ => continue,
+        }
+        write_exemplar(out, s, 0);
+        out.push('\n');
+    }
+}
+
+/// Appends ` # {labels} value timestamp`, the exemplar of bucket `i` of series `s`, if it
+/// has one.
+fn write_exemplar(out: &mut String, s: &MergedSeries, i: usize) {
+    use std::fmt::Write as _;
+    let Some((_, e)) = s.exemplars.iter().find(|(b, _)| *b == i) else {
+        return;
+    };
+    out.push_str(" # ");
+    let pairs = e.labels.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    write_labels(out, pairs);
+    if e.labels.is_empty() {
+        out.push_str("{}");
+    }
+    let t = e
+        .timestamp
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let _ = write!(
+        out,
+        " {} {}.{:09}",
+        format_bound(e.value),
+        t.as_secs(),
+        t.subsec_nanos()
+    );
 }
 
 /// Writes a summary family (count and sum, no quantiles) as OpenMetrics text.

@@ -1,9 +1,12 @@
-//! Content negotiation through both adapters, over real connections: for each `Accept`
-//! value a scraper sends, with and without gzip, the answer carries the format's own
-//! content type and parses with that format's parser (OpenMetrics: Python's strict parser;
-//! Prometheus text 0.0.4: Python's 0.0.4 parser and `promtool check metrics`; protobuf:
-//! prometheus-client's messages). `application/json` gets the default (OpenMetrics), as
-//! Prometheus' own client libraries answer: never a 406.
+//! What `/metrics` serves, through both adapters, over real connections.
+//!
+//! * Content negotiation: for each `Accept` value a scraper sends, with and without gzip,
+//!   the answer carries the format's own content type and parses with that format's parser
+//!   (OpenMetrics: Python's strict parser; Prometheus text 0.0.4: Python's 0.0.4 parser and
+//!   `promtool check metrics`; protobuf: prometheus-client's messages). `application/json`
+//!   gets the default (OpenMetrics), as Prometheus' own client libraries answer: never a 406.
+//! * A latency histogram opted into native buckets.
+//! * Exemplars of traced requests (W3C `traceparent`, or the application's closure).
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -304,4 +307,122 @@ fn an_opted_in_latency_histogram_is_native_in_protobuf_and_classic_in_text_on_bo
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("native"), "{err}");
+}
+
+/// The exemplar trace ids of the samples named `sample` in an OpenMetrics body, with the
+/// labels of their series.
+fn exemplar_ids(body: &str, sample: &str) -> Vec<(String, String)> {
+    body.lines()
+        .filter(|l| l.starts_with(sample) && l.contains(" # {"))
+        .map(|l| {
+            let (series, ex) = l.split_once(" # {").unwrap();
+            let id = ex.split('"').nth(1).unwrap_or_default().to_string();
+            (series.split(' ').next().unwrap_or_default().to_string(), id)
+        })
+        .collect()
+}
+
+#[test]
+fn traced_requests_carry_exemplars_on_both_adapters() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = |id: &str, flags: &str| format!("00-{id}-00f067aa0ba902b7-{flags}");
+    let every = |b: shmetrics_core::http::HttpMetricsBuilder| b.exemplar_interval(std::time::Duration::ZERO);
+    let custom = |b: shmetrics_core::http::HttpMetricsBuilder| {
+        b.trace_id(|h: &dyn shmetrics_core::http::RequestHeaders| {
+            h.header("x-trace")
+                .and_then(shmetrics_core::http::parse_traceparent)
+        })
+    };
+    for (name, start) in [
+        ("axum", axum_server_with as fn(_, _) -> SocketAddr),
+        ("actix", actix_server_with),
+    ] {
+        // Default source, default sampling: the first traced request of a bucket wins the
+        // interval; untraced and unsampled requests carry nothing.
+        let (_d, st) = store();
+        let addr = start(st, |b| b);
+        wait_up(addr);
+        let first = http_request(addr, "GET", "/users/1", &[("traceparent", &tp(TRACE, "01"))]);
+        assert_eq!(first.0, 200);
+        let other = "00000000000000000000000000000bad";
+        http_request(addr, "GET", "/users/2", &[("traceparent", &tp(other, "01"))]);
+        http_request(addr, "GET", "/users/3", &[("traceparent", &tp(other, "00"))]);
+        http_request(addr, "GET", "/nope", &[]);
+        let (_, _, body) = http_request(addr, "GET", "/metrics", &[]);
+        let body = String::from_utf8(body).unwrap();
+        let counters = exemplar_ids(&body, "http_requests_total");
+        assert_eq!(
+            counters,
+            vec![(
+                r#"http_requests_total{method="GET",path="/users/{id}",status="200"}"#.to_string(),
+                TRACE.to_string()
+            )],
+            "{name}: one per series per interval, none without a sampled trace:\n{body}"
+        );
+        let buckets = exemplar_ids(&body, "http_request_duration_seconds_bucket");
+        assert_eq!(buckets.len(), 1, "{name}:\n{body}");
+        assert!(
+            buckets[0].0.contains(r#"le="0.005""#) && buckets[0].1 == TRACE,
+            "{name}: {buckets:?}"
+        );
+        // The strict OpenMetrics parser takes them; the text format 0.0.4 leaves them out.
+        expositions::parse_text(&[("openmetrics", &body)])
+            .remove(0)
+            .unwrap();
+        let (_, _, text) = http_request(addr, "GET", "/metrics", &[("accept", "text/plain;version=0.0.4")]);
+        let text = String::from_utf8(text).unwrap();
+        assert!(!text.contains(TRACE), "{name}: 0.0.4 has no exemplars");
+        expositions::promtool_check_metrics(&text).unwrap();
+        // Protobuf: on the counter and on the bucket.
+        let (_, _, pb) = http_request(addr, "GET", "/metrics", &[("accept", PROTOBUF)]);
+        let fams = expositions::decode_protobuf(&pb).unwrap();
+        let hex =
+            |l: &[expositions::LabelPair]| l.iter().find(|p| p.name == "trace_id").map(|p| p.value.clone());
+        let req = fams.iter().find(|f| f.name == "http_requests_total").unwrap();
+        let with: Vec<_> = req
+            .metric
+            .iter()
+            .filter_map(|m| m.counter.as_ref()?.exemplar.as_ref().and_then(|e| hex(&e.label)))
+            .collect();
+        assert_eq!(with, vec![TRACE.to_string()], "{name}");
+        let lat = fams
+            .iter()
+            .find(|f| f.name == "http_request_duration_seconds")
+            .unwrap();
+        let on_buckets: Vec<_> = lat
+            .metric
+            .iter()
+            .flat_map(|m| m.histogram.as_ref().unwrap().bucket.iter())
+            .filter_map(|b| b.exemplar.as_ref().and_then(|e| hex(&e.label)))
+            .collect();
+        assert_eq!(on_buckets, vec![TRACE.to_string()], "{name}");
+
+        // Every traced request, when the interval is zero: the latest wins.
+        let (_d2, st) = store();
+        let addr = start(st, every);
+        wait_up(addr);
+        http_request(addr, "GET", "/users/1", &[("traceparent", &tp(TRACE, "01"))]);
+        http_request(addr, "GET", "/users/2", &[("traceparent", &tp(other, "01"))]);
+        let (_, _, body) = http_request(addr, "GET", "/metrics", &[]);
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(
+            exemplar_ids(&body, "http_requests_total")[0].1,
+            other,
+            "{name}:\n{body}"
+        );
+
+        // The application's closure instead of the traceparent header.
+        let (_d3, st) = store();
+        let addr = start(st, custom);
+        wait_up(addr);
+        http_request(addr, "GET", "/users/1", &[("traceparent", &tp(other, "01"))]);
+        http_request(addr, "GET", "/users/2", &[("x-trace", &tp(TRACE, "01"))]);
+        let (_, _, body) = http_request(addr, "GET", "/metrics", &[]);
+        let body = String::from_utf8(body).unwrap();
+        let ids: Vec<String> = exemplar_ids(&body, "http_requests_total")
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(ids, vec![TRACE.to_string()], "{name}:\n{body}");
+    }
 }
