@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end run of both multi-worker examples under a real Prometheus on loopback, with
-# classic and with native histograms (see scripts/e2e_prometheus.py for what is checked). Installs Prometheus (Debian package) if
+# End-to-end run of both multi-worker examples under a real Prometheus on loopback: classic
+# histograms with exemplars, and native histograms (see scripts/e2e_prometheus.py for what
+# is checked). Installs Prometheus (Debian package) if
 # it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,8 @@ if ! command -v prometheus >/dev/null; then
 fi
 cargo build -q -p shmetrics-examples --example axum_workers --example actix_workers
 for example in axum_workers actix_workers; do
-  timeout 300 python3 scripts/e2e_prometheus.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
+  # Classic histograms, every request traced: exemplars in Prometheus' exemplar storage.
+  timeout 300 python3 scripts/e2e_prometheus.py --exemplars --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
   # Native histograms end to end: Prometheus with --enable-feature=native-histograms.
   timeout 300 python3 scripts/e2e_prometheus.py --native --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
 done

@@ -11,6 +11,12 @@ one worker with SIGKILL midway (the supervisor restarts it), then asks Prometheu
 * the in-flight gauge is back to 0;
 * every query of the Grafana dashboard and of the alert rules evaluates.
 
+With `--exemplars`, every request carries a W3C `traceparent` header of its own and
+Prometheus runs with `--enable-feature=exemplar-storage`: `/api/v1/query_exemplars` returns
+exemplars for `http_request_duration_seconds_bucket` and `http_requests_total` whose
+`trace_id`s are among those the client sent, each latency exemplar on the bucket of its value,
+and each value within the latency the client asked of `/slow?ms=N` (plus a small overhead).
+
 With `--native`, the server's latency histogram has native buckets too and Prometheus runs
 with `--enable-feature=native-histograms` (it then scrapes protobuf and stores the native
 histograms): histogram_count over the native series equals the responses received (route by
@@ -55,7 +61,7 @@ def free_port():
     return port
 
 
-def request(port, method, path, timeout=20, ports=None):
+def request(port, method, path, timeout=20, ports=None, headers=None):
     """Status of one request on a fresh connection, or None if it got no response. The
     connection's local port is added to `ports` when given."""
     try:
@@ -63,7 +69,7 @@ def request(port, method, path, timeout=20, ports=None):
         if ports is not None:
             c.connect()
             ports.add(c.sock.getsockname()[1])
-        c.request(method, path, headers={"Connection": "close", "Content-Length": "0"})
+        c.request(method, path, headers={"Connection": "close", "Content-Length": "0", **(headers or {})})
         r = c.getresponse()
         r.read()
         c.close()
@@ -143,6 +149,50 @@ class Prometheus:
             return False
 
 
+def check_exemplars(p, name, traces, end, failures):
+    """The exemplar checks (see the module doc)."""
+    def query(expr):
+        r = p.get("/api/v1/query_exemplars", query=expr, start=str(end - 600), end=str(time.time()))
+        if r.get("status") != "success":
+            raise SystemExit(f"query_exemplars failed: {expr}: {r}")
+        return r["data"]
+
+    latency = query('http_request_duration_seconds_bucket{job="api"}')
+    buckets = {}
+    for group in latency:
+        le = float(group["seriesLabels"]["le"])
+        path = group["seriesLabels"]["path"]
+        bounds = sorted(float(g["seriesLabels"]["le"]) for g in latency) + [0.0]
+        for e in group["exemplars"]:
+            trace = e["labels"].get("trace_id")
+            value = float(e["value"])
+            buckets[(path, le)] = buckets.get((path, le), 0) + 1
+            if trace not in traces:
+                failures.append(f"latency exemplar with a trace id the client never sent: {e}")
+                continue
+            route, asked = traces[trace]
+            if route != path:
+                failures.append(f"exemplar of trace {trace} ({route}) on path {path}")
+            if value > le:
+                failures.append(f"exemplar value {value} above its bucket's bound {le}")
+            lower = max([b for b in bounds if b < le], default=0.0)
+            if not value > lower and lower > 0:
+                failures.append(f"exemplar value {value} below its bucket ({lower}, {le}]")
+            if asked is not None and not asked <= value <= asked + 0.25:
+                failures.append(f"/slow?ms={int(asked * 1000)} exemplar value {value}")
+    slow = sorted(le for (path, le) in buckets if path == "/slow")
+    print(f"{name}: latency exemplars stored by Prometheus: {sum(buckets.values())}, "
+          f"on /slow buckets {slow}")
+    if len(slow) < 3:
+        failures.append(f"latency exemplars on only {len(slow)} /slow buckets: {buckets}")
+    counters = query('http_requests_total{job="api"}')
+    sent = [e["labels"].get("trace_id") for g in counters for e in g["exemplars"]]
+    print(f"{name}: request counter exemplars: {len(sent)}, all sent by the client: "
+          f"{all(t in traces for t in sent)}")
+    if not sent or any(t not in traces for t in sent):
+        failures.append(f"request counter exemplars: {sent[:5]}")
+
+
 def check_native(p, name, received, slept, failures):
     """The native histogram checks (see the module doc)."""
     series = p.query('http_request_duration_seconds{job="api"}')
@@ -191,8 +241,10 @@ def main():
     ap.add_argument("--binary", required=True)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--native", action="store_true", help="native histograms end to end")
+    ap.add_argument("--exemplars", action="store_true", help="exemplars end to end")
     args = ap.parse_args()
-    name = os.path.basename(args.binary) + (" (native)" if args.native else "")
+    name = os.path.basename(args.binary) + (" (native)" if args.native else "") + (
+        " (exemplars)" if args.exemplars else "")
     work = tempfile.mkdtemp(prefix=f"e2e-{os.path.basename(args.binary)}-")
     token = secrets.token_hex(16)
     app_port, prom_port = free_port(), free_port()
@@ -207,10 +259,17 @@ def main():
     received = collections.Counter()  # (route, status) -> responses
     errors = collections.Counter()    # route -> requests without a response
     slept = []                        # seconds asked of each /slow request that was answered
+    traces = {}                       # trace id sent -> (route, seconds asked of /slow or None)
     lock = threading.Lock()
 
     def send(method, path, route, ports=None):
-        status = request(app_port, method, path, ports=ports)
+        headers = None
+        if args.exemplars:
+            trace = secrets.token_hex(16)
+            with lock:
+                traces[trace] = (route, int(path.split("ms=")[1]) / 1000 if "ms=" in path else None)
+            headers = {"traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"}
+        status = request(app_port, method, path, ports=ports, headers=headers)
         with lock:
             if status is None:
                 errors[route] += 1
@@ -249,7 +308,8 @@ scrape_configs:
         prom = subprocess.Popen(["prometheus", f"--config.file={config}",
                                  f"--storage.tsdb.path={os.path.join(work, 'data')}",
                                  f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]
-                                + (["--enable-feature=native-histograms"] if args.native else []),
+                                + (["--enable-feature=native-histograms"] if args.native else [])
+                                + (["--enable-feature=exemplar-storage"] if args.exemplars else []),
                                 stdout=prom_log, stderr=prom_log)
         p = Prometheus(prom_port)
         try:
@@ -264,6 +324,8 @@ scrape_configs:
                     + [("GET", "/slow?ms=20", "/slow")] * 30
                     + ([("GET", "/slow?ms=150", "/slow")] * 20 + [("GET", "/slow?ms=450", "/slow")] * 10
                        if args.native else [])
+                    + ([("GET", f"/slow?ms={ms}", "/slow") for ms in (40, 70, 200, 350, 700) for _ in range(6)]
+                       if args.exemplars else [])
                     + [("GET", f"/nope/{i}", "unmatched") for i in range(50)])
             plan = plan[::2] + plan[1::2]  # interleave the routes
 
@@ -342,6 +404,8 @@ scrape_configs:
 
             if args.native:
                 check_native(p, name, received, slept, failures)
+            if args.exemplars:
+                check_exemplars(p, name, traces, end, failures)
 
             # Every dashboard and alert query runs against real data.
             exprs = []
