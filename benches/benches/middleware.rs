@@ -8,31 +8,8 @@
 //! time is the instrumented batches' total minus the bare ones'. Both halves see the same
 //! machine at the same moment, which matters on a shared, noisy host.
 
-use std::time::{Duration, Instant};
-
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-
-/// `iters` requests through `with` minus `iters` through `base`, alternating in batches.
-fn paired(iters: u64, mut base: impl FnMut(), mut with: impl FnMut()) -> Duration {
-    const BATCH: u64 = 32;
-    let (mut base_t, mut with_t) = (Duration::ZERO, Duration::ZERO);
-    let mut done = 0;
-    while done < iters {
-        let n = BATCH.min(iters - done);
-        let t = Instant::now();
-        for _ in 0..n {
-            base();
-        }
-        base_t += t.elapsed();
-        let t = Instant::now();
-        for _ in 0..n {
-            with();
-        }
-        with_t += t.elapsed();
-        done += n;
-    }
-    with_t.saturating_sub(base_t)
-}
+use shmetrics_benches::paired;
 
 /// One request through any tower service answering axum requests, body read to the end.
 fn send_any<S, B>(rt: &tokio::runtime::Runtime, svc: &S)

@@ -202,10 +202,19 @@ where
 /// A request's headers, as the exemplar sources read them.
 struct Headers<'a>(&'a actix_web::http::header::HeaderMap);
 
+/// The W3C trace context header.
+const TRACEPARENT: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("traceparent");
+
 impl RequestHeaders for Headers<'_> {
     #[inline]
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.get(name).map(|v| v.as_bytes())
+    }
+
+    #[inline]
+    fn traceparent(&self) -> Option<&[u8]> {
+        self.0.get(&TRACEPARENT).map(|v| v.as_bytes())
     }
 }
 

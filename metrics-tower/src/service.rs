@@ -15,10 +15,28 @@ use crate::route::{Guard, Route, RouteSlot, is_grpc};
 /// A request's headers, as the exemplar sources read them.
 struct Headers<'a>(&'a http::HeaderMap);
 
+/// The W3C trace context header.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// Up to this many header names, `traceparent` is searched for name by name.
+const SCAN_HEADERS: usize = 16;
+
 impl RequestHeaders for Headers<'_> {
     #[inline]
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.get(name).map(http::HeaderValue::as_bytes)
+    }
+
+    #[inline]
+    fn traceparent(&self) -> Option<&[u8]> {
+        // Most requests carry a handful of headers, most of them standard ones: comparing
+        // each name with this one (for a standard name, only its kind) costs a fraction
+        // of hashing the name for the map's lookup. Every request pays for this search.
+        // Only a request that has one pays for the lookup of its value.
+        if self.0.keys_len() <= SCAN_HEADERS && !self.0.keys().any(|k| *k == TRACEPARENT) {
+            return None;
+        }
+        self.0.get(&TRACEPARENT).map(http::HeaderValue::as_bytes)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::format::ErrorKind;
-use crate::format::exemplar::{check_labels, encode_labels};
+use crate::format::exemplar::{check_labels, encode_labels_into};
 use crate::sys;
 use crate::write::cell::Cell;
 use crate::write::exemplar::NewExemplar;
@@ -21,10 +21,18 @@ pub(crate) fn record(cell: &Arc<Cell>, bucket: usize, buckets: usize, labels: &[
             return;
         }
     };
-    let mut data = Vec::with_capacity(bytes);
-    encode_labels(labels, &mut data);
+    // Typical labels (a trace id, perhaps a span id) fit on the stack: no allocation.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf = if bytes <= stack.len() {
+        &mut stack[..]
+    } else {
+        heap.resize(bytes, 0);
+        &mut heap[..]
+    };
+    let len = encode_labels_into(labels, buf);
     let ex = NewExemplar {
-        data: &data,
+        data: &buf[..len],
         pairs: labels.len() as u32,
         value,
         time: sys::unix_nanos(),

@@ -48,12 +48,24 @@ pub(crate) fn check_labels(labels: &[(&str, &str)]) -> Result<usize, String> {
 /// Appends the label data of `labels`: per pair, the name's length (u16, little-endian),
 /// the name, the value's length, the value.
 pub(crate) fn encode_labels(labels: &[(&str, &str)], out: &mut Vec<u8>) {
+    let start = out.len();
+    let len: usize = labels.iter().map(|(n, v)| 4 + n.len() + v.len()).sum();
+    out.resize(start + len, 0);
+    encode_labels_into(labels, &mut out[start..]);
+}
+
+/// Writes the label data of `labels` (as [`encode_labels`]) at the start of `out`, which
+/// holds at least the bytes [`check_labels`] counted; returns their number.
+pub(crate) fn encode_labels_into(labels: &[(&str, &str)], out: &mut [u8]) -> usize {
+    let mut at = 0;
     for (name, value) in labels {
         for s in [name, value] {
-            out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
+            out[at..at + 2].copy_from_slice(&(s.len() as u16).to_le_bytes());
+            out[at + 2..at + 2 + s.len()].copy_from_slice(s.as_bytes());
+            at += 2 + s.len();
         }
     }
+    at
 }
 
 /// Reads `pairs` label pairs from `data` (untrusted): `None` if they do not fit, are not

@@ -33,7 +33,7 @@ impl HttpMetrics {
     /// `traceparent` header by default; `None` when exemplars are off or the request has no
     /// sampled trace). Adapters pass it to [`RequestTracker::set_trace_id`].
     #[inline]
-    pub fn trace_id(&self, headers: &dyn RequestHeaders) -> Option<[u8; 16]> {
+    pub fn trace_id<H: RequestHeaders>(&self, headers: &H) -> Option<[u8; 16]> {
         self.inner.trace.trace_id(headers)
     }
 }
@@ -179,33 +179,24 @@ impl RequestTracker {
             return;
         }
         let key = if m.status_class { code / 100 * 100 } else { code };
-        let traced = self.trace != [0; 16];
-        match entry {
+        let (counter, duration) = match entry {
             Some(e) => {
                 let cached = e.counter(key, || m.request_counter(self.method, route, code).clone());
-                let fresh;
                 let counter = match cached {
                     Some(c) => c,
-                    None => {
-                        fresh = m.request_counter(self.method, route, code);
-                        fresh
-                    }
+                    None => m.request_counter(self.method, route, code),
                 };
-                counter.inc();
-                e.duration.observe_duration(elapsed);
-                if traced {
-                    write_exemplars(m, counter, &e.duration, elapsed, &self.trace);
-                }
+                (counter, &e.duration)
             }
-            None => {
-                let counter = m.request_counter(self.method, route, code);
-                let duration = m.duration_histogram(self.method, route);
-                counter.inc();
-                duration.observe_duration(elapsed);
-                if traced {
-                    write_exemplars(m, counter, duration, elapsed, &self.trace);
-                }
-            }
+            None => (
+                m.request_counter(self.method, route, code),
+                m.duration_histogram(self.method, route),
+            ),
+        };
+        counter.inc();
+        duration.observe_duration(elapsed);
+        if self.trace != [0; 16] {
+            write_exemplars(m, counter, duration, elapsed, &self.trace);
         }
         m.in_flight.dec();
     }
@@ -223,21 +214,23 @@ fn write_exemplars(
     id: &[u8; 16],
 ) {
     let now = m.clock.delta_as_nanos(0, m.clock.raw());
-    let data = trace_label_data(id);
     let secs = elapsed.as_secs_f64();
     let (bucket, buckets) = duration.exemplar_bucket(secs);
     let targets = [
         (Sealed::cell(counter), 0, 1, 1.0),
         (Sealed::cell(duration), bucket, buckets, secs),
     ];
-    let mut time = None;
+    // The label and the wall-clock time only for an exemplar that is due: most traced
+    // requests of a busy service find both of theirs written less than an interval ago.
+    let mut made = None;
     for (cell, bucket, buckets, value) in targets {
         if cell.exemplar_due(bucket, buckets, now, m.exemplar_interval) {
+            let (data, time) = made.get_or_insert_with(|| (trace_label_data(id), crate::sys::unix_nanos()));
             let ex = NewExemplar {
-                data: &data,
+                data: &data[..],
                 pairs: 1,
                 value,
-                time: *time.get_or_insert_with(crate::sys::unix_nanos),
+                time: *time,
             };
             cell.write_exemplar(bucket, buckets, &ex);
         }
