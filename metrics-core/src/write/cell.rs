@@ -125,7 +125,7 @@ pub(crate) struct Cell {
     /// Whether the writer's list of series waiting for file slots holds this one.
     queued: AtomicBool,
     /// The series' exemplar records, once it has one (see `super::exemplar`).
-    pub(crate) exemplars: std::sync::OnceLock<super::exemplar::ExemplarSlots>,
+    pub(crate) exemplars: std::sync::OnceLock<ExemplarSlots>,
 }
 
 struct BindState {
@@ -304,5 +304,36 @@ impl std::fmt::Debug for Cell {
                 &(self.generation.load(Ordering::Relaxed) == sys::bind_epoch()),
             )
             .finish()
+    }
+}
+
+/// One bucket's exemplar record in this process's current file.
+pub(super) struct Slot {
+    /// Bind epoch `ptr` is valid in (see `Cell`).
+    pub(super) generation: AtomicU64,
+    pub(super) ptr: AtomicPtr<AtomicU64>,
+    /// When this process last wrote it (the caller's clock, for sampling).
+    #[cfg(feature = "http")]
+    pub(super) last: AtomicU64,
+}
+
+/// A series' exemplar records: one per bucket (one for a counter), written by
+/// `super::exemplar`.
+pub(crate) struct ExemplarSlots {
+    pub(super) slots: Box<[Slot]>,
+}
+
+impl ExemplarSlots {
+    pub(super) fn new(buckets: usize) -> Self {
+        ExemplarSlots {
+            slots: (0..buckets.max(1))
+                .map(|_| Slot {
+                    generation: AtomicU64::new(UNBOUND),
+                    ptr: AtomicPtr::new(std::ptr::null_mut()),
+                    #[cfg(feature = "http")]
+                    last: AtomicU64::new(0),
+                })
+                .collect(),
+        }
     }
 }

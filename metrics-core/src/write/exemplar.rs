@@ -7,9 +7,9 @@
 //! never pairs one write's labels with another's value.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
-use super::cell::Cell;
+use super::cell::{Cell, ExemplarSlots, Slot};
 use crate::format::ErrorKind;
 use crate::format::exemplar::{EX_HEAD_WORDS, EX_LEN, EX_SEQ, EX_TIME, EX_VALUE};
 use crate::sys;
@@ -21,38 +21,6 @@ pub(crate) struct NewExemplar<'a> {
     pub pairs: u32,
     pub value: f64,
     pub time: u64,
-}
-
-/// One bucket's exemplar record in this process's current file.
-struct Slot {
-    /// Bind epoch `ptr` is valid in (see `Cell`).
-    generation: AtomicU64,
-    ptr: AtomicPtr<AtomicU64>,
-    /// When this process last wrote it (the caller's clock, for sampling).
-    #[cfg(feature = "http")]
-    last: AtomicU64,
-}
-
-/// A series' exemplar records: one per bucket (one for a counter).
-pub(crate) struct ExemplarSlots {
-    slots: Box<[Slot]>,
-}
-
-const UNBOUND: u64 = u64::MAX;
-
-impl ExemplarSlots {
-    fn new(buckets: usize) -> Self {
-        ExemplarSlots {
-            slots: (0..buckets.max(1))
-                .map(|_| Slot {
-                    generation: AtomicU64::new(UNBOUND),
-                    ptr: AtomicPtr::new(std::ptr::null_mut()),
-                    #[cfg(feature = "http")]
-                    last: AtomicU64::new(0),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// What became of an exemplar.
