@@ -104,6 +104,30 @@ pub(crate) fn escape_help(help: &str) -> String {
     out
 }
 
+/// Writes `{name="value",...}` (nothing for no label), values escaped as both text formats
+/// escape them (`\\`, `\"`, `\n`).
+pub(crate) fn write_labels<'a>(out: &mut String, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut first = true;
+    for (n, v) in pairs {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        out.push_str(n);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    if !first {
+        out.push('}');
+    }
+}
+
 /// `repr(v)` of Python: the shortest digits that read back as `v`, in fixed notation
 /// (`0.001`, `1000000.0`, always with a fraction) for decimal exponents from -4 to 16,
 /// else in exponent notation with a sign and at least two exponent digits (`1e-05`,

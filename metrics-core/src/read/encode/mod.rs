@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::snapshot::{MergedFamily, MergedSeries, ScrapeStats, Snapshot, Value};
 use crate::format::MetricType;
-use crate::format::names::{escape_help, format_bound};
+use crate::format::names::{escape_help, format_bound, write_labels};
 use crate::format::native::Sparse;
 
 fn pc_type(t: MetricType) -> PcMetricType {
@@ -130,30 +130,6 @@ fn write_sample_head(
         .chain(extra);
     write_labels(out, pairs);
     out.push(' ');
-}
-
-/// Writes `{name="value",...}` (nothing for no label), values escaped as both text formats
-/// escape them (`\\`, `\"`, `\n`).
-pub(super) fn write_labels<'a>(out: &mut String, pairs: impl Iterator<Item = (&'a str, &'a str)>) {
-    let mut first = true;
-    for (n, v) in pairs {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(n);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    if !first {
-        out.push('}');
-    }
 }
 
 /// Writes a histogram family: per series its cumulative buckets (bounds written by

@@ -14,7 +14,7 @@ use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
     LabelPair, Metric, MetricFamily, MetricType,
 };
 
-use crate::format::names::format_bound;
+use crate::format::names::{format_bound, write_labels};
 
 /// Writes `families` as Prometheus text 0.0.4. Families without samples are left out (a
 /// 0.0.4 family needs at least one).
@@ -91,7 +91,7 @@ fn sample(out: &mut String, name: &str, suffix: &str, labels: &[LabelPair], le: 
         .iter()
         .map(|l| (l.name.as_str(), l.value.as_str()))
         .chain(le.map(|v| ("le", v)));
-    super::write_labels(out, pairs);
+    write_labels(out, pairs);
     out.push(' ');
 }
 
