@@ -64,7 +64,7 @@ impl std::fmt::Debug for RequestTracker {
             .field("method", &METHODS[usize::from(self.method)])
             .field("route", &self.route_str())
             .field("status", &self.status)
-            .field("elapsed", &self.elapsed())
+            .field("elapsed", &self.elapsed().1)
             .finish()
     }
 }
@@ -93,9 +93,11 @@ impl RequestTracker {
         }
     }
 
-    fn elapsed(&self) -> std::time::Duration {
+    /// The clock's raw reading now, and the time since the start.
+    fn elapsed(&self) -> (u64, std::time::Duration) {
         let clock = &self.metrics.clock;
-        clock.delta(self.started, clock.raw())
+        let now = clock.raw();
+        (now, clock.delta(self.started, now))
     }
 
     /// Whether a route was set.
@@ -152,7 +154,7 @@ impl RequestTracker {
         if self.done {
             return;
         }
-        let elapsed = self.elapsed();
+        let (now, elapsed) = self.elapsed();
         if let Some(r) = route {
             self.set_route(r);
         }
@@ -196,7 +198,7 @@ impl RequestTracker {
         counter.inc();
         duration.observe_duration(elapsed);
         if self.trace != [0; 16] {
-            write_exemplars(m, counter, duration, elapsed, &self.trace);
+            write_exemplars(m, counter, duration, elapsed, now, &self.trace);
         }
         m.in_flight.dec();
     }
@@ -211,9 +213,10 @@ fn write_exemplars(
     counter: &Counter,
     duration: &Histogram,
     elapsed: std::time::Duration,
+    raw_now: u64,
     id: &[u8; 16],
 ) {
-    let now = m.clock.delta_as_nanos(0, m.clock.raw());
+    let now = m.clock.delta_as_nanos(0, raw_now);
     let secs = elapsed.as_secs_f64();
     let (bucket, buckets) = duration.exemplar_bucket(secs);
     let targets = [

@@ -77,6 +77,15 @@ struct WriterState {
 
 const UNBOUND: u64 = u64::MAX;
 
+/// The writer's state locked for binding a record of one series (`Writer::lock_series`).
+/// The lock is released before the fork gate: fields drop in order.
+struct SeriesLock<'a> {
+    st: MutexGuard<'a, WriterState>,
+    /// Offset of the series' record in the current file.
+    offset: u32,
+    _gate: sys::GateGuard,
+}
+
 /// Why a family cannot be written into the current file.
 enum EmitError {
     /// No room (counted and logged).
@@ -301,35 +310,23 @@ impl Writer {
         chunk: i16,
         replacing: Option<*const AtomicU64>,
     ) -> Option<*const AtomicU64> {
-        let BindKey::Series { family, labels } = key else {
-            return None;
-        };
-        let _gate = sys::enter_gate();
-        let mut st = self.lock();
-        self.sync_fork(&mut st);
-        let file = st.file.as_mut()?;
-        let id = file.ids.get(*family as usize).copied().flatten()?;
-        let series_offset = *file.series.get(&id)?.get(*labels)?;
+        let mut locked = self.lock_series(key)?;
         let chunk_id = ChunkId {
-            series_offset: u32::try_from(series_offset).ok()?,
+            series_offset: locked.offset,
             negative,
             schema,
             chunk,
         };
         let words = crate::format::native::CHUNK_WORDS;
+        let file = locked.st.file.as_mut()?;
         if let Some(&off) = file.chunks.get(&chunk_id) {
             let p = file.region.words_ptr(off, words)?;
             if replacing != Some(p) {
                 return Some(p);
             }
         }
-        match file.append_chunk(chunk_id) {
-            Ok(off) => file.region.words_ptr(off, words),
-            Err(e) => {
-                self.growth_failed(&mut st, &e.to_string());
-                None
-            }
-        }
+        let appended = file.append_chunk(chunk_id);
+        self.appended(&mut locked.st, appended, words)
     }
 
     /// Binds the exemplar record of `bucket` of series `key` in this process's current
@@ -345,15 +342,9 @@ impl Writer {
         replacing: Option<*const AtomicU64>,
     ) -> Option<*const AtomicU64> {
         use crate::format::exemplar::{EX_FIRST_CAPACITY, EX_HEAD_WORDS};
-        let BindKey::Series { family, labels } = key else {
-            return None;
-        };
-        let _gate = sys::enter_gate();
-        let mut st = self.lock();
-        self.sync_fork(&mut st);
-        let file = st.file.as_mut()?;
-        let id = file.ids.get(*family as usize).copied().flatten()?;
-        let offset = u32::try_from(*file.series.get(&id)?.get(*labels)?).ok()?;
+        let mut locked = self.lock_series(key)?;
+        let offset = locked.offset;
+        let file = locked.st.file.as_mut()?;
         if let Some(&rec) = file.exemplars.get(&(offset, bucket)) {
             let len = file
                 .region
@@ -365,10 +356,42 @@ impl Writer {
             }
         }
         let room = capacity.max(EX_FIRST_CAPACITY).div_ceil(8) * 8;
-        match file.append_exemplar((offset, bucket), room) {
-            Ok(rec) => file.region.words_ptr(rec, EX_HEAD_WORDS + room / 8),
+        let appended = file.append_exemplar((offset, bucket), room);
+        self.appended(&mut locked.st, appended, EX_HEAD_WORDS + room / 8)
+    }
+
+    /// The writer's state, locked inside the fork gate, with the offset of series `key`'s
+    /// record in the current file: `None` when the key is no series or the series has no
+    /// slots in the file yet.
+    fn lock_series(&self, key: &BindKey<'_>) -> Option<SeriesLock<'_>> {
+        let BindKey::Series { family, labels } = key else {
+            return None;
+        };
+        let gate = sys::enter_gate();
+        let mut st = self.lock();
+        self.sync_fork(&mut st);
+        let file = st.file.as_ref()?;
+        let id = file.ids.get(*family as usize).copied().flatten()?;
+        let offset = u32::try_from(*file.series.get(&id)?.get(*labels)?).ok()?;
+        Some(SeriesLock {
+            st,
+            offset,
+            _gate: gate,
+        })
+    }
+
+    /// The first `words` words of a record just appended at the offset `appended` holds,
+    /// or `None` after counting and logging why the file could not grow.
+    fn appended(
+        &self,
+        st: &mut WriterState,
+        appended: io::Result<usize>,
+        words: usize,
+    ) -> Option<*const AtomicU64> {
+        match appended {
+            Ok(off) => st.file.as_ref()?.region.words_ptr(off, words),
             Err(e) => {
-                self.growth_failed(&mut st, &e.to_string());
+                self.growth_failed(st, &e.to_string());
                 None
             }
         }
