@@ -129,6 +129,9 @@ mod format;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod read;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod recorder;
 mod store;
 mod sys;
 mod write;

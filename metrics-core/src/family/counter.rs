@@ -41,6 +41,26 @@ impl Counter {
         self.cell.with(|s| s[0].load(Ordering::Relaxed))
     }
 
+    /// Raises this process's count to `v` if it is lower: for a count kept elsewhere (by
+    /// the kernel, a library) and copied in from time to time. A call with an older,
+    /// smaller value never lowers it, whatever the order of concurrent calls.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store = shmetrics_core::Store::open(dir.path()).unwrap();
+    /// let read = store.counter("disk_read_bytes", "Bytes read")?;
+    /// read.absolute(4096);
+    /// read.absolute(1024); // an older reading: no effect
+    /// assert_eq!(read.get(), 4096);
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    #[inline]
+    pub fn absolute(&self, v: u64) {
+        self.cell.with(|s| {
+            s[0].fetch_max(v, Ordering::Relaxed);
+        });
+    }
+
     /// Adds `v`, with an exemplar: `labels` (e.g. `[("trace_id", id)]`, at most
     /// [`MAX_EXEMPLAR_CHARS`](crate::MAX_EXEMPLAR_CHARS) characters of names and values),
     /// the value `v` and the time now. The exposition shows the latest exemplar of the

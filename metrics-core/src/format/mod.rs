@@ -58,9 +58,9 @@ pub(crate) const H_WRITER_ID: usize = 5;
 pub(crate) const H_WORKER: usize = 6;
 /// First of the error counters (see [`ErrorKind`]).
 pub(crate) const H_ERRORS: usize = 7;
-/// Number of error counters in the header (words 7 to 12; readers that know fewer
+/// Number of error counters in the header (words 7 to 13; readers that know fewer
 /// ignore the others, which older writers leave at zero).
-pub(crate) const ERROR_KINDS: usize = 6;
+pub(crate) const ERROR_KINDS: usize = 7;
 
 /// `H_WORKER` value of a writer without a stable worker id.
 pub(crate) const NO_WORKER: u64 = u64::MAX;
@@ -83,6 +83,9 @@ pub(crate) enum ErrorKind {
     /// An exemplar was not recorded: its labels break the rules (more than 128 characters,
     /// an invalid name), or its record could not be written (no room).
     Exemplar = 5,
+    /// A metric of the `metrics` facade was not recorded: its name is taken by another
+    /// type, or it has other label names than at its first use.
+    Recorder = 6,
 }
 
 impl ErrorKind {
@@ -93,6 +96,7 @@ impl ErrorKind {
         ErrorKind::LabelValue,
         ErrorKind::SlotSkipped,
         ErrorKind::Exemplar,
+        ErrorKind::Recorder,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -103,6 +107,7 @@ impl ErrorKind {
             ErrorKind::LabelValue => "label_value",
             ErrorKind::SlotSkipped => "slot_skipped",
             ErrorKind::Exemplar => "exemplar",
+            ErrorKind::Recorder => "recorder",
         }
     }
 }
@@ -161,6 +166,16 @@ pub enum MetricType {
 }
 
 impl MetricType {
+    /// The type's name in the expositions.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            MetricType::Counter | MetricType::CounterF64 => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::Summary => "summary",
+        }
+    }
+
     pub(crate) fn code(self) -> u8 {
         match self {
             MetricType::Counter => 1,
