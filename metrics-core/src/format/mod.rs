@@ -166,16 +166,6 @@ pub enum MetricType {
 }
 
 impl MetricType {
-    /// The type's name in the expositions.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            MetricType::Counter | MetricType::CounterF64 => "counter",
-            MetricType::Gauge => "gauge",
-            MetricType::Histogram => "histogram",
-            MetricType::Summary => "summary",
-        }
-    }
-
     pub(crate) fn code(self) -> u8 {
         match self {
             MetricType::Counter => 1,

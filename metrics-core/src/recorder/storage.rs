@@ -51,6 +51,15 @@ enum AnyFamily {
     Histogram(Family<Histogram>),
 }
 
+/// The name of a type the facade has.
+fn type_name(ty: MetricType) -> &'static str {
+    match ty {
+        MetricType::Counter => "counter",
+        MetricType::Gauge => "gauge",
+        _ => "histogram",
+    }
+}
+
 impl AnyFamily {
     fn metric_type(&self) -> MetricType {
         match self {
@@ -150,8 +159,8 @@ impl Shared {
             self.refuse(&format!(
                 "metric {:?} not recorded as a {}: the name is a {}",
                 key.name(),
-                ty.name(),
-                entry.family.metric_type().name()
+                type_name(ty),
+                type_name(entry.family.metric_type())
             ));
             return None;
         }
