@@ -38,6 +38,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(web::resource("/orders").route(web::post().to(|| async {
             let id = ORDERS.fetch_add(1, Ordering::Relaxed) + 1;
+            // Through the `metrics` facade: merged across workers like the rest.
+            metrics::counter!("orders_created_total").increment(1);
             HttpResponse::Created().json(serde_json::json!({ "order": id, "pid": std::process::id() }))
         })))
         .service(web::resource("/error").route(web::get().to(|| async {

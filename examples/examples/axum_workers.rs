@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Routes: `GET /health`, `GET /users/{id}` (JSON), `POST /orders` (201), `GET /error`
-//! (500), `GET /slow?ms=N` (N capped at 10,000), `GET /metrics`.
+//! (500), `GET /slow?ms=N` (N capped at 10,000), `GET /metrics`. `POST /orders` also counts
+//! `orders_created_total` through the `metrics` facade; `--axum-prometheus` adds that
+//! library's layer (its series merged across workers too).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +54,8 @@ fn app(
             "/orders",
             post(|| async {
                 let id = ORDERS.fetch_add(1, Ordering::Relaxed) + 1;
+                // Through the `metrics` facade: merged across workers like the rest.
+                metrics::counter!("orders_created_total").increment(1);
                 (
                     StatusCode::CREATED,
                     Json(serde_json::json!({ "order": id, "pid": std::process::id() })),
@@ -76,12 +80,19 @@ fn app(
             }),
         );
     let endpoint = metrics_endpoint(store, application)?;
-    Ok(if options.metrics {
+    let app = if options.metrics {
         // The request metrics and `/metrics` (not counted as a request) in one call.
         let (layer, metrics) = MetricsLayer::pair_with(http_metrics(store, options), endpoint)?;
         routes.merge(metrics).layer(layer)
     } else {
         routes.route("/metrics", metrics_route(endpoint))
+    };
+    Ok(if options.axum_prometheus {
+        // A library instrumented with `metrics`: without its own exporter, its
+        // `axum_http_requests_*` series go through the recorder into the store.
+        app.layer(axum_prometheus::PrometheusMetricLayer::new())
+    } else {
+        app
     })
 }
 

@@ -56,6 +56,10 @@ pub struct Options {
     /// Whether the latency histogram has native buckets too (`--native-histograms`): a
     /// Prometheus started with `--enable-feature=native-histograms` scrapes them.
     pub native: bool,
+    /// Whether the axum example also runs axum-prometheus' layer (`--axum-prometheus`), a
+    /// library that counts requests through the `metrics` facade: its series are merged
+    /// across workers like the rest.
+    pub axum_prometheus: bool,
 }
 
 impl Options {
@@ -68,6 +72,7 @@ impl Options {
             dir: None,
             metrics: true,
             native: false,
+            axum_prometheus: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -83,13 +88,15 @@ impl Options {
                 "--dir" => o.dir = Some(value("--dir")?.into()),
                 "--no-metrics" => o.metrics = false,
                 "--native-histograms" => o.native = true,
+                "--axum-prometheus" => o.axum_prometheus = true,
                 "-h" | "--help" => {
                     return Err(format!(
-                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms]\n\
+                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms] [--axum-prometheus]\n\
                          DIR defaults to $PROMETHEUS_MULTIPROC_DIR, then /dev/shm/prometheus/{application}.\n\
                          METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off.\n\
                          --native-histograms gives the latency histogram native buckets too (Prometheus with\n\
-                         --enable-feature=native-histograms scrapes them)."
+                         --enable-feature=native-histograms scrapes them). --axum-prometheus (axum) adds\n\
+                         axum-prometheus' layer, whose `metrics` counters the store merges like the rest."
                     ));
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -197,6 +204,9 @@ fn run_worker(
         .application(application)
         .worker_id(id)
         .open()?;
+    // Every `metrics::counter!` (and gauge, histogram) of the application and its
+    // libraries goes into the store too.
+    shmetrics_core::recorder::install(&store)?;
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
     worker_main(Worker {
         application: application.to_string(),

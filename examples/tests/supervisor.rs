@@ -3,25 +3,17 @@
 //! refused with a clear error, and a supervisor whose workers cannot start does not sit
 //! on its port: it backs off, then exits with an error.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::{answers, free_port, health, stop, wait_healthy};
 
 /// The `axum_workers` example, built once for the tests of this binary.
 fn axum_workers() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| common::example_bin("axum_workers")).clone()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A supervisor of `application` on `port`, metrics in `dir`, stderr captured.
@@ -37,19 +29,6 @@ fn supervisor(application: &str, port: u16, dir: &std::path::Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn answers(port: u16) -> bool {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-}
-
-/// Whether the server answers `/health` with 200 (a refused or reset connection while it
-/// starts is a "not yet").
-fn health(port: u16) -> bool {
-    answers(port)
-        && shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/health", &[])
-            .is_ok_and(|(status, ..)| status == 200)
 }
 
 /// The tests of this file run one at a time: each takes two free ports and releases them
@@ -78,33 +57,6 @@ fn exit_of(mut child: Child, timeout: Duration) -> (std::process::ExitStatus, St
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop(mut child: Child) {
-    let _ = nix_kill(child.id());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn nix_kill(pid: u32) -> Result<(), ()> {
-    // SAFETY: kill(2) on a process this test started.
-    let rc = unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    if rc == 0 { Ok(()) } else { Err(()) }
-}
-
-fn wait_healthy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health(port) {
-        assert!(
-            Instant::now() < deadline,
-            "the first supervisor never served /health"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

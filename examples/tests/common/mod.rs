@@ -1,6 +1,11 @@
 //! Helpers shared by the tests that run the examples as real processes.
 
+#![allow(dead_code)] // each test binary uses some of these
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 /// The example binary `name`, as `cargo test` builds it for this package (the examples of
 /// a package are built before its tests run; this test does not build anything itself).
@@ -19,4 +24,48 @@ pub fn example_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A port free now (released before the caller binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether something accepts connections on `port`.
+pub fn answers(port: u16) -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Whether the server answers `/health` with 200 (a refused or reset connection while it
+/// starts is a "not yet").
+pub fn health(port: u16) -> bool {
+    answers(port)
+        && shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/health", &[])
+            .is_ok_and(|(status, ..)| status == 200)
+}
+
+/// Waits (at most a minute) until the server on `port` serves `/health`.
+pub fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health(port) {
+        assert!(Instant::now() < deadline, "the supervisor never served /health");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a supervisor with SIGTERM (SIGKILL after 20 s).
+pub fn stop(mut child: Child) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
