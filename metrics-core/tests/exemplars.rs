@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use shmetrics_core::{Reader, Snapshot, Store};
-use shmetrics_testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
+use shmetrics_testing::{RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 
 type Test = fn() -> Result<(), Failed>;
 
@@ -23,14 +23,7 @@ const TESTS: &[(&str, Test)] = &[
 ];
 
 fn main() {
-    if let Ok(role) = std::env::var(ROLE_VAR) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        run_role(&role, &args);
-        return;
-    }
-    let args = Arguments::from_args();
-    let tests = TESTS.iter().map(|(name, f)| Trial::test(*name, *f)).collect();
-    libtest_mimic::run(&args, tests).exit();
+    shmetrics_testing::run_tests_or_role(TESTS, run_role);
 }
 
 fn run_role(role: &str, args: &[String]) {
@@ -121,15 +114,7 @@ fn check_whole(snap: &Snapshot) -> Result<usize, String> {
 fn torn_reads() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let d = dir.path().to_str().unwrap();
-    let mut procs: Vec<RoleProc> = (0..3)
-        .map(|p| RoleProc::spawn("hammer", &[d, &p.to_string()]))
-        .collect();
-    for p in &mut procs {
-        p.expect("ready", Duration::from_secs(30));
-    }
-    for p in &mut procs {
-        p.send("go");
-    }
+    let mut procs = RoleProc::start_together("hammer", d, 3);
     let mut reader = Reader::new(d)?;
     let (mut scrapes, mut seen) = (0, 0);
     let deadline = Instant::now() + Duration::from_millis(2500);

@@ -7,9 +7,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use shmetrics_core::{Counter, Family, GaugeMode, Histogram, Reader, Store, Value};
-use shmetrics_testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
+use shmetrics_testing::{RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 
 const PROCS: usize = 4;
 const THREADS: usize = 4;
@@ -34,14 +34,7 @@ const TESTS: &[(&str, Test)] = &[
 ];
 
 fn main() {
-    if let Ok(role) = std::env::var(ROLE_VAR) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        run_role(&role, &args);
-        return;
-    }
-    let args = Arguments::from_args();
-    let tests = TESTS.iter().map(|(name, f)| Trial::test(*name, *f)).collect();
-    libtest_mimic::run(&args, tests).exit();
+    shmetrics_testing::run_tests_or_role(TESTS, run_role);
 }
 
 fn run_role(role: &str, args: &[String]) {

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use prometheus_client::metrics::histogram::{Histogram as PcHistogram, NativeHistogramConfig};
 use prometheus_client::registry::Registry;
 use shmetrics_core::{Format, Histogram, NativeBuckets, NativeOpts, Opts, Store};
 use shmetrics_testing::expositions;
-use shmetrics_testing::{ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
+use shmetrics_testing::{RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 
 const PROCS: usize = 4;
 const THREADS: usize = 4;
@@ -37,14 +37,7 @@ const TESTS: &[(&str, Test)] = &[
 ];
 
 fn main() {
-    if let Ok(role) = std::env::var(ROLE_VAR) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        run_role(&role, &args);
-        return;
-    }
-    let args = Arguments::from_args();
-    let tests = TESTS.iter().map(|(name, f)| Trial::test(*name, *f)).collect();
-    libtest_mimic::run(&args, tests).exit();
+    shmetrics_testing::run_tests_or_role(TESTS, run_role);
 }
 
 fn run_role(role: &str, args: &[String]) {
@@ -301,15 +294,7 @@ fn all_values(kind: &str) -> Vec<f64> {
 fn exact_across_processes() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let d = dir.path().to_str().unwrap();
-    let mut procs: Vec<RoleProc> = (0..PROCS)
-        .map(|p| RoleProc::spawn("observe", &[d, &p.to_string()]))
-        .collect();
-    for p in &mut procs {
-        p.expect("ready", Duration::from_secs(30));
-    }
-    for p in &mut procs {
-        p.send("go");
-    }
+    let mut procs = RoleProc::start_together("observe", d, PROCS);
     for p in &mut procs {
         p.expect("done", Duration::from_secs(120));
     }

@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use metrics::Unit;
 use shmetrics_core::recorder::{Matcher, RecorderBuilder};
 use shmetrics_core::{Reader, Store};
 use shmetrics_testing::expositions::{Family, parse_text};
-use shmetrics_testing::{CountingAllocator, ROLE_VAR, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
+use shmetrics_testing::{CountingAllocator, RoleProc, read_stdin_line, say, wait_for_stdin_eof};
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
@@ -31,14 +31,7 @@ const TESTS: &[(&str, Test)] = &[
 ];
 
 fn main() {
-    if let Ok(role) = std::env::var(ROLE_VAR) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        run_role(&role, &args);
-        return;
-    }
-    let args = Arguments::from_args();
-    let tests = TESTS.iter().map(|(name, f)| Trial::test(*name, *f)).collect();
-    libtest_mimic::run(&args, tests).exit();
+    shmetrics_testing::run_tests_or_role(TESTS, run_role);
 }
 
 fn run_role(role: &str, args: &[String]) {
@@ -242,15 +235,7 @@ fn role_emit(dir: &str, p: u64) {
 fn exact() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let d = dir.path().to_str().unwrap();
-    let mut procs: Vec<RoleProc> = (0..PROCS)
-        .map(|p| RoleProc::spawn("emit", &[d, &p.to_string()]))
-        .collect();
-    for p in &mut procs {
-        p.expect("ready", Duration::from_secs(30));
-    }
-    for p in &mut procs {
-        p.send("go");
-    }
+    let mut procs = RoleProc::start_together("emit", d, PROCS as usize);
     for p in &mut procs {
         p.expect("done", Duration::from_secs(120));
     }

@@ -24,6 +24,21 @@ pub struct RoleProc {
 }
 
 impl RoleProc {
+    /// Starts `n` processes of `role` with arguments `dir` and their number (0..n), waits
+    /// until each says `ready`, then sends each `go`: they start their work together.
+    pub fn start_together(role: &str, dir: &str, n: usize) -> Vec<RoleProc> {
+        let mut procs: Vec<RoleProc> = (0..n)
+            .map(|i| RoleProc::spawn(role, &[dir, &i.to_string()]))
+            .collect();
+        for p in &mut procs {
+            p.expect("ready", Duration::from_secs(30));
+        }
+        for p in &mut procs {
+            p.send("go");
+        }
+        procs
+    }
+
     /// Starts `role` with `args` (the test binary re-executed).
     pub fn spawn(role: &str, args: &[&str]) -> RoleProc {
         RoleProc::spawn_with(&[], role, args)
@@ -352,4 +367,24 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
         // SAFETY: `ptr` came from `alloc` above, i.e. from `System`, with this `layout`.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
+}
+
+/// A test of a [`run_tests_or_role`] binary.
+pub type Test = fn() -> Result<(), libtest_mimic::Failed>;
+
+/// The `main` of a test binary that is its own child process: with [`ROLE_VAR`] set, runs
+/// `role(name, arguments)` (the command line after the program name) instead of the
+/// tests; otherwise runs `tests` as `cargo test` would (filters, `--nocapture`, ...).
+pub fn run_tests_or_role(tests: &[(&'static str, Test)], role: fn(&str, &[String])) {
+    if let Ok(name) = std::env::var(ROLE_VAR) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        role(&name, &args);
+        return;
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = tests
+        .iter()
+        .map(|(name, f)| libtest_mimic::Trial::test(*name, *f))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }
