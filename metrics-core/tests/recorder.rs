@@ -305,6 +305,15 @@ fn keys_and_refusals() -> Result<(), Failed> {
     let recorder = RecorderBuilder::new(&store)
         .add_global_label("host", "h1")
         .set_gauge_mode_for_metric(Matcher::Prefix("build_".into()), shmetrics_core::GaugeMode::Max)
+        .set_native_histogram_for_metric(
+            Matcher::Suffix("_native".into()),
+            shmetrics_core::NativeOpts::default(),
+        )
+        .set_native_histogram_for_metric(
+            Matcher::Full("both".into()),
+            shmetrics_core::NativeOpts::default(),
+        )
+        .set_buckets_for_metric(Matcher::Full("both".into()), &[1.0])?
         .build();
     metrics::with_local_recorder(&recorder, || {
         metrics::counter!("orders_total", "a" => "1", "b" => "2").increment(1);
@@ -315,6 +324,8 @@ fn keys_and_refusals() -> Result<(), Failed> {
         metrics::counter!("orders_total", "a" => "1").increment(100);
         metrics::gauge!("orders_total").set(1.0);
         metrics::gauge!("build_info").set(3.0);
+        metrics::histogram!("job_native").record(0.3);
+        metrics::histogram!("both").record(0.3);
     });
     let snap = store.snapshot()?;
     let got = snap.counter("orders", &[("a", "1"), ("b", "2"), ("host", "h1")]);
@@ -338,6 +349,14 @@ fn keys_and_refusals() -> Result<(), Failed> {
     }
     if fam_mode(&snap, "orders") == Some(shmetrics_core::GaugeMode::LiveSum) {
         return Err("a counter got a gauge mode".into());
+    }
+    // Native buckets by matcher: native only, or with the classic buckets a matcher gives.
+    for (name, classic) in [("job_native", 0), ("both", 2)] {
+        match snap.get(name, &[("host", "h1")]) {
+            Some(shmetrics_core::Value::Histogram(h))
+                if h.native.is_some() && h.buckets.len() == classic && h.count() == 1 => {}
+            other => return Err(format!("{name}: {other:?}").into()),
+        }
     }
     Ok(())
 }
