@@ -6,11 +6,20 @@
 # back, in alternating order (the machine is shared and noisy); the medians and their
 # ratios are printed.
 #
-#   scripts/bench-server.sh [rounds (3)] [seconds per run (10)]
+# With `process` as third argument, "off" is the server with its request metrics but
+# without process metrics (`--no-process-metrics`): what the workers' sampling threads cost.
+#
+#   scripts/bench-server.sh [rounds (3)] [seconds per run (10)] [metrics|process]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-10}
+compare=${3:-metrics}
+case "$compare" in
+  metrics) off_flag=--no-metrics ;;
+  process) off_flag=--no-process-metrics ;;
+  *) echo "compare metrics or process, not $compare" >&2; exit 2 ;;
+esac
 command -v wrk >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build -q --release -p shmetrics-examples --example axum_workers --example actix_workers
 
@@ -36,7 +45,7 @@ cpu_ticks() { # pids... -> utime + stime of all, in clock ticks
 
 run() { # example mode -> "rps p99_ms cpu_us_per_request"
   local example=$1 mode=$2 flag="" pid workers before after
-  [ "$mode" = off ] && flag=--no-metrics
+  [ "$mode" = off ] && flag=$off_flag
   PROMETHEUS_MULTIPROC_DIR="$work/store-$example" RUST_LOG=error \
     $server_cpu "${CARGO_TARGET_DIR:-target}/release/examples/$example" --workers 2 --port "$port" $flag &
   pid=$!
@@ -67,7 +76,7 @@ for example in axum_workers actix_workers; do
     order="on off"; [ $((r % 2)) -eq 0 ] && order="off on"
     for mode in $order; do
       out=$(run "$example" "$mode")
-      echo "$example round $r metrics $mode: $out (requests/s, p99 ms, worker CPU us/request)"
+      echo "$example round $r $compare $mode: $out (requests/s, p99 ms, worker CPU us/request)"
       echo "$out" >>"$work/$mode"
     done
   done
@@ -78,5 +87,5 @@ for example in axum_workers actix_workers; do
   # The median of the rounds' own on/off ratios (each pair ran back to back).
   paired=$(paste -d' ' "$work/on" "$work/off" | awk '{print $1 / $4 * 100}' | median)
   cpu_ratio=$(python3 -c "print(f'{$off_cpu / $on_cpu * 100:.1f}')")
-  echo "$example: median requests/s on $on_rps, off $off_rps (on/off $ratio %, per round $(printf '%.1f' "$paired") %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %)"
+  echo "$example ($compare on/off): median requests/s on $on_rps, off $off_rps (on/off $ratio %, per round $(printf '%.1f' "$paired") %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %)"
 done

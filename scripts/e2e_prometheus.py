@@ -402,6 +402,26 @@ scrape_configs:
             if not in_flight or float(in_flight[0]["value"][1]) != 0:
                 failures.append(f"in-flight gauge is {in_flight}, expected 0")
 
+            # Process metrics: the service's, and one series per worker id (the killed
+            # and restarted worker continues its own: no fifth series).
+            cpu = p.query('process_cpu_seconds_total{job="api"}')
+            if not cpu or float(cpu[0]["value"][1]) <= 0:
+                failures.append(f"process_cpu_seconds_total is {cpu}")
+            per_worker = sorted(r["metric"].get("worker", "") for r in p.query('process_worker_resident_memory_bytes{job="api"}'))
+            if per_worker != [str(w) for w in range(args.workers)]:
+                failures.append(f"per-worker resident memory series: {per_worker}")
+            rss = p.query('process_resident_memory_bytes{job="api"}')
+            by_worker = p.query('sum(process_worker_resident_memory_bytes{job="api"})')
+            if not rss or not by_worker:
+                failures.append(f"resident memory: service {rss}, workers {by_worker}")
+            else:
+                # Sampled each second: the sum of the workers is the service's, give or take
+                # what changed between their samples.
+                total, parts = float(rss[0]["value"][1]), float(by_worker[0]["value"][1])
+                print(f"{name}: service resident memory {total / 2**20:.1f} MiB, workers {parts / 2**20:.1f} MiB, CPU {float(cpu[0]['value'][1]):.2f} s")
+                if abs(total - parts) > 0.2 * total:
+                    failures.append(f"service RSS {total} vs the workers' sum {parts}")
+
             if args.native:
                 check_native(p, name, received, slept, failures)
             if args.exemplars:

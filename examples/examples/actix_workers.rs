@@ -55,6 +55,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
+    // CPU, memory, file descriptors and threads, sampled each second.
+    let _process = shmetrics_examples::process_metrics(&w, None);
     let endpoint = metrics_endpoint(&w.store, &w.application)?;
     // The request metrics, answering `/metrics` too (not counted as a request).
     let metrics =

@@ -102,6 +102,8 @@ fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // CPU, memory, file descriptors, threads and the runtime's tasks, sampled each second.
+    let _process = shmetrics_examples::process_metrics(&w, Some(rt.handle().clone()));
     rt.block_on(async move {
         w.listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(w.listener)?;

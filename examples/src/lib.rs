@@ -60,6 +60,9 @@ pub struct Options {
     /// library that counts requests through the `metrics` facade: its series are merged
     /// across workers like the rest.
     pub axum_prometheus: bool,
+    /// Whether each worker samples its process metrics (`--no-process-metrics` turns them
+    /// off, to measure what they cost).
+    pub process_metrics: bool,
 }
 
 impl Options {
@@ -73,6 +76,7 @@ impl Options {
             metrics: true,
             native: false,
             axum_prometheus: false,
+            process_metrics: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -89,14 +93,17 @@ impl Options {
                 "--no-metrics" => o.metrics = false,
                 "--native-histograms" => o.native = true,
                 "--axum-prometheus" => o.axum_prometheus = true,
+                "--no-process-metrics" => o.process_metrics = false,
                 "-h" | "--help" => {
                     return Err(format!(
-                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms] [--axum-prometheus]\n\
+                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms] [--axum-prometheus] [--no-process-metrics]\n\
                          DIR defaults to $PROMETHEUS_MULTIPROC_DIR, then /dev/shm/prometheus/{application}.\n\
                          METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off.\n\
                          --native-histograms gives the latency histogram native buckets too (Prometheus with\n\
                          --enable-feature=native-histograms scrapes them). --axum-prometheus (axum) adds\n\
-                         axum-prometheus' layer, whose `metrics` counters the store merges like the rest."
+                         axum-prometheus' layer, whose `metrics` counters the store merges like the rest.\n\
+                         Each worker samples its process metrics every second (service and per-worker views)\n\
+                         unless --no-process-metrics."
                     ));
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -215,6 +222,29 @@ fn run_worker(
         store,
         options,
     })
+}
+
+/// Starts this worker's process metrics, the service's and its own (`worker` label), with
+/// the tokio runtime's when `runtime` is given. A failure is logged: the worker serves
+/// without them.
+pub fn process_metrics(
+    w: &Worker,
+    runtime: Option<tokio::runtime::Handle>,
+) -> Option<shmetrics_core::process::ProcessMetrics> {
+    if !w.options.process_metrics {
+        return None;
+    }
+    let mut b = shmetrics_core::process::ProcessMetrics::builder(&w.store).per_worker(true);
+    if let Some(h) = runtime {
+        b = b.tokio_runtime(h);
+    }
+    match b.start() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("process metrics off: {e}");
+            None
+        }
+    }
 }
 
 /// The supervisor: binds, starts the workers, restarts the ones that die, and stops

@@ -58,9 +58,9 @@ pub(crate) const H_WRITER_ID: usize = 5;
 pub(crate) const H_WORKER: usize = 6;
 /// First of the error counters (see [`ErrorKind`]).
 pub(crate) const H_ERRORS: usize = 7;
-/// Number of error counters in the header (words 7 to 13; readers that know fewer
+/// Number of error counters in the header (words 7 to 14; readers that know fewer
 /// ignore the others, which older writers leave at zero).
-pub(crate) const ERROR_KINDS: usize = 7;
+pub(crate) const ERROR_KINDS: usize = 8;
 
 /// `H_WORKER` value of a writer without a stable worker id.
 pub(crate) const NO_WORKER: u64 = u64::MAX;
@@ -86,6 +86,8 @@ pub(crate) enum ErrorKind {
     /// A metric of the `metrics` facade was not recorded: its name is taken by another
     /// type, or it has other label names than at its first use.
     Recorder = 6,
+    /// A process or runtime metric could not be read (`/proc` missing or unreadable).
+    ProcessRead = 7,
 }
 
 impl ErrorKind {
@@ -97,6 +99,7 @@ impl ErrorKind {
         ErrorKind::SlotSkipped,
         ErrorKind::Exemplar,
         ErrorKind::Recorder,
+        ErrorKind::ProcessRead,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -108,6 +111,7 @@ impl ErrorKind {
             ErrorKind::SlotSkipped => "slot_skipped",
             ErrorKind::Exemplar => "exemplar",
             ErrorKind::Recorder => "recorder",
+            ErrorKind::ProcessRead => "process_read",
         }
     }
 }

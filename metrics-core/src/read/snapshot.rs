@@ -298,6 +298,14 @@ impl Snapshot {
         }
     }
 
+    /// A float counter's merged value.
+    pub fn counter_f64(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.get(name, labels)? {
+            Value::CounterF64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
     /// A gauge's merged value.
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         match self.get(name, labels)? {

@@ -338,6 +338,11 @@ impl Store {
         &self.shared().config.application
     }
 
+    /// The stable worker id this process writes as ([`StoreBuilder::worker_id`]), if any.
+    pub fn worker_id(&self) -> Option<u64> {
+        self.shared().config.worker_id
+    }
+
     /// This process's file, once a metric has been declared.
     pub fn file_path(&self) -> Option<PathBuf> {
         self.shared().writer.path()
