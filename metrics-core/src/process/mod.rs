@@ -38,6 +38,7 @@
 #[cfg(feature = "tokio")]
 mod runtime;
 mod sample;
+mod view;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};

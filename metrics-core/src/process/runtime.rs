@@ -1,8 +1,7 @@
 //! The tokio runtime's stable metrics ([`tokio::runtime::RuntimeMetrics`]), sampled with
 //! the process's.
 
-use std::sync::{Mutex, PoisonError};
-
+use super::view::{Increase, declare_views};
 use crate::error::Result;
 use crate::family::Family;
 use crate::family::counter::CounterF64;
@@ -47,26 +46,21 @@ pub(crate) struct RuntimeSampler {
     handle: tokio::runtime::Handle,
     service: View,
     worker: Option<View>,
-    last_busy: Mutex<f64>,
+    /// The busy time of the runtime's workers, as written into the counters.
+    busy: Increase,
 }
 
 impl RuntimeSampler {
     /// Declares the runtime's families (the workers' too with `per_worker` and a worker id).
     pub(super) fn new(store: &Store, handle: tokio::runtime::Handle, per_worker: bool) -> Result<Self> {
-        let worker = match (per_worker, store.worker_id()) {
-            (true, Some(id)) => Some(View::declare(
-                store,
-                "worker_",
-                &["worker"],
-                vec![id.to_string()],
-            )?),
-            _ => None,
-        };
+        let (service, worker) = declare_views(store, per_worker, |prefix, names, labels| {
+            View::declare(store, prefix, names, labels)
+        })?;
         Ok(RuntimeSampler {
             handle,
-            service: View::declare(store, "", &[], Vec::new())?,
+            service,
             worker,
-            last_busy: Mutex::new(0.0),
+            busy: Increase::default(),
         })
     }
 
@@ -79,12 +73,7 @@ impl RuntimeSampler {
             .sum();
         #[cfg(not(target_has_atomic = "64"))]
         let busy = 0.0;
-        let delta = {
-            let mut last = self.last_busy.lock().unwrap_or_else(PoisonError::into_inner);
-            let d = busy - *last;
-            *last = last.max(busy);
-            d
-        };
+        let delta = self.busy.since_last(busy);
         for view in std::iter::once(&self.service).chain(&self.worker) {
             let labels: Vec<&str> = view.labels.iter().map(String::as_str).collect();
             view.workers.labels(&labels).set(workers as f64);

@@ -1,10 +1,9 @@
 //! One sample of this process: `/proc/self` read through `procfs`, written into the
 //! store's families (the service's, and with `per_worker` the worker's own).
 
-use std::sync::{Mutex, PoisonError};
-
 use procfs::process::{LimitValue, Process};
 
+use super::view::{Increase, declare_views};
 use crate::error::Result;
 use crate::family::Family;
 use crate::family::counter::CounterF64;
@@ -117,29 +116,22 @@ pub(super) struct Sampler {
     store: Store,
     service: View,
     worker: Option<View>,
-    /// CPU seconds at the last sample (what the counters hold of this process).
-    last_cpu: Mutex<f64>,
+    /// This process's CPU seconds, as written into the counters.
+    cpu: Increase,
     #[cfg(feature = "tokio")]
     runtime: Option<super::runtime::RuntimeSampler>,
 }
 
 impl Sampler {
     pub(super) fn new(store: &Store, per_worker: bool) -> Result<Sampler> {
-        let service = View::declare(store, "", &[], Vec::new())?;
-        let worker = match (per_worker, store.worker_id()) {
-            (true, Some(id)) => Some(View::declare(
-                store,
-                "worker_",
-                &["worker"],
-                vec![id.to_string()],
-            )?),
-            _ => None,
-        };
+        let (service, worker) = declare_views(store, per_worker, |prefix, names, labels| {
+            View::declare(store, prefix, names, labels)
+        })?;
         Ok(Sampler {
             store: store.clone(),
             service,
             worker,
-            last_cpu: Mutex::new(0.0),
+            cpu: Increase::default(),
             #[cfg(feature = "tokio")]
             runtime: None,
         })
@@ -160,12 +152,7 @@ impl Sampler {
     /// Reads `/proc/self` and writes what it read.
     pub(super) fn sample(&self) {
         let r = self.read();
-        let delta = r.cpu_seconds.map(|cpu| {
-            let mut last = self.last_cpu.lock().unwrap_or_else(PoisonError::into_inner);
-            let d = cpu - *last;
-            *last = last.max(cpu);
-            d
-        });
+        let delta = r.cpu_seconds.map(|cpu| self.cpu.since_last(cpu));
         self.service.write(&r, delta);
         if let Some(w) = &self.worker {
             w.write(&r, delta);
