@@ -153,6 +153,9 @@ pub use format::native::{MAX_SCHEMA, MIN_SCHEMA};
 pub use format::{GaugeMode, MAX_HELP_BYTES, MAX_LABEL_VALUE_BYTES, MetricType};
 pub use read::Reader;
 pub use read::encode::Format;
+pub use read::inspect::{FileReport, Inspection};
+#[cfg(feature = "python")]
+pub use read::python::PythonLiveness;
 pub use read::snapshot::{
     HistogramValue, MergedFamily, MergedSeries, NativeBuckets, ScrapeStats, Snapshot, Value,
 };

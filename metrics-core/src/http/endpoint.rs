@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 
 use super::negotiate::negotiate;
 use crate::error::{Error, Result};
+use crate::read::Reader;
 use crate::store::Store;
 
 /// The `/metrics` endpoint, independent of the web framework: bearer-token check, on/off
@@ -20,11 +21,21 @@ use crate::store::Store;
 /// spelling such as `false`, `0`, `no`, `off`: 404), read by [`MetricsEndpoint::from_env`].
 #[derive(Clone)]
 pub struct MetricsEndpoint {
-    store: Store,
+    source: Source,
     token: Option<Arc<[u8]>>,
     enabled: bool,
     gzip: bool,
     extra: Option<RegistryFn>,
+}
+
+/// Where the endpoint's scrapes come from.
+#[derive(Clone)]
+enum Source {
+    /// A store of this process (its own writers are live without probing).
+    Store(Store),
+    /// A reader of a directory this process does not write (an exporter beside other
+    /// processes): one scrape at a time.
+    Reader(Arc<std::sync::Mutex<Reader>>),
 }
 
 /// Registers the caller's own metrics in a scrape's registry.
@@ -60,8 +71,26 @@ pub const ENV_ENABLE: &str = "ENABLE_METRICS";
 impl MetricsEndpoint {
     /// An open, enabled endpoint for `store`, with gzip when the scraper accepts it.
     pub fn new(store: &Store) -> Self {
+        Self::with_source(Source::Store(store.clone()))
+    }
+
+    /// An open, enabled endpoint serving what `reader` merges: for a process that writes
+    /// no metrics of its own into the directory (an exporter beside Python workers).
+    ///
+    /// ```
+    /// use shmetrics_core::http::{MetricsEndpoint, ScrapeRequest};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let endpoint = MetricsEndpoint::for_reader(shmetrics_core::Reader::new(dir.path())?);
+    /// assert_eq!(endpoint.respond(ScrapeRequest::default()).status, 200);
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn for_reader(reader: Reader) -> Self {
+        Self::with_source(Source::Reader(Arc::new(std::sync::Mutex::new(reader))))
+    }
+
+    fn with_source(source: Source) -> Self {
         MetricsEndpoint {
-            store: store.clone(),
+            source,
             token: None,
             enabled: true,
             gzip: true,
@@ -76,6 +105,12 @@ impl MetricsEndpoint {
     /// whitespace around it is trimmed (a newline left by `echo` into an env file), holds
     /// characters a scraper cannot send in a header.
     pub fn from_env(store: &Store) -> Result<Self> {
+        MetricsEndpoint::new(store).env()
+    }
+
+    /// Applies `METRICS_AUTH_TOKEN` and `ENABLE_METRICS` to this endpoint (see
+    /// [`MetricsEndpoint::from_env`]).
+    pub fn env(self) -> Result<Self> {
         let enabled = match std::env::var(ENV_ENABLE) {
             Ok(v) => parse_enabled(&v).ok_or_else(|| Error::InvalidOption {
                 name: ENV_ENABLE.into(),
@@ -102,7 +137,7 @@ impl MetricsEndpoint {
             }
             Err(_) => None,
         };
-        Ok(MetricsEndpoint::new(store).bearer_token(token).enabled(enabled))
+        Ok(self.bearer_token(token).enabled(enabled))
     }
 
     /// Requires `Authorization: Bearer <token>` (`None` or empty: no token). Whitespace
@@ -184,7 +219,14 @@ impl MetricsEndpoint {
         if let Some(f) = &self.extra {
             f(&mut registry);
         }
-        let body = match self.store.snapshot().and_then(|s| s.encode_as(format, registry)) {
+        let snapshot = match &self.source {
+            Source::Store(store) => store.snapshot(),
+            Source::Reader(reader) => reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .snapshot(),
+        };
+        let body = match snapshot.and_then(|s| s.encode_as(format, registry)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("scrape failed: {e}");
@@ -222,7 +264,19 @@ impl MetricsEndpoint {
 impl std::fmt::Debug for MetricsEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetricsEndpoint")
-            .field("store", &self.store)
+            .field(
+                "source",
+                &match &self.source {
+                    Source::Store(s) => format!("store {}", s.dir().display()),
+                    Source::Reader(r) => format!(
+                        "reader {}",
+                        r.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .dir()
+                            .display()
+                    ),
+                },
+            )
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("enabled", &self.enabled)
             .field("gzip", &self.gzip)

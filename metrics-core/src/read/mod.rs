@@ -15,6 +15,7 @@
 pub(crate) mod acc;
 pub(crate) mod encode;
 pub(crate) mod fold;
+pub(crate) mod inspect;
 pub(crate) mod join;
 pub(crate) mod keys;
 pub(crate) mod merge;
@@ -100,6 +101,15 @@ impl Reader {
         })
     }
 
+    /// How Python `live*` gauge files are judged alive (default: Python's rule, a file
+    /// present is a live process). With [`PythonLiveness::Proc`](crate::PythonLiveness),
+    /// a SIGKILLed worker's `livesum` gauges stop counting at the next scrape.
+    #[cfg(feature = "python")]
+    pub fn python_liveness(&mut self, liveness: python::PythonLiveness) -> &mut Self {
+        self.python.liveness = liveness;
+        self
+    }
+
     /// The directory this reader merges.
     pub fn dir(&self) -> &Path {
         &self.scan.dir
@@ -108,6 +118,42 @@ impl Reader {
     /// Reads and merges every file now.
     pub fn snapshot(&mut self) -> Result<Snapshot, Error> {
         self.snapshot_as(&[])
+    }
+
+    /// Reads every file (as a scrape does) and reports each entry of the directory: what
+    /// it is, its writer, live or dead, its series and size, and why it is not read if it
+    /// is not; with the directory's owner application and what is wrong with the directory
+    /// itself.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = shmetrics_core::Store::open(dir.path())?;
+    /// store.counter("jobs", "Jobs")?.inc();
+    /// let report = shmetrics_core::Reader::new(dir.path())?.inspect()?;
+    /// assert_eq!(report.files.len(), 1);
+    /// assert_eq!(report.files[0].kind, "native");
+    /// assert_eq!(report.files[0].live, Some(true));
+    /// # Ok::<(), shmetrics_core::Error>(())
+    /// ```
+    pub fn inspect(&mut self) -> Result<inspect::Inspection, Error> {
+        let snapshot = self.snapshot()?;
+        let mut files = self.scan.reports();
+        #[cfg(feature = "python")]
+        files.extend(self.python.reports());
+        files.extend(
+            snapshot
+                .stats()
+                .foreign
+                .iter()
+                .filter_map(|p| inspect::other_entry(p)),
+        );
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(inspect::Inspection {
+            dir: self.scan.dir.clone(),
+            application: crate::sys::dirlock::recorded_application(&self.scan.dir),
+            files,
+            problems: inspect::directory_problems(&self.scan.dir),
+        })
     }
 
     /// [`Reader::snapshot`] in a process whose own writers are `own` (live without probing).

@@ -55,6 +55,23 @@ pub(crate) const PY_EXT: &str = ".db";
 /// beyond any real worker and keeps a corrupt length from allocating the machine away).
 const MAX_USED: usize = 1 << 30;
 
+/// How the reader decides that the process of a Python `live*` gauge file is alive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PythonLiveness {
+    /// Python's own rule: a file present is a process alive (its supervisor's
+    /// `mark_process_dead` deletes it; after a SIGKILL or an OOM kill nothing does, and the
+    /// dead worker's last values stay counted).
+    #[default]
+    Files,
+    /// A `live*` gauge file counts only while `/proc/<pid>` shows a process of its pid that
+    /// started before the file last changed (a pid reused by a later process is not taken
+    /// for the dead one's, except within a second of the file's last change: `/proc`
+    /// gives start times to the second once the boot time is added). Where `/proc` cannot
+    /// be read the file counts, as under Python's rule.
+    Proc,
+}
+
 /// The type of a Python file, from its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PyKind {
@@ -264,6 +281,8 @@ struct PyFile {
     parsed_to: usize,
     /// Bytes after each key: 16 (value, timestamp) or 8 (value only); 0 until known.
     value_bytes: usize,
+    /// Whether its process runs, when `/proc` liveness checked it (`live*` gauge files).
+    live: Option<bool>,
 }
 
 /// An entry of a file: where its key and value are, which key it is, and the merged
@@ -358,6 +377,7 @@ impl PyFile {
             entries: Vec::new(),
             parsed_to: 0,
             value_bytes: 0,
+            live: None,
         }
     }
 
@@ -806,6 +826,7 @@ pub(crate) fn list_entry(
 /// already parsed and the merged families, kept between scrapes.
 #[derive(Default)]
 pub(crate) struct PyReader {
+    pub(crate) liveness: PythonLiveness,
     files: BTreeMap<OsString, PyFile>,
     keys: Keys,
     fams: Families,
@@ -832,6 +853,36 @@ impl PyReader {
         self.files.retain(|name, _| present.contains(name));
     }
 
+    /// Each `.db` file as [`Reader::inspect`](super::Reader::inspect) reports it.
+    pub(crate) fn reports(&self) -> Vec<super::inspect::FileReport> {
+        self.files
+            .iter()
+            .map(|(name, f)| {
+                let kind = match f.kind {
+                    PyKind::Counter => "python counter".to_string(),
+                    PyKind::Histogram => "python histogram".to_string(),
+                    PyKind::Summary => "python summary".to_string(),
+                    PyKind::Gauge(m) => format!("python gauge {}", m.as_str()),
+                };
+                super::inspect::FileReport {
+                    name: name.to_string_lossy().into_owned(),
+                    kind,
+                    pid: Some(f.pid.to_string()),
+                    worker: None,
+                    live: f.live,
+                    folded: false,
+                    series: f.entries.len(),
+                    bytes: std::fs::symlink_metadata(&f.path).map(|m| m.len()).unwrap_or(0),
+                    problem: f
+                        .corrupt
+                        .as_ref()
+                        .map(|r| format!("corrupt: {r}"))
+                        .or_else(|| f.unreadable.clone()),
+                }
+            })
+            .collect()
+    }
+
     /// Forgets the mapping that holds `addr` (the file shrank while it was read); returns
     /// the file's path.
     pub(crate) fn forget_mapping_at(&mut self, addr: usize) -> Option<PathBuf> {
@@ -850,6 +901,7 @@ impl PyReader {
             fam.reset();
         }
         let PyReader {
+            liveness,
             files,
             keys,
             fams,
@@ -858,6 +910,18 @@ impl PyReader {
             logged,
         } = self;
         for f in files.values_mut() {
+            f.live = match (*liveness, f.kind) {
+                (PythonLiveness::Proc, PyKind::Gauge(m)) if m.live_only() => {
+                    Some(python_process_alive(&f.pid, &f.path))
+                }
+                _ => None,
+            };
+            if f.live == Some(false) {
+                // Its process is gone: its values no longer count (as if
+                // `mark_process_dead` had removed the file).
+                stats.python_dead_files += 1;
+                continue;
+            }
             let mut data: &[u8] = &[];
             if f.corrupt.is_some() && f.corrupt_at != listing_of(&f.path) {
                 // Changed since it was found corrupt (rewritten in place): read it again.
@@ -1082,6 +1146,18 @@ impl Families {
             series: fam.series(key, pid),
             epoch: fam.epoch,
         })
+    }
+}
+
+/// Whether the process `pid` of a Python file (its name's pid) runs and started before
+/// the file last changed; `true` when it cannot be told.
+fn python_process_alive(pid: &str, path: &Path) -> bool {
+    let Ok(pid) = pid.parse::<i32>() else {
+        return true;
+    };
+    match std::fs::metadata(path) {
+        Ok(md) => crate::sys::process_started_by(pid, md.ctime() as f64 + md.ctime_nsec() as f64 * 1e-9),
+        Err(_) => true,
     }
 }
 

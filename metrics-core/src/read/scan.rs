@@ -178,6 +178,36 @@ impl Scan {
     }
 
     /// Writer ids folded into an accumulator, as of the last pass.
+    /// Each store file as [`Reader::inspect`](super::Reader::inspect) reports it.
+    pub(crate) fn reports(&self) -> Vec<super::inspect::FileReport> {
+        self.files
+            .iter()
+            .map(|(name, cf)| {
+                let known = cf.usable();
+                let kind = if !cf.regular {
+                    "symlink"
+                } else if known && cf.header.accumulator() {
+                    "accumulator"
+                } else if cf.is_slot() {
+                    "native slot"
+                } else {
+                    "native"
+                };
+                super::inspect::FileReport {
+                    name: name.to_string_lossy().into_owned(),
+                    kind: kind.into(),
+                    pid: (known && !cf.header.accumulator()).then(|| cf.header.pid.to_string()),
+                    worker: (known && cf.header.worker != format::NO_WORKER).then_some(cf.header.worker),
+                    live: (known && !cf.header.accumulator()).then_some(cf.live),
+                    folded: cf.folded,
+                    series: if known { cf.parsed.series.len() } else { 0 },
+                    bytes: std::fs::symlink_metadata(&cf.path).map(|m| m.len()).unwrap_or(0),
+                    problem: cf.problem.as_ref().map(Problem::reason),
+                }
+            })
+            .collect()
+    }
+
     pub(crate) fn folded_set(&self) -> HashSet<u64> {
         self.files
             .values()

@@ -238,6 +238,8 @@ pub struct ScrapeStats {
     pub conflicts: u64,
     /// Python `prometheus_client` files (`*.db`) merged.
     pub python_files: u64,
+    /// Python `live*` gauge files not merged: their process is gone (`/proc` liveness).
+    pub python_dead_files: u64,
     /// Python entries skipped because they cannot be exposed: names that are not valid
     /// Prometheus names, or samples that do not belong to the file's metric type.
     pub python_skipped: u64,

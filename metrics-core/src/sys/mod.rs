@@ -144,6 +144,24 @@ pub(crate) fn random_u64() -> u64 {
     x ^ (x >> 31)
 }
 
+/// Whether a process `pid` runs and started no later than `when` (seconds since the Unix
+/// epoch; `/proc` gives start times to the second once the boot time is added, hence one
+/// second of slack). `false` if `/proc` shows no such process; `true` when it cannot be
+/// told (no `/proc`, an unreadable entry).
+#[cfg(feature = "python")]
+pub(crate) fn process_started_by(pid: i32, when: f64) -> bool {
+    let stat = match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+        Ok(stat) => stat,
+        Err(procfs::ProcError::NotFound(_)) => return false,
+        Err(_) => return true,
+    };
+    let Ok(boot) = procfs::boot_time_secs() else {
+        return true;
+    };
+    let started = boot as f64 + stat.starttime as f64 / procfs::ticks_per_second() as f64;
+    started <= when + 1.0
+}
+
 /// Wall-clock time in nanoseconds since the Unix epoch (0 before 1970).
 pub(crate) fn unix_nanos() -> u64 {
     let mut ts = libc::timespec {
@@ -644,5 +662,22 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+    }
+}
+
+#[cfg(all(test, feature = "python"))]
+mod tests {
+    #[test]
+    fn a_process_started_by_a_time() {
+        let me = std::process::id() as i32;
+        let now = super::unix_nanos() as f64 / 1e9;
+        assert!(
+            super::process_started_by(me, now),
+            "this process started before now"
+        );
+        // A file last changed long before this process started: its pid is another's.
+        assert!(!super::process_started_by(me, now - 3600.0 * 24.0 * 365.0 * 30.0));
+        // No such process (pids stop below 2^22).
+        assert!(!super::process_started_by(i32::MAX - 1, now));
     }
 }

@@ -405,7 +405,7 @@ impl Snapshot {
 }
 
 /// The scrape's own gauges: (name, help, value).
-fn self_gauges(s: &ScrapeStats) -> [(&'static str, &'static str, f64); 11] {
+fn self_gauges(s: &ScrapeStats) -> [(&'static str, &'static str, f64); 12] {
     [
         (
             "shmetrics_scrape_duration_seconds",
@@ -447,6 +447,11 @@ fn self_gauges(s: &ScrapeStats) -> [(&'static str, &'static str, f64); 11] {
             "shmetrics_python_files",
             "Python prometheus_client multiprocess files (*.db) merged.",
             s.python_files as f64,
+        ),
+        (
+            "shmetrics_python_dead_files",
+            "Python live* gauge files not merged because their process is gone (/proc liveness).",
+            s.python_dead_files as f64,
         ),
         (
             "shmetrics_python_skipped_entries",
