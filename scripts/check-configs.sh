@@ -43,7 +43,8 @@ check_prometheus_config() {
 
 for c in examples/stack/prometheus/prometheus.yml \
          examples/deploy/prometheus/prometheus.yml \
-         examples/deploy/prometheus/hosted.yml; do
+         examples/deploy/prometheus/hosted.yml \
+         examples/deploy/prometheus/python-exporter.yml; do
   check_prometheus_config "$c"
 done
 
@@ -72,6 +73,9 @@ kinds = sorted(x["kind"] for x in docs)
 assert kinds == ["Deployment", "Service", "ServiceMonitor"], kinds
 sm = next(x for x in docs if x["kind"] == "ServiceMonitor")
 assert sm["spec"]["endpoints"][0]["authorization"]["credentials"]["name"] == "metrics-token"
+exporter = open("examples/deploy/systemd/shmetrics-exporter.service").read()
+for key in ("[Service]", "ExecStart=/usr/local/bin/shmetrics serve", "$SHMETRICS_ARGS", "--python-liveness proc", "ReadOnlyPaths=/dev/shm/prometheus"):
+    assert key in exporter, key
 unit = open("examples/deploy/systemd/shmetrics-api@.service").read()
 for key in ("[Service]", "PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus/%i", "SHMETRICS_APPLICATION=%i", "ExecStart="):
     assert key in unit, key

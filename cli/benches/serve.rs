@@ -1,0 +1,107 @@
+//! `shmetrics serve` against Python's own exporter, over HTTP, on one directory written by
+//! Python's `prometheus_client` in multiprocess mode (1,000 files of 100 entries: 250
+//! workers, each with a counter, a `gauge_all`, a `gauge_livesum` and a histogram file).
+//! Python serves it with `start_http_server` and a registry holding a
+//! `MultiProcessCollector`, as a multiprocess deployment does; both answer the same
+//! `GET /metrics`, sent by the same client on a fresh connection each time, in one run.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+
+const FILES: usize = 1_000;
+const SERIES: usize = 100;
+
+/// A server process, stopped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The body of `GET /metrics` on `port`, once the server answers 200.
+fn scrape(port: u16) -> Vec<u8> {
+    let (status, _, body) =
+        shmetrics_testing::http_request(([127, 0, 0, 1], port).into(), "GET", "/metrics", &[]);
+    assert_eq!(status, 200);
+    body
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/metrics", &[])
+        .map_or(true, |(s, ..)| s != 200)
+    {
+        assert!(Instant::now() < deadline, "the server on {port} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn serve(c: &mut Criterion) {
+    shmetrics_testing::ensure_python_prometheus_client();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../metrics-core/tests/python_multiprocess.py");
+    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let ok = Command::new("python3")
+        .arg(&helper)
+        .args(["generate", d, &FILES.to_string(), &SERIES.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "generating the Python directory failed");
+
+    let ours_port = free_port();
+    let _ours = Server(
+        Command::new(env!("CARGO_BIN_EXE_shmetrics"))
+            .args(["serve", "--dir", d, "--listen", &format!("127.0.0.1:{ours_port}")])
+            .env("RUST_LOG", "error")
+            .env_remove("METRICS_AUTH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let py_port = free_port();
+    let script = format!(
+        "import time\n\
+         from prometheus_client import CollectorRegistry, start_http_server, multiprocess\n\
+         r = CollectorRegistry()\n\
+         multiprocess.MultiProcessCollector(r)\n\
+         start_http_server({py_port}, addr='127.0.0.1', registry=r)\n\
+         time.sleep(3600)\n"
+    );
+    let _python = Server(
+        Command::new("python3")
+            .args(["-c", &script])
+            .env("PROMETHEUS_MULTIPROC_DIR", d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(ours_port);
+    wait_ready(py_port);
+    // Both serve the whole directory.
+    let (a, b) = (scrape(ours_port), scrape(py_port));
+    assert!(a.len() > 1_000_000 && b.len() > 1_000_000, "bodies of {} and {} bytes", a.len(), b.len());
+
+    let mut g = c.benchmark_group("serve_http_python_1000x100");
+    g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
+    g.warm_up_time(Duration::from_millis(500));
+    g.bench_function("shmetrics_serve", |bch| bch.iter(|| scrape(ours_port)));
+    g.bench_function("prometheus_client_start_http_server", |bch| bch.iter(|| scrape(py_port)));
+    g.finish();
+}
+
+criterion_group!(benches, serve);
+criterion_main!(benches);
