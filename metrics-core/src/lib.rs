@@ -140,6 +140,8 @@ mod sys;
 mod write;
 
 pub use compact::CompactionStats;
+#[cfg(feature = "python")]
+pub use compact::python::PythonCompactionStats;
 pub use error::{Error, Result};
 pub use family::Family;
 pub use family::counter::{Counter, CounterF64};

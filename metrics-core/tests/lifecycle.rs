@@ -19,6 +19,7 @@ type Test = fn() -> Result<(), Failed>;
 const TESTS: &[(&str, Test)] = &[
     ("churn_2000_writers_leaves_bounded_files_and_exact_totals", churn),
     ("compaction_killed_at_each_step_loses_and_doubles_nothing", compaction_crash),
+    ("python_compaction_killed_at_each_step_loses_and_doubles_nothing", python_compaction_crash),
     ("restarted_worker_resumes_its_slot_file", slots),
     ("live_slot_cannot_be_shared", slot_busy),
     ("planted_file_at_a_slot_name_is_skipped_not_an_exit", planted_slot_is_skipped),
@@ -42,6 +43,7 @@ fn run_role(role: &str, args: &[String]) {
         "churn" => role_churn(dir),
         "writer" => role_writer(dir, args[1].parse().expect("amount")),
         "compactor" => role_compactor(dir, &args[1]),
+        "pycompactor" => role_python_compactor(dir, &args[1]),
         "slot" => role_slot(
             dir,
             args[1].parse().expect("slot"),
@@ -188,6 +190,126 @@ fn role_compactor(dir: &str, stop_at: &str) {
         })
         .expect("compaction");
     say(format!("compacted {}", stats.folded));
+}
+
+fn role_python_compactor(dir: &str, stop_at: &str) {
+    let store = builder(dir).compact_on_open(false).open().expect("open");
+    let stats = store
+        .compact_python_with_hook(&|step| {
+            if step == stop_at {
+                say(format!("at {step}"));
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        })
+        .expect("python compaction");
+    say(format!("compacted {} kept {}", stats.folded, stats.kept));
+}
+
+/// The Python files in `dir` (their own names, or renamed while folded).
+fn python_files(dir: &Path) -> Vec<String> {
+    entries(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".db") || n.contains(".db.folding-"))
+        .collect()
+}
+
+/// The Python churn's families as `dir` serves them, checked against the totals
+/// `churn.py` printed.
+fn check_python_totals(dir: &Path, expected: &serde_json::Value) -> Result<(), Failed> {
+    let snap = Reader::new(dir)?.snapshot()?;
+    let counter = |queue| match snap.get("churn_jobs", &[("queue", queue)]) {
+        Some(shmetrics_core::Value::CounterF64(v)) => *v,
+        other => panic!("churn_jobs{{queue={queue}}}: {other:?}"),
+    };
+    let want = |k: &str| expected[k].as_f64().unwrap();
+    if counter("mail") != want("mail") || counter("sms") != want("sms") {
+        return Err(format!(
+            "churn_jobs mail {} sms {}, want {expected}",
+            counter("mail"),
+            counter("sms")
+        )
+        .into());
+    }
+    let Some(shmetrics_core::Value::Histogram(h)) =
+        snap.get("churn_latency_seconds", &[("route", "/users/{id}")])
+    else {
+        return Err("churn_latency_seconds missing".into());
+    };
+    let buckets: Vec<u64> = expected["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    if h.buckets != buckets || h.sum != want("sum") {
+        return Err(format!("latency buckets {:?} sum {}, want {expected}", h.buckets, h.sum).into());
+    }
+    // Every writer is gone and marked dead: no live gauge counts.
+    if snap.family("churn_in_flight").is_some_and(|f| {
+        f.series
+            .iter()
+            .any(|s| s.value != shmetrics_core::Value::Gauge(0.0))
+    }) {
+        return Err("churn_in_flight of dead writers".into());
+    }
+    Ok(())
+}
+
+fn python_compaction_crash() -> Result<(), Failed> {
+    for step in [
+        "locked", "claimed", "written", "renamed", "unlinked", "tidied", "done",
+    ] {
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().to_str().unwrap();
+        // An accumulator from an earlier compaction, then more dead writers.
+        let first = shmetrics_testing::python_churn(dir.path(), 3, 3, 0);
+        let mut c = RoleProc::spawn("pycompactor", &[d, "never"]);
+        c.expect("compacted 6 kept 0", Duration::from_secs(30));
+        let second = shmetrics_testing::python_churn(dir.path(), 4, 2, 0);
+        let expected = families(dir.path())?;
+        let before = entries(dir.path());
+
+        let mut c = RoleProc::spawn("pycompactor", &[d, step]);
+        c.expect(&format!("at {step}"), Duration::from_secs(30));
+        c.signal(libc::SIGKILL);
+        c.wait(Duration::from_secs(10));
+
+        let after_crash = families(dir.path())?;
+        if after_crash != expected {
+            return Err(format!(
+                "killed at {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after_crash:#?}\nfiles before {before:?} after {:?}",
+                entries(dir.path())
+            )
+            .into());
+        }
+        // The next compaction finishes the job; still exact, and the dead files are gone.
+        let mut c = RoleProc::spawn("pycompactor", &[d, "never"]);
+        c.expect("compacted", Duration::from_secs(30));
+        let after = families(dir.path())?;
+        if after != expected {
+            return Err(format!(
+                "after recovery from {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after:#?}"
+            )
+            .into());
+        }
+        let left = python_files(dir.path());
+        if left.iter().any(|n| !n.starts_with("gauge_")) {
+            return Err(format!("after recovery from {step:?}: Python files left {left:?}").into());
+        }
+        // The totals churn.py computed, for both runs.
+        let mut sum = first.clone();
+        for k in ["mail", "sms", "count", "sum"] {
+            sum[k] = (first[k].as_f64().unwrap() + second[k].as_f64().unwrap()).into();
+        }
+        for i in 0..4 {
+            sum["buckets"][i] =
+                (first["buckets"][i].as_u64().unwrap() + second["buckets"][i].as_u64().unwrap()).into();
+        }
+        check_python_totals(dir.path(), &sum)?;
+    }
+    Ok(())
 }
 
 /// Leaves `amounts.len()` dead writer files in `dir` (all alive at once, then all exit:

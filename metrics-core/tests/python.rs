@@ -738,3 +738,66 @@ fn python_and_native_declarations_that_differ_keep_every_series() {
     assert_eq!(les, ["+Inf", "1.0", "5.0"]);
     drop(py);
 }
+
+/// The Python files in `dir`, by name.
+fn py_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".db"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A Python compaction folds the counter and histogram files of processes that are gone
+/// and leaves everything else: a live process' files, gauges and summaries, and the files
+/// of a family it cannot hold in one declaration (two releases' labels or buckets, a name
+/// the store refuses). The merge is the same, sample for sample, before and after.
+#[test]
+fn python_compaction_folds_the_dead_and_keeps_the_rest() {
+    ensure_python_prometheus_client();
+    let dir = tempfile::tempdir().unwrap();
+    let live = PyWorker::start(dir.path(), 0, None);
+    for i in 1..4 {
+        PyWorker::start(dir.path(), i, None).finish();
+    }
+    for s in ["deploy_old", "deploy_new", "utf8_names", "awkward_buckets"] {
+        PyWorker::scenario(dir.path(), s).finish();
+    }
+    let before = shmetrics_view(dir.path());
+    let names = py_names(dir.path());
+    let live_files: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(&format!("_{}.db", live.pid)))
+        .collect();
+    assert_eq!(live_files.len(), 3 + 10, "{live_files:?}");
+
+    let store = Store::open(dir.path()).unwrap();
+    let stats = store.compact_python().unwrap();
+    let after = shmetrics_view(dir.path());
+    assert_same(&after, &before);
+    let left = py_names(dir.path());
+    // Folded: the dead workers' and the awkward buckets' histogram files, and the counter
+    // file with UTF-8 names. Kept: the workers' and the deploys' counter files (they hold
+    // `jobs`, which two releases declare with other labels) and the deploys' histogram
+    // files (other bounds).
+    let histograms = |names: &[String]| names.iter().filter(|n| n.starts_with("histogram_")).count();
+    assert_eq!(histograms(&names) - histograms(&left), 4, "left: {left:?}");
+    assert_eq!(stats.folded, 4 + 1, "{stats:?}");
+    assert_eq!(stats.kept, 3 + 2 + 2, "{stats:?}");
+    for f in &live_files {
+        assert!(left.contains(f), "the live worker's {f} was touched");
+    }
+    assert!(left.iter().all(|n| !n.starts_with("gauge_") || names.contains(n)));
+    assert_eq!(
+        left.iter().filter(|n| n.starts_with("summary_")).count(),
+        names.iter().filter(|n| n.starts_with("summary_")).count()
+    );
+
+    // The live worker goes: its histogram file is folded by the next compaction.
+    live.finish();
+    let stats = store.compact_python().unwrap();
+    assert_eq!(stats.folded, 1, "{stats:?}");
+    assert_same(&shmetrics_view(dir.path()), &before);
+}

@@ -240,6 +240,35 @@ pub fn limit_file_size(bytes: Option<u64>) {
 
 /// Makes sure Python's `prometheus_client` is importable by `python3`, installing it with
 /// pip (for the current user) if it is not. Panics with instructions if that fails.
+/// The path of a Python helper shipped with this crate (`testing/python/<name>`).
+pub fn python_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
+
+/// Runs `testing/python/churn.py` on `dir`: `writers` short-lived prometheus_client
+/// processes, at most `concurrency` at once, each living `ms` milliseconds and marked dead
+/// as it exits. Returns the expected totals it prints (JSON).
+pub fn python_churn(dir: &std::path::Path, writers: usize, concurrency: usize, ms: u64) -> serde_json::Value {
+    ensure_python_prometheus_client();
+    let out = Command::new("python3")
+        .arg(python_script("churn.py"))
+        .arg(dir)
+        .arg(writers.to_string())
+        .arg(concurrency.to_string())
+        .arg(ms.to_string())
+        .env("PROMETHEUS_MULTIPROC_DIR", dir)
+        .output()
+        .expect("python3 churn.py");
+    assert!(
+        out.status.success(),
+        "churn.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("churn.py prints JSON")
+}
+
 pub fn ensure_python_prometheus_client() {
     static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {

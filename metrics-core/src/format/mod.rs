@@ -332,6 +332,9 @@ pub(crate) use crate::sys::dirlock::{LOCK_FILE, TURN_FILE};
 pub(crate) const ACCUMULATOR: &str = "accumulator.shm";
 /// Prefix of the accumulators of other declarations (`accumulator-<16 hex>.shm`).
 pub(crate) const ACCUMULATOR_PREFIX: &str = "accumulator-";
+/// The accumulator of the Python counter and histogram files a Python compaction folded
+/// (only a Python compaction writes it; the native compaction leaves it alone).
+pub(crate) const PYTHON_ACCUMULATOR: &str = "accumulator-python.shm";
 
 /// Largest store file a reader accepts. Writers never make one larger
 /// ([`StoreBuilder::max_file_size`](crate::StoreBuilder::max_file_size) is capped to it):
@@ -342,7 +345,7 @@ pub(crate) const MAX_FILE_BYTES: usize = 1 << 30;
 /// for the series of families that other releases declare otherwise.
 pub(crate) fn is_accumulator_name(name: &std::ffi::OsStr) -> bool {
     let name = name.to_string_lossy();
-    if name == ACCUMULATOR {
+    if name == ACCUMULATOR || name == PYTHON_ACCUMULATOR {
         return true;
     }
     name.strip_prefix(ACCUMULATOR_PREFIX)

@@ -75,6 +75,8 @@ pub(crate) fn plan(scan: &Scan) -> Result<FoldPlan, Error> {
         if !is_accumulator_name(name) {
             continue;
         }
+        // A Python compaction's, read by every pass but folded into by it alone.
+        let python = name == std::ffi::OsStr::new(format::PYTHON_ACCUMULATOR);
         let is_primary = name == std::ffi::OsStr::new(format::ACCUMULATOR);
         if is_primary {
             // Something planted there that is not a file (a symlink, a FIFO) holds no
@@ -82,6 +84,9 @@ pub(crate) fn plan(scan: &Scan) -> Result<FoldPlan, Error> {
             primary = Some(acc.ident);
         }
         if !acc.regular {
+            continue;
+        }
+        if python && acc.good() {
             continue;
         }
         if !acc.good() || !acc.header.accumulator() {

@@ -173,7 +173,7 @@ impl Reader {
             let mut stats = ScrapeStats::default();
             r.refresh(own, &mut stats)?;
             #[cfg(feature = "python")]
-            let python = r.python.merge(&mut stats);
+            let python = r.python.merge(&mut stats, &r.scan.folded, None);
             #[cfg(not(feature = "python"))]
             let python = Vec::new();
             let native = r.native(&mut stats);
@@ -367,6 +367,71 @@ impl Reader {
         self.guarded(false, |r| fold::view(&mut r.index, &mut r.scan, selected, target))
     }
 
+    /// Lists and reads the directory now, Python's files included, for a Python compaction
+    /// (the caller holds the exclusive directory lock): what it may fold, what it folded
+    /// before and still has to delete, and the Python accumulator.
+    #[cfg(feature = "python")]
+    pub(crate) fn python_fold_plan(&mut self, own: &[u64]) -> Result<PyFoldPlan, Error> {
+        self.guarded(true, |r| {
+            let mut stats = ScrapeStats::default();
+            r.refresh(own, &mut stats)?;
+            r.python.merge(&mut stats, &r.scan.folded, None);
+            Ok(())
+        })?;
+        let name = std::ffi::OsStr::new(crate::format::PYTHON_ACCUMULATOR);
+        let accumulator = match self.scan.files.get(name) {
+            None => None,
+            Some(acc) if acc.regular && acc.good() && acc.header.accumulator() => Some(PyFoldTarget {
+                ident: acc.ident,
+                writer_id: acc.header.writer_id,
+                names: acc.declarations().into_iter().map(|d| d.name).collect(),
+            }),
+            Some(acc) => {
+                let why = acc
+                    .problem
+                    .as_ref()
+                    .map_or_else(|| "it is not an accumulator".into(), |p| p.reason());
+                return Err(Error::Directory {
+                    path: self.scan.dir.clone(),
+                    reason: format!(
+                        "not compacting Python files: {} cannot be read ({why}); it is left as it \
+                         is, and dead Python writers' files are kept (they still count)",
+                        crate::format::PYTHON_ACCUMULATOR
+                    ),
+                    source: None,
+                });
+            }
+        };
+        Ok(PyFoldPlan {
+            candidates: self.python.fold_candidates(),
+            leftovers: self.python.folded_leftovers(),
+            accumulator,
+        })
+    }
+
+    /// Reads the Python files `names` now, whole, and merges them alone (after a refresh,
+    /// which lists the names a Python compaction gave them). Fails if a file shrank while it
+    /// was read. Returns the merged families and, of `names`, those read whole with the
+    /// names of the families each holds.
+    #[cfg(feature = "python")]
+    pub(crate) fn python_fold_read(
+        &mut self,
+        own: &[u64],
+        names: &HashSet<std::ffi::OsString>,
+    ) -> Result<PyFoldRead, Error> {
+        let families = self.guarded(false, |r| {
+            let mut stats = ScrapeStats::default();
+            r.refresh(own, &mut stats)?;
+            Ok(r.python.merge(&mut stats, &HashSet::new(), Some(names)))
+        })?;
+        let whole = names
+            .iter()
+            .filter(|n| self.python.read_whole(n))
+            .map(|n| (n.clone(), self.python.families_of(n)))
+            .collect();
+        Ok(PyFoldRead { families, whole })
+    }
+
     /// Live files' declarations (of other processes than `own`), for the cross-process
     /// checks at declaration: `(pid, path, declaration)`. Refreshes first.
     pub(crate) fn live_declarations(
@@ -406,6 +471,34 @@ impl Reader {
                 .any(|f| f.rec.name == family && f.rec.native.is_some())
         })
     }
+}
+
+/// What a Python compaction may fold, as read now.
+#[cfg(feature = "python")]
+pub(crate) struct PyFoldPlan {
+    /// Counter and histogram files not folded yet: (name, path, pid, fold id if renamed).
+    pub(crate) candidates: Vec<(std::ffi::OsString, PathBuf, Box<str>, Option<u64>)>,
+    /// Files folded by an earlier Python compaction, still to be deleted.
+    pub(crate) leftovers: Vec<(PathBuf, u64)>,
+    /// The Python accumulator, if there is one.
+    pub(crate) accumulator: Option<PyFoldTarget>,
+}
+
+/// The Python accumulator as a Python compaction read it.
+#[cfg(feature = "python")]
+pub(crate) struct PyFoldTarget {
+    pub(crate) ident: (u64, u64),
+    pub(crate) writer_id: u64,
+    /// The names of the families it declares.
+    pub(crate) names: HashSet<String>,
+}
+
+/// Python files read for a fold.
+#[cfg(feature = "python")]
+pub(crate) struct PyFoldRead {
+    pub(crate) families: Vec<FamilyOut>,
+    /// The files read whole, with the names of their families.
+    pub(crate) whole: HashMap<std::ffi::OsString, HashSet<Box<str>>>,
 }
 
 impl std::fmt::Debug for Reader {

@@ -114,6 +114,25 @@ pub(crate) fn parse_file_name(name: &str) -> Option<(PyKind, &str)> {
     (!pid.is_empty()).then_some((kind, pid))
 }
 
+/// What a Python counter or histogram file of a dead process is renamed to while a
+/// Python compaction folds it: `<name>.folding-<16 hex>`, the hex its fold id (recorded in
+/// the accumulator's folded set once folded). Not `*.db`: no Python process opens it again.
+pub(crate) const FOLDING_MARK: &str = ".folding-";
+
+/// The kind, process identifier and fold id (of a file being folded) of a name Python
+/// gives its files, or of such a name with [`FOLDING_MARK`]; `None` for any other name.
+pub(crate) fn parse_listing_name(name: &str) -> Option<(PyKind, &str, Option<u64>)> {
+    match name.rsplit_once(FOLDING_MARK) {
+        Some((base, hex)) if hex.len() == 16 => {
+            let id = u64::from_str_radix(hex, 16).ok()?;
+            let (kind, pid) = parse_file_name(base)?;
+            matches!(kind, PyKind::Counter | PyKind::Histogram).then_some((kind, pid, Some(id)))
+        }
+        Some(_) => None,
+        None => parse_file_name(name).map(|(k, p)| (k, p, None)),
+    }
+}
+
 /// What a sample of a key is, relative to its metric.
 #[derive(Clone, Debug, PartialEq)]
 enum Sample {
@@ -283,6 +302,10 @@ struct PyFile {
     value_bytes: usize,
     /// Whether its process runs, when `/proc` liveness checked it (`live*` gauge files).
     live: Option<bool>,
+    /// Its fold id, if a Python compaction renamed it to fold it.
+    fold_id: Option<u64>,
+    /// Whether an accumulator holds its values already (it waits to be deleted).
+    folded: bool,
 }
 
 /// An entry of a file: where its key and value are, which key it is, and the merged
@@ -363,7 +386,8 @@ fn f64_in(data: &[u8], at: usize) -> f64 {
 }
 
 impl PyFile {
-    fn new(ident: (u64, u64), path: PathBuf, kind: PyKind, pid: &str, regular: bool) -> Self {
+    fn new(l: &Listed, kind: PyKind, pid: &str, fold_id: Option<u64>) -> Self {
+        let (ident, path, regular) = (l.ident, l.path.clone(), l.regular);
         PyFile {
             ident,
             path,
@@ -378,6 +402,8 @@ impl PyFile {
             parsed_to: 0,
             value_bytes: 0,
             live: None,
+            fold_id,
+            folded: false,
         }
     }
 
@@ -601,10 +627,18 @@ struct PyFamily {
     keys: KeyTable,
     acc: Vec<PyAcc>,
     seen: Vec<bool>,
+    /// Each series' label names and values as a merged series carries them, made on its
+    /// first scrape and shared by every later one.
+    labels: Vec<Option<SeriesKey>>,
+    /// The distinct sets of label names, each allocated once.
+    name_sets: Vec<Arc<[String]>>,
     /// Changes whenever series indices are invalidated; 0 for a dropped family.
     epoch: u64,
     used: bool,
 }
+
+/// A series' label names and values, as a merged series carries them.
+type SeriesKey = (Arc<[String]>, Arc<[Box<str>]>);
 
 impl PyFamily {
     fn zero(&self) -> PyAcc {
@@ -652,6 +686,7 @@ impl PyFamily {
         if new {
             self.acc.push(self.zero());
             self.seen.push(false);
+            self.labels.push(None);
         }
         i as u32
     }
@@ -713,20 +748,36 @@ impl PyFamily {
         }
     }
 
+    /// Forgets every series (their indices are no longer valid).
+    fn clear_series(&mut self) {
+        self.keys = KeyTable::new();
+        self.acc = Vec::new();
+        self.seen = Vec::new();
+        self.labels = Vec::new();
+        self.name_sets = Vec::new();
+    }
+
     fn out(&mut self) -> FamilyOut {
         self.keys.sort();
-        let (keys, acc, seen) = (&self.keys, &self.acc, &self.seen);
+        let PyFamily {
+            keys,
+            acc,
+            seen,
+            labels,
+            name_sets,
+            ..
+        } = self;
         // The family's label names (and bounds): those of its first series; a series
         // with others (a file of another release) keeps its own.
         let mut label_names: Option<Arc<[String]>> = None;
         let mut family_bounds: Option<Vec<f64>> = None;
-        let mut series = Vec::with_capacity(self.acc.len());
+        let mut series = Vec::with_capacity(acc.len());
         for &i in keys.sorted() {
             let i = i as usize;
             if !seen[i] {
                 continue;
             }
-            let (a, bounds) = match &acc[i] {
+            let (a, bounds) = match &mut acc[i] {
                 PyAcc::Counter(v) => (Acc::F64(*v), None),
                 PyAcc::Gauge { set: false, .. } => continue,
                 PyAcc::Gauge { v, t, .. } => (
@@ -737,13 +788,12 @@ impl PyFamily {
                     None,
                 ),
                 PyAcc::Hist { buckets, sum } => {
-                    // The series' own bounds, as Python keeps them, sorted.
-                    let mut own: Vec<(f64, f64)> =
-                        buckets.iter().filter(|(b, _)| !b.is_nan()).copied().collect();
-                    own.sort_by(|x, y| x.0.total_cmp(&y.0));
-                    let bounds: Vec<f64> = own.iter().map(|(b, _)| *b).collect();
-                    let counts = own.iter().map(|(_, c)| c.max(0.0) as u64).collect();
-                    (HistAcc::acc(counts, *sum, None), Some(bounds))
+                    // The series' own bounds, as Python keeps them, sorted (in place: the
+                    // buckets are cleared before the next scrape).
+                    buckets.retain(|(b, _)| !b.is_nan());
+                    buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+                    let counts = buckets.iter().map(|(_, c)| c.max(0.0) as u64).collect();
+                    (HistAcc::acc(counts, *sum, None), Some(&*buckets))
                 }
                 PyAcc::Summary { count, sum } => (
                     Acc::Summary {
@@ -753,20 +803,31 @@ impl PyFamily {
                     None,
                 ),
             };
-            let parts = keys.key(i);
-            let names: Arc<[String]> = parts.iter().step_by(2).map(|n| n.to_string()).collect();
-            let values: Arc<[Box<str>]> = parts.iter().skip(1).step_by(2).cloned().collect();
+            let (names, values) = labels[i]
+                .get_or_insert_with(|| {
+                    let parts = keys.key(i);
+                    let names: Vec<String> = parts.iter().step_by(2).map(|n| n.to_string()).collect();
+                    let names = match name_sets.iter().find(|s| ***s == *names) {
+                        Some(s) => Arc::clone(s),
+                        None => {
+                            let s: Arc<[String]> = names.into();
+                            name_sets.push(Arc::clone(&s));
+                            s
+                        }
+                    };
+                    (names, parts.iter().skip(1).step_by(2).cloned().collect())
+                })
+                .clone();
             let family_names = label_names.get_or_insert_with(|| Arc::clone(&names));
-            let fam_bounds = bounds
-                .as_ref()
-                .map(|b| &*family_bounds.get_or_insert_with(|| b.clone()));
+            let own_bounds = bounds.map(|b| {
+                let fam = family_bounds.get_or_insert_with(|| b.iter().map(|(x, _)| *x).collect());
+                let same = fam.len() == b.len() && fam.iter().zip(b).all(|(f, (x, _))| f == x);
+                (!same).then(|| b.iter().map(|(x, _)| *x).collect::<Arc<[f64]>>())
+            });
             series.push(OutSeries {
                 labels: values,
-                names: (*names != **family_names).then_some(names),
-                bounds: match (bounds, fam_bounds) {
-                    (Some(b), Some(f)) if b != *f => Some(b.into()),
-                    _ => None,
-                },
+                names: (!Arc::ptr_eq(&names, family_names)).then_some(names),
+                bounds: own_bounds.flatten(),
                 acc: a,
                 exemplars: Vec::new(),
             });
@@ -806,7 +867,7 @@ pub(crate) fn list_entry(
     name: &str,
     listed: &mut Vec<Listed>,
 ) -> bool {
-    if parse_file_name(name).is_none() {
+    if parse_listing_name(name).is_none() {
         return false;
     }
     let Ok(file_type) = entry.file_type() else {
@@ -840,12 +901,12 @@ impl PyReader {
     pub(crate) fn sync(&mut self, listed: Vec<Listed>) {
         let mut present: HashSet<OsString> = HashSet::with_capacity(listed.len());
         for l in listed {
-            let Some((kind, pid)) = l.name.to_str().and_then(parse_file_name) else {
+            let Some((kind, pid, fold_id)) = l.name.to_str().and_then(parse_listing_name) else {
                 continue;
             };
             let stale = self.files.get(&l.name).is_none_or(|f| f.ident != l.ident);
             if stale {
-                let file = PyFile::new(l.ident, l.path, kind, pid, l.regular);
+                let file = PyFile::new(&l, kind, pid, fold_id);
                 self.files.insert(l.name.clone(), file);
             }
             present.insert(l.name);
@@ -870,7 +931,7 @@ impl PyReader {
                     pid: Some(f.pid.to_string()),
                     worker: None,
                     live: f.live,
-                    folded: false,
+                    folded: f.folded,
                     series: f.entries.len(),
                     bytes: std::fs::symlink_metadata(&f.path).map(|m| m.len()).unwrap_or(0),
                     problem: f
@@ -880,6 +941,44 @@ impl PyReader {
                         .or_else(|| f.unreadable.clone()),
                 }
             })
+            .collect()
+    }
+
+    /// The counter and histogram files a Python compaction may fold if their processes
+    /// are gone: regular, not found corrupt, not folded yet. `(name, path, pid, fold id)`.
+    pub(crate) fn fold_candidates(&self) -> Vec<(OsString, PathBuf, Box<str>, Option<u64>)> {
+        self.files
+            .iter()
+            .filter(|(_, f)| matches!(f.kind, PyKind::Counter | PyKind::Histogram))
+            .filter(|(_, f)| f.corrupt.is_none() && !f.folded)
+            .map(|(name, f)| (name.clone(), f.path.clone(), f.pid.clone(), f.fold_id))
+            .collect()
+    }
+
+    /// Whether the last merge read file `name` whole (not corrupt, not unreadable).
+    pub(crate) fn read_whole(&self, name: &OsString) -> bool {
+        self.files
+            .get(name)
+            .is_some_and(|f| f.corrupt.is_none() && f.unreadable.is_none() && f.region.is_some())
+    }
+
+    /// The names of the families file `name` holds values of, as the last merge read it.
+    pub(crate) fn families_of(&self, name: &OsString) -> HashSet<Box<str>> {
+        let Some(f) = self.files.get(name) else {
+            return HashSet::new();
+        };
+        f.entries
+            .iter()
+            .map(|e| self.keys.infos[e.key_id as usize].metric.clone())
+            .collect()
+    }
+
+    /// Files folded into an accumulator that wait to be deleted: (path, fold id).
+    pub(crate) fn folded_leftovers(&self) -> Vec<(PathBuf, u64)> {
+        self.files
+            .values()
+            .filter(|f| f.folded)
+            .filter_map(|f| f.fold_id.map(|id| (f.path.clone(), id)))
             .collect()
     }
 
@@ -895,8 +994,14 @@ impl PyReader {
         Some(f.path.clone())
     }
 
-    /// Reads every file and merges them.
-    pub(crate) fn merge(&mut self, stats: &mut ScrapeStats) -> Vec<FamilyOut> {
+    /// Reads every file and merges them, but those whose fold id is in `folded` (an
+    /// accumulator holds their values) and, with `only`, those not named there.
+    pub(crate) fn merge(
+        &mut self,
+        stats: &mut ScrapeStats,
+        folded: &HashSet<u64>,
+        only: Option<&HashSet<OsString>>,
+    ) -> Vec<FamilyOut> {
         for fam in &mut self.fams.list {
             fam.reset();
         }
@@ -909,7 +1014,11 @@ impl PyReader {
             walk,
             logged,
         } = self;
-        for f in files.values_mut() {
+        for (name, f) in files.iter_mut() {
+            f.folded = f.fold_id.is_some_and(|id| folded.contains(&id));
+            if f.folded || only.is_some_and(|o| !o.contains(name)) {
+                continue;
+            }
             f.live = match (*liveness, f.kind) {
                 (PythonLiveness::Proc, PyKind::Gauge(m)) if m.live_only() => {
                     Some(python_process_alive(&f.pid, &f.path))
@@ -1064,18 +1173,14 @@ impl Families {
             if !fam.used {
                 self.by_name.remove(&fam.name);
                 fam.epoch = 0;
-                fam.keys = KeyTable::new();
-                fam.acc = Vec::new();
-                fam.seen = Vec::new();
+                fam.clear_series();
                 continue;
             }
             let seen = fam.seen.iter().filter(|s| **s).count();
             if fam.acc.len() > 64 && fam.acc.len() > 2 * seen {
                 let epoch = self.epoch();
                 let fam = &mut self.list[i];
-                fam.keys = KeyTable::new();
-                fam.acc.clear();
-                fam.seen.clear();
+                fam.clear_series();
                 fam.epoch = epoch;
             }
         }
@@ -1123,6 +1228,8 @@ impl Families {
                     keys: KeyTable::new(),
                     acc: Vec::new(),
                     seen: Vec::new(),
+                    labels: Vec::new(),
+                    name_sets: Vec::new(),
                     epoch,
                     used: false,
                 });

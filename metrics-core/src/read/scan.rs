@@ -27,6 +27,9 @@ pub(crate) struct Scan {
     pub(crate) dir: PathBuf,
     pub(crate) files: BTreeMap<OsString, CachedFile>,
     foreign_logged: HashSet<OsString>,
+    /// Writer ids (and Python fold ids) the accumulators read in the last pass list as
+    /// folded.
+    pub(crate) folded: HashSet<u64>,
 }
 
 impl Scan {
@@ -35,6 +38,7 @@ impl Scan {
             dir,
             files: BTreeMap::new(),
             foreign_logged: HashSet::new(),
+            folded: HashSet::new(),
         }
     }
 
@@ -129,7 +133,8 @@ impl Scan {
 
     /// Counts the files of the pass by state and logs each problem once.
     fn account(&mut self, stats: &mut ScrapeStats) {
-        let folded = self.folded_set();
+        self.folded = self.folded_set();
+        let folded = &self.folded;
         let mut transient_logged = false;
         for cf in self.files.values_mut() {
             cf.folded = cf.usable() && !cf.header.accumulator() && folded.contains(&cf.header.writer_id);
@@ -186,6 +191,8 @@ impl Scan {
                 let known = cf.usable();
                 let kind = if !cf.regular {
                     "symlink"
+                } else if known && cf.header.accumulator() && name == format::PYTHON_ACCUMULATOR {
+                    "python accumulator"
                 } else if known && cf.header.accumulator() {
                     "accumulator"
                 } else if cf.is_slot() {

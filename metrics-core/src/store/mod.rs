@@ -433,6 +433,32 @@ impl Store {
         compact::compact(&shared.config, &mut reader, &own, hook)
     }
 
+    /// Folds the counter and histogram files of dead Python `prometheus_client`
+    /// processes in the directory into its Python accumulator now, and deletes them, so that
+    /// a directory whose Python workers come and go stays bounded. A file is folded once no
+    /// process has its pid (the processes must be in this process' pid namespace).
+    /// Crash-safe: a kill at any step loses nothing and counts nothing twice.
+    ///
+    /// Only for a directory that nothing reads with Python's own `MultiProcessCollector`:
+    /// it does not read the accumulator, so it would lose the folded counts.
+    #[cfg(feature = "python")]
+    pub fn compact_python(&self) -> Result<crate::PythonCompactionStats> {
+        self.compact_python_with_hook(&|_| {})
+    }
+
+    /// [`Store::compact_python`] calling `hook` at each step ("locked", "claimed",
+    /// "written", "renamed", "unlinked", "tidied", "done"): for crash tests.
+    #[cfg(feature = "python")]
+    #[doc(hidden)]
+    pub fn compact_python_with_hook(&self, hook: &dyn Fn(&str)) -> Result<crate::PythonCompactionStats> {
+        let _gate = sys::enter_gate();
+        let shared = self.shared();
+        let own = shared.writer.own_ids();
+        let mut reader = shared.reader();
+        let _lock = shared.lock.exclusive()?;
+        compact::python::compact_python(&shared.config, &mut reader, &own, hook)
+    }
+
     /// Merges the directory and registers the result in `registry`, next to whatever
     /// the caller registered there (a build-info gauge, process metrics...).
     ///

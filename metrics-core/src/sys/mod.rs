@@ -144,6 +144,17 @@ pub(crate) fn random_u64() -> u64 {
     x ^ (x >> 31)
 }
 
+/// Whether `/proc` shows that no process has pid `pid` now (`false` when it cannot be
+/// told: no `/proc`, a pid out of range).
+#[cfg(feature = "python")]
+pub(crate) fn process_gone(pid: i32) -> bool {
+    pid > 0
+        && matches!(
+            procfs::process::Process::new(pid),
+            Err(procfs::ProcError::NotFound(_))
+        )
+}
+
 /// Whether a process `pid` runs and started no later than `when` (seconds since the Unix
 /// epoch; `/proc` gives start times to the second once the boot time is added, hence one
 /// second of slack). `false` if `/proc` shows no such process; `true` when it cannot be
@@ -679,5 +690,8 @@ mod tests {
         assert!(!super::process_started_by(me, now - 3600.0 * 24.0 * 365.0 * 30.0));
         // No such process (pids stop below 2^22).
         assert!(!super::process_started_by(i32::MAX - 1, now));
+        assert!(super::process_gone(i32::MAX - 1));
+        assert!(!super::process_gone(me));
+        assert!(!super::process_gone(0), "not a pid: cannot be told");
     }
 }

@@ -20,6 +20,9 @@
 //! the next compaction deletes them: nothing counted twice. Files of live writers (whose
 //! `flock` is held) are never touched.
 
+#[cfg(feature = "python")]
+pub(crate) mod python;
+
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::Write;
