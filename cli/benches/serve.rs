@@ -4,6 +4,9 @@
 //! Python serves it with `start_http_server` and a registry holding a
 //! `MultiProcessCollector`, as a multiprocess deployment does; both answer the same
 //! `GET /metrics`, sent by the same client on a fresh connection each time, in one run.
+//!
+//! Then `shmetrics serve` on a directory after 2,000 short-lived Python writers, folded by
+//! `shmetrics compact --python`, beside one with a single live writer of the same metrics.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,7 +28,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The body of `GET /metrics` on `port`, once the server answers 200.
@@ -49,7 +56,9 @@ fn wait_ready(port: u16) {
 fn serve(c: &mut Criterion) {
     shmetrics_testing::ensure_python_prometheus_client();
     let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../metrics-core/tests/python_multiprocess.py");
-    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let d = dir.path().to_str().unwrap();
     let ok = Command::new("python3")
         .arg(&helper)
@@ -92,16 +101,99 @@ fn serve(c: &mut Criterion) {
     wait_ready(py_port);
     // Both serve the whole directory.
     let (a, b) = (scrape(ours_port), scrape(py_port));
-    assert!(a.len() > 1_000_000 && b.len() > 1_000_000, "bodies of {} and {} bytes", a.len(), b.len());
+    assert!(
+        a.len() > 1_000_000 && b.len() > 1_000_000,
+        "bodies of {} and {} bytes",
+        a.len(),
+        b.len()
+    );
 
     let mut g = c.benchmark_group("serve_http_python_1000x100");
     g.sample_size(10);
     g.sampling_mode(SamplingMode::Flat);
     g.warm_up_time(Duration::from_millis(500));
     g.bench_function("shmetrics_serve", |bch| bch.iter(|| scrape(ours_port)));
-    g.bench_function("prometheus_client_start_http_server", |bch| bch.iter(|| scrape(py_port)));
+    g.bench_function("prometheus_client_start_http_server", |bch| {
+        bch.iter(|| scrape(py_port))
+    });
     g.finish();
 }
 
-criterion_group!(benches, serve);
+/// The scrape of a directory that 2,000 Python writers went through (folded), and of one
+/// with a single live writer of the same families.
+fn after_churn(c: &mut Criterion) {
+    let churned = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let one = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    shmetrics_testing::python_churn(churned.path(), 2000, 8, 0);
+    let ok = Command::new(env!("CARGO_BIN_EXE_shmetrics"))
+        .args(["compact", "--python", churned.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "shmetrics compact --python failed");
+    let mut writer = Command::new("python3")
+        .arg(shmetrics_testing::python_script("churn.py"))
+        .args(["one", one.path().to_str().unwrap()])
+        .env("PROMETHEUS_MULTIPROC_DIR", one.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("ready"), "{line:?}");
+    let _writer = Server(writer);
+    let port = free_port();
+    let _ours = Server(
+        Command::new(env!("CARGO_BIN_EXE_shmetrics"))
+            .args([
+                "serve",
+                "--dir",
+                &format!("churned={}", churned.path().display()),
+                "--dir",
+                &format!("one={}", one.path().display()),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("RUST_LOG", "error")
+            .env_remove("METRICS_AUTH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let get = |path: &str| {
+        let (status, _, body) =
+            shmetrics_testing::http_request(([127, 0, 0, 1], port).into(), "GET", path, &[]);
+        assert_eq!(status, 200);
+        body
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/metrics/one", &[])
+        .map_or(true, |(s, ..)| s != 200)
+    {
+        assert!(Instant::now() < deadline, "the server never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let folded = String::from_utf8(get("/metrics/churned")).unwrap();
+    assert!(
+        folded.contains("churn_jobs_total{queue=\"sms\"} 2000"),
+        "{folded}"
+    );
+    let mut g = c.benchmark_group("serve_http_after_python_churn");
+    g.bench_function("folded_2000_writers", |bch| bch.iter(|| get("/metrics/churned")));
+    g.bench_function("one_live_writer", |bch| bch.iter(|| get("/metrics/one")));
+    g.finish();
+}
+
+criterion_group!(benches, serve, after_churn);
 criterion_main!(benches);

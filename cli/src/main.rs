@@ -15,6 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc keeps the memory a scrape frees for the next one: with the system allocator,
+/// the few megabytes a scrape of a large directory allocates go back to the kernel after
+/// each scrape and come back as fresh pages, zeroed and faulted in one by one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use shmetrics_core::{Format, Inspection, PythonLiveness, Reader};
 
 #[derive(Parser)]
@@ -65,6 +71,17 @@ enum Command {
         token_file: Option<PathBuf>,
         #[command(flatten)]
         python: PythonOpts,
+        /// Folds the counter and histogram files of dead Python processes into the
+        /// directory's Python accumulator every --compact-interval, and deletes them: a
+        /// directory whose workers come and go (max_requests) stays bounded. Needs write
+        /// access to the directory, and processes in this exporter's pid namespace. Safe
+        /// only when nothing reads the directory with Python's MultiProcessCollector (it
+        /// cannot read the accumulator).
+        #[arg(long)]
+        compact_python: bool,
+        /// Seconds between two Python compactions.
+        #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        compact_interval: u64,
     },
     /// Prints the merged exposition of a directory.
     ///
@@ -97,13 +114,19 @@ enum Command {
         python: PythonOpts,
     },
     /// Folds the files of dead shmetrics writers into the directory's accumulator now
-    /// (what a store does on its own past its threshold). Python files are not touched.
+    /// (what a store does on its own past its threshold); with --python, the counter and
+    /// histogram files of dead Python processes too.
     ///
     /// Example: shmetrics compact /dev/shm/prometheus/ckms
     Compact {
         /// The directory (default: PROMETHEUS_MULTIPROC_DIR).
         #[arg(env = "PROMETHEUS_MULTIPROC_DIR")]
         dir: PathBuf,
+        /// Also folds the counter and histogram files of Python processes that are gone
+        /// into the Python accumulator, and deletes them. Safe only when nothing reads the
+        /// directory with Python's MultiProcessCollector (it cannot read the accumulator).
+        #[arg(long)]
+        python: bool,
     },
 }
 
@@ -151,7 +174,16 @@ fn main() -> ExitCode {
             path,
             token_file,
             python,
-        } => serve::run(&dirs, listen, &path, token_file.as_deref(), python),
+            compact_python,
+            compact_interval,
+        } => serve::run(
+            &dirs,
+            listen,
+            &path,
+            token_file.as_deref(),
+            python,
+            compact_python.then(|| std::time::Duration::from_secs(compact_interval)),
+        ),
         Command::Scrape {
             dir,
             format,
@@ -159,7 +191,7 @@ fn main() -> ExitCode {
             python,
         } => scrape(&dir, format, without_self_metrics, python),
         Command::Inspect { dir, json, python } => inspect(&dir, json, python),
-        Command::Compact { dir } => compact(&dir),
+        Command::Compact { dir, python } => compact(&dir, python),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,13 +253,25 @@ fn inspect(dir: &std::path::Path, json: bool, python: PythonOpts) -> Result<(), 
     Ok(())
 }
 
-fn compact(dir: &std::path::Path) -> Result<(), Failure> {
+/// A store on `dir` for compactions, under the application that owns the directory.
+fn compacting_store(dir: &std::path::Path) -> shmetrics_core::Result<shmetrics_core::Store> {
     let application = Reader::new(dir)?.inspect()?.application;
     let mut builder = shmetrics_core::Store::builder(dir).compact_on_open(false);
     if let Some(app) = &application {
         builder = builder.application(app);
     }
-    let store = builder.open()?;
+    builder.open()
+}
+
+fn compact(dir: &std::path::Path, python: bool) -> Result<(), Failure> {
+    let store = compacting_store(dir)?;
+    if python {
+        let stats = store.compact_python()?;
+        println!(
+            "folded {} files of dead Python processes ({} deleted, {} kept: see shmetrics inspect); the Python accumulator holds {} series",
+            stats.folded, stats.deleted, stats.kept, stats.series
+        );
+    }
     let stats = store.compact()?;
     println!(
         "folded {} dead writer files ({} deleted, {} leftover temporary files removed); the accumulator holds {} series{}",

@@ -67,6 +67,7 @@ fn endpoint(
     s: &Served,
     token: Option<&str>,
     python: PythonOpts,
+    compaction: Option<std::time::Duration>,
 ) -> Result<(MetricsEndpoint, Counter), Failure> {
     let reader: Reader = python.reader(&s.dir)?;
     let mut endpoint = MetricsEndpoint::for_reader(reader).env()?;
@@ -75,14 +76,81 @@ fn endpoint(
     }
     let failures = Counter::<u64>::default();
     let shown = failures.clone();
+    let compactions = match compaction {
+        Some(every) => Some(compact_python_every(&s.dir, every)?),
+        None => None,
+    };
     let endpoint = endpoint.registry(move |r| {
         r.register(
             "shmetrics_exporter_scrape_errors",
             "Scrapes of this directory that failed (the directory missing or unreadable) since the exporter started",
             shown.clone(),
         );
+        if let Some(c) = &compactions {
+            r.register(
+                "shmetrics_exporter_python_folded_files",
+                "Files of dead Python processes folded into the Python accumulator since the exporter started",
+                c.folded.clone(),
+            );
+            r.register(
+                "shmetrics_exporter_python_compaction_errors",
+                "Python compactions that failed (logged) since the exporter started",
+                c.errors.clone(),
+            );
+        }
     });
     Ok((endpoint, failures))
+}
+
+/// The counters of a directory's Python compactions.
+#[derive(Clone)]
+struct Compactions {
+    folded: Counter,
+    errors: Counter,
+}
+
+/// Opens a store on `dir` (an error now if the directory cannot be written) and folds the
+/// files of dead Python processes every `every`, in a thread of its own: a scrape never
+/// waits for more than the directory lock.
+fn compact_python_every(dir: &Path, every: std::time::Duration) -> Result<Compactions, Failure> {
+    let store = crate::compacting_store(dir)?;
+    let counters = Compactions {
+        folded: Counter::default(),
+        errors: Counter::default(),
+    };
+    let c = counters.clone();
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("compact-python".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                match store.compact_python() {
+                    Ok(stats) => {
+                        c.folded.inc_by(stats.folded as u64);
+                        if stats.folded > 0 || stats.kept > 0 {
+                            tracing::debug!(
+                                dir = %dir.display(),
+                                folded = stats.folded,
+                                kept = stats.kept,
+                                "folded the files of dead Python processes"
+                            );
+                        }
+                        failing = false;
+                    }
+                    Err(e) => {
+                        c.errors.inc();
+                        if !failing {
+                            tracing::warn!(dir = %dir.display(), "Python compaction failed (retried): {e}");
+                        }
+                        failing = true;
+                    }
+                }
+                std::thread::sleep(every);
+            }
+        })
+        .map_err(|e| Failure::Other(format!("cannot start the compaction thread: {e}")))?;
+    Ok(counters)
 }
 
 fn router(served: Vec<(Served, MetricsEndpoint, Counter)>) -> Router {
@@ -111,6 +179,7 @@ pub(crate) fn run(
     path: &str,
     token_file: Option<&Path>,
     python: PythonOpts,
+    compaction: Option<std::time::Duration>,
 ) -> Result<(), Failure> {
     let served = plan(dirs, path)?;
     let token = match token_file {
@@ -125,7 +194,7 @@ pub(crate) fn run(
     // Every directory is checked (exists, readable) before the port is bound.
     let mut routes = Vec::new();
     for s in served {
-        let (e, failures) = endpoint(&s, token.as_deref(), python)?;
+        let (e, failures) = endpoint(&s, token.as_deref(), python, compaction)?;
         routes.push((s, e, failures));
     }
     for (s, ..) in &routes {

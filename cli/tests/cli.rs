@@ -17,6 +17,7 @@ const TESTS: &[(&str, Test)] = &[
     ("inspect_shows_every_kind_of_file", inspect),
     ("serve_one_and_several_directories", serve),
     ("scrape_and_compact", scrape_and_compact),
+    ("python_churn_of_2000_writers_stays_bounded_and_exact_under_compact_python", python_churn),
 ];
 
 fn main() {
@@ -401,6 +402,155 @@ fn scrape_and_compact() -> Result<(), Failed> {
     let text = String::from_utf8(run(&["scrape", d]).stdout)?;
     if !text.contains("jobs_total 5") {
         return Err(format!("after compact: {text}").into());
+    }
+    Ok(())
+}
+
+/// The value of the sample `name{labels}` (labels as written) in an exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// Files in `dir` now.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// 2,000 short-lived prometheus_client writers (8 at once, 40 ms each, marked dead as they exit
+/// as gunicorn's child_exit hook does) under `shmetrics serve --compact-python`: the
+/// directory stays within the live writers' files plus those of the writers that exit
+/// during one compaction interval; the totals are exact; after the churn the exporter
+/// reads no more Python files than one live writer has.
+fn python_churn() -> Result<(), Failed> {
+    const WRITERS: usize = 2000;
+    const AT_ONCE: usize = 8;
+    const INTERVAL_S: u64 = 1;
+    const SERVING_MS: u64 = 40;
+    shmetrics_testing::ensure_python_prometheus_client();
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_str().unwrap().to_string();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = start(
+        &[
+            "serve",
+            "--dir",
+            &d,
+            "--listen",
+            &listen,
+            "--compact-python",
+            "--compact-interval",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(get(port, "/metrics", &[]).0, 200);
+
+    let started = Instant::now();
+    let churn = {
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || shmetrics_testing::python_churn(&d, WRITERS, AT_ONCE, SERVING_MS))
+    };
+    // Sample the directory and scrape while the writers come and go (bounded: the churn
+    // ends, or 5 minutes).
+    let mut peak = 0;
+    let mut scrapes = 0;
+    while !churn.is_finished() && started.elapsed() < Duration::from_secs(300) {
+        peak = peak.max(count_files(dir.path()));
+        if scrapes < 1000 && started.elapsed().as_millis() as usize / 500 > scrapes {
+            let (status, body) = get(port, "/metrics", &[]);
+            if status != 200 {
+                return Err(format!("scrape during the churn: {status}: {body}").into());
+            }
+            scrapes += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let expected = churn.join().map_err(|_| "churn.py panicked")?;
+    let took = started.elapsed().as_secs_f64();
+    // The bound: the live writers' files (counter, histogram, livesum gauge each), those
+    // of the writers that exit during a compaction interval (and one more, the time a
+    // compaction takes), the churn's own parent's gauge file, the accumulator, the lock
+    // and turnstile files.
+    let rate = WRITERS as f64 / took;
+    let bound = 3 * AT_ONCE + (2.0 * rate * (INTERVAL_S as f64 + 1.0)).ceil() as usize + 4;
+    eprintln!(
+        "churn: {WRITERS} writers in {took:.1} s ({rate:.0}/s), peak {peak} files, bound {bound}, {scrapes} scrapes"
+    );
+    if peak > bound {
+        return Err(format!("{peak} files at the peak, more than the bound {bound}").into());
+    }
+    if peak >= 2 * WRITERS {
+        return Err(format!("{peak} files: nothing was folded").into());
+    }
+    // Every Python counter and histogram file is folded within two intervals.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        let left: Vec<String> = std::fs::read_dir(dir.path())?
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("counter_") || n.starts_with("histogram_"))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !left.is_empty() {
+        return Err(format!("Python files not folded: {left:?}").into());
+    }
+    let (_, body) = get(port, "/metrics", &[]);
+    let want = |k: &str| expected[k].as_f64().unwrap();
+    let checks = [
+        ("churn_jobs_total{queue=\"mail\"}", want("mail")),
+        ("churn_jobs_total{queue=\"sms\"}", want("sms")),
+        (
+            "churn_latency_seconds_count{route=\"/users/{id}\"}",
+            want("count"),
+        ),
+        ("churn_latency_seconds_sum{route=\"/users/{id}\"}", want("sum")),
+        ("churn_in_flight", 0.0),
+        (
+            "shmetrics_exporter_python_folded_files_total",
+            2.0 * WRITERS as f64,
+        ),
+        ("shmetrics_exporter_python_compaction_errors_total", 0.0),
+    ];
+    for (series, value) in checks {
+        if sample(&body, series) != Some(value) {
+            return Err(format!("{series}: {:?}, want {value}\n{body}", sample(&body, series)).into());
+        }
+    }
+    let mut cumulative = 0.0;
+    for (i, le) in ["0.25", "1.0", "4.0", "+Inf"].iter().enumerate() {
+        cumulative += expected["buckets"][i].as_f64().unwrap();
+        let series = format!("churn_latency_seconds_bucket{{route=\"/users/{{id}}\",le=\"{le}\"}}");
+        if sample(&body, &series) != Some(cumulative) {
+            return Err(format!("{series}: {:?}, want {cumulative}", sample(&body, &series)).into());
+        }
+    }
+    // What a scrape reads now: the accumulator and the Python files of no more than one
+    // writer (the churn's parent's gauge file), as a directory with one live writer.
+    let python_files = sample(&body, "shmetrics_python_files");
+    if python_files.is_none_or(|n| n > 3.0) {
+        return Err(format!("the exporter still reads {python_files:?} Python files").into());
+    }
+    stop(server)?;
+    // inspect names the Python accumulator.
+    let out = run(&["inspect", "--json", &d]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let acc = report["files"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "accumulator-python.shm"))
+        .ok_or_else(|| format!("no accumulator-python.shm in {report}"))?;
+    if acc["kind"] != "python accumulator" || acc["series"] != 3 {
+        return Err(format!("the Python accumulator as inspect shows it: {acc}").into());
     }
     Ok(())
 }
