@@ -21,12 +21,14 @@ binary (`--binary`).
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_prometheus import Prometheus, free_port, request, wait  # noqa: E402
@@ -53,6 +55,17 @@ APP = textwrap.dedent('''
         finally:
             IN_FLIGHT.dec()
 ''')
+
+
+def in_flight_of(port):
+    """The sum of app_in_flight in one scrape of an exporter on port."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        m = re.match(r"app_in_flight(\{[^}]*\})? (\S+)", line)
+        if m:
+            total += float(m.group(2))
+    return total
 
 
 def main():
@@ -116,6 +129,13 @@ def main():
         os.kill(victim, signal.SIGKILL)
         print(f"killed worker {victim} with SIGKILL while it held a request")
         holder.kill()
+        # Once gunicorn has reaped it, the very next scrape of the /proc exporter leaves it
+        # out; the exporter that keeps Python's rule still counts it.
+        wait("gunicorn to reap the killed worker", lambda: not os.path.exists(f"/proc/{victim}"), timeout=30)
+        next_scrape = {job: in_flight_of(port) for job, port in (("files", files_port), ("proc", proc_port))}
+        print(f"in flight at the first scrape after the SIGKILL: {next_scrape}")
+        if next_scrape != {"files": 1.0, "proc": 0.0}:
+            failures.append(f"first scrape after the SIGKILL: {next_scrape}, expected files 1, proc 0")
         for i in range(200):
             path = ["/a", "/b", "/c", "/d"][i % 4]
             if request(app_port, "GET", path) == 200:

@@ -43,12 +43,32 @@ fn scrape(port: u16) -> Vec<u8> {
     body
 }
 
-fn wait_ready(port: u16) {
+/// `shmetrics serve` with `dirs` (its `--dir` arguments) on `port`.
+fn shmetrics_serve(dirs: &[&str], port: u16) -> Server {
+    Server(
+        Command::new(env!("CARGO_BIN_EXE_shmetrics"))
+            .arg("serve")
+            .args(dirs)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "error")
+            .env_remove("METRICS_AUTH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until `GET path` on `port` answers 200.
+fn wait_ready(port: u16, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/metrics", &[])
+    while shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", path, &[])
         .map_or(true, |(s, ..)| s != 200)
     {
-        assert!(Instant::now() < deadline, "the server on {port} never answered");
+        assert!(
+            Instant::now() < deadline,
+            "the server on {port} never answered {path}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -69,16 +89,7 @@ fn serve(c: &mut Criterion) {
     assert!(ok, "generating the Python directory failed");
 
     let ours_port = free_port();
-    let _ours = Server(
-        Command::new(env!("CARGO_BIN_EXE_shmetrics"))
-            .args(["serve", "--dir", d, "--listen", &format!("127.0.0.1:{ours_port}")])
-            .env("RUST_LOG", "error")
-            .env_remove("METRICS_AUTH_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _ours = shmetrics_serve(&["--dir", d], ours_port);
     let py_port = free_port();
     let script = format!(
         "import time\n\
@@ -97,8 +108,8 @@ fn serve(c: &mut Criterion) {
             .spawn()
             .unwrap(),
     );
-    wait_ready(ours_port);
-    wait_ready(py_port);
+    wait_ready(ours_port, "/metrics");
+    wait_ready(py_port, "/metrics");
     // Both serve the whole directory.
     let (a, b) = (scrape(ours_port), scrape(py_port));
     assert!(
@@ -153,37 +164,16 @@ fn after_churn(c: &mut Criterion) {
     assert!(line.starts_with("ready"), "{line:?}");
     let _writer = Server(writer);
     let port = free_port();
-    let _ours = Server(
-        Command::new(env!("CARGO_BIN_EXE_shmetrics"))
-            .args([
-                "serve",
-                "--dir",
-                &format!("churned={}", churned.path().display()),
-                "--dir",
-                &format!("one={}", one.path().display()),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("RUST_LOG", "error")
-            .env_remove("METRICS_AUTH_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let churned_dir = format!("churned={}", churned.path().display());
+    let one_dir = format!("one={}", one.path().display());
+    let _ours = shmetrics_serve(&["--dir", &churned_dir, "--dir", &one_dir], port);
     let get = |path: &str| {
         let (status, _, body) =
             shmetrics_testing::http_request(([127, 0, 0, 1], port).into(), "GET", path, &[]);
         assert_eq!(status, 200);
         body
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shmetrics_testing::try_http_request(([127, 0, 0, 1], port).into(), "GET", "/metrics/one", &[])
-        .map_or(true, |(s, ..)| s != 200)
-    {
-        assert!(Instant::now() < deadline, "the server never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(port, "/metrics/one");
     let folded = String::from_utf8(get("/metrics/churned")).unwrap();
     assert!(
         folded.contains("churn_jobs_total{queue=\"sms\"} 2000"),

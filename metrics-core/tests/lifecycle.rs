@@ -268,32 +268,8 @@ fn python_compaction_crash() -> Result<(), Failed> {
         let mut c = RoleProc::spawn("pycompactor", &[d, "never"]);
         c.expect("compacted 6 kept 0", Duration::from_secs(30));
         let second = shmetrics_testing::python_churn(dir.path(), 4, 2, 0);
-        let expected = families(dir.path())?;
-        let before = entries(dir.path());
-
-        let mut c = RoleProc::spawn("pycompactor", &[d, step]);
-        c.expect(&format!("at {step}"), Duration::from_secs(30));
-        c.signal(libc::SIGKILL);
-        c.wait(Duration::from_secs(10));
-
-        let after_crash = families(dir.path())?;
-        if after_crash != expected {
-            return Err(format!(
-                "killed at {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after_crash:#?}\nfiles before {before:?} after {:?}",
-                entries(dir.path())
-            )
-            .into());
-        }
-        // The next compaction finishes the job; still exact, and the dead files are gone.
-        let mut c = RoleProc::spawn("pycompactor", &[d, "never"]);
-        c.expect("compacted", Duration::from_secs(30));
-        let after = families(dir.path())?;
-        if after != expected {
-            return Err(format!(
-                "after recovery from {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after:#?}"
-            )
-            .into());
-        }
+        kill_and_recover(dir.path(), "pycompactor", step)?;
+        // The dead files are gone.
         let left = python_files(dir.path());
         if left.iter().any(|n| !n.starts_with("gauge_")) {
             return Err(format!("after recovery from {step:?}: Python files left {left:?}").into());
@@ -328,6 +304,36 @@ fn dead_writers(d: &str, amounts: &[u64]) {
     }
 }
 
+/// Kills a compactor of `role` stopped at `step` with SIGKILL, then runs one to the end:
+/// the merge of `dir` must be the same after the kill and after the recovery.
+fn kill_and_recover(dir: &Path, role: &str, step: &str) -> Result<(), Failed> {
+    let d = dir.to_str().unwrap();
+    let expected = families(dir)?;
+    let before = entries(dir);
+    let mut c = RoleProc::spawn(role, &[d, step]);
+    c.expect(&format!("at {step}"), Duration::from_secs(30));
+    c.signal(libc::SIGKILL);
+    c.wait(Duration::from_secs(10));
+    let after_crash = families(dir)?;
+    if after_crash != expected {
+        return Err(format!(
+            "{role} killed at {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after_crash:#?}\nfiles before {before:?} after {:?}",
+            entries(dir)
+        )
+        .into());
+    }
+    let mut c = RoleProc::spawn(role, &[d, "never"]);
+    c.expect("compacted", Duration::from_secs(30));
+    let after = families(dir)?;
+    if after != expected {
+        return Err(format!(
+            "after recovery from {role} killed at {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after:#?}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn compaction_crash() -> Result<(), Failed> {
     for step in ["locked", "written", "renamed", "unlinked", "done"] {
         let dir = tempfile::tempdir()?;
@@ -337,29 +343,8 @@ fn compaction_crash() -> Result<(), Failed> {
         let mut c = RoleProc::spawn("compactor", &[d, "never"]);
         c.expect("compacted", Duration::from_secs(30));
         dead_writers(d, &[7, 11, 13]);
-        let expected = families(dir.path())?;
-        let before = entries(dir.path());
-
-        let mut c = RoleProc::spawn("compactor", &[d, step]);
-        c.expect(&format!("at {step}"), Duration::from_secs(30));
-        c.signal(libc::SIGKILL);
-        c.wait(Duration::from_secs(10));
-
-        let after_crash = families(dir.path())?;
-        if after_crash != expected {
-            return Err(format!(
-                "killed at {step:?}: merge changed\nbefore: {expected:#?}\nafter: {after_crash:#?}\nfiles before {before:?} after {:?}",
-                entries(dir.path())
-            )
-            .into());
-        }
-        // The next compaction finishes the job; still exact, and the dead files are gone.
-        let mut c = RoleProc::spawn("compactor", &[d, "never"]);
-        c.expect("compacted", Duration::from_secs(30));
-        let after = families(dir.path())?;
-        if after != expected {
-            return Err(format!("after recovery from {step:?}: merge changed").into());
-        }
+        kill_and_recover(dir.path(), "compactor", step)?;
+        // The dead files are gone.
         let left: Vec<String> = entries(dir.path())
             .into_iter()
             .filter(|n| n.starts_with("w-"))
