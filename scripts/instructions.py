@@ -82,6 +82,8 @@ CASES = {
     "hot_path_inc": lambda work: per_op(lambda k: [example("profile_hot_path"), str(k), "0"], 200_000),
     # A labelled counter + histogram pair, as a request's middleware records them.
     "hot_path_pair": lambda work: per_op(lambda k: [example("profile_hot_path"), "0", str(k)], 20_000),
+    # One observation of a histogram with native buckets.
+    "hot_path_native": lambda work: per_op(lambda k: [example("profile_native"), "native", str(k)], 100_000),
     # What the tower layer adds to one request through axum.
     "axum_request": lambda work: middleware(
         "profile_axum", 1_000, "tokio::runtime::scheduler::current_thread::CoreGuard::block_on*"
@@ -119,7 +121,7 @@ def main():
         subprocess.run(
             ["cargo", "build", "--release", "-q", "-p", "shmetrics-benches", "--example", "profile_hot_path",
              "--example", "profile_axum", "--example", "profile_actix", "--example", "profile_scrape",
-             "--example", "gen_dir"],
+             "--example", "profile_native", "--example", "gen_dir"],
             check=True, cwd=ROOT,
         )
     cases = args.only.split(",") if args.only else list(CASES)
