@@ -62,6 +62,17 @@ fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
     let metrics =
         shmetrics_actix::Metrics::with_endpoint_from(http_metrics(&w.store, &w.options), endpoint.clone())?;
     let measured = w.options.metrics;
+    // `--peer`: actix-web-prom, each worker counting and serving its own requests.
+    let peer = w
+        .options
+        .peer
+        .then(|| {
+            actix_web_prom::PrometheusMetricsBuilder::new("api")
+                .endpoint("/metrics")
+                .build()
+        })
+        .transpose()
+        .map_err(|e| format!("actix-web-prom: {e}"))?;
     actix_web::rt::System::new().block_on(async move {
         // One thread per worker process, as Sanic and gunicorn workers; a client that goes
         // away stops its handler (recorded as 499, as with axum).
@@ -75,7 +86,11 @@ fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
                     .await?
             };
         }
-        if measured {
+        if let Some(peer) = peer {
+            serve!(HttpServer::new(move || App::new()
+                .wrap(peer.clone())
+                .configure(routes)));
+        } else if measured {
             serve!(HttpServer::new(move || {
                 App::new().wrap(metrics.clone()).configure(routes)
             }));

@@ -79,6 +79,13 @@ fn app(
                 Json(serde_json::json!({ "slept_ms": ms }))
             }),
         );
+    if options.peer {
+        // The usual in-process library: each worker counts and serves its own requests.
+        let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();
+        return Ok(routes
+            .route("/metrics", get(move || std::future::ready(handle.render())))
+            .layer(layer));
+    }
     let endpoint = metrics_endpoint(store, application)?;
     let app = if options.metrics {
         // The request metrics and `/metrics` (not counted as a request) in one call.
@@ -97,11 +104,15 @@ fn app(
 }
 
 fn worker(w: Worker) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(&w.store, &w.application, &w.options)?;
     // One thread per worker process, as Sanic and gunicorn workers.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Inside the runtime: axum-prometheus (`--peer`) spawns its upkeep task when built.
+    let app = {
+        let _entered = rt.enter();
+        app(&w.store, &w.application, &w.options)?
+    };
     // CPU, memory, file descriptors, threads and the runtime's tasks, sampled each second.
     let _process = shmetrics_examples::process_metrics(&w, Some(rt.handle().clone()));
     rt.block_on(async move {

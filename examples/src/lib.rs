@@ -63,6 +63,11 @@ pub struct Options {
     /// Whether each worker samples its process metrics (`--no-process-metrics` turns them
     /// off, to measure what they cost).
     pub process_metrics: bool,
+    /// Whether the request metrics are the framework's usual in-process library instead
+    /// (`--peer`: axum-prometheus or actix-web-prom, each with its own `/metrics`): to
+    /// compare. Each worker then answers `/metrics` with its own requests only, and the
+    /// `metrics` facade goes to axum-prometheus' recorder (axum) or nowhere (actix).
+    pub peer: bool,
 }
 
 impl Options {
@@ -77,6 +82,7 @@ impl Options {
             native: false,
             axum_prometheus: false,
             process_metrics: true,
+            peer: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -94,16 +100,18 @@ impl Options {
                 "--native-histograms" => o.native = true,
                 "--axum-prometheus" => o.axum_prometheus = true,
                 "--no-process-metrics" => o.process_metrics = false,
+                "--peer" => o.peer = true,
                 "-h" | "--help" => {
                     return Err(format!(
-                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms] [--axum-prometheus] [--no-process-metrics]\n\
+                        "usage: {application} [--workers N (4)] [--port P (10010)] [--host ADDR (127.0.0.1)] [--dir DIR] [--no-metrics] [--native-histograms] [--axum-prometheus] [--no-process-metrics] [--peer]\n\
                          DIR defaults to $PROMETHEUS_MULTIPROC_DIR, then /dev/shm/prometheus/{application}.\n\
                          METRICS_AUTH_TOKEN protects /metrics with a bearer token; ENABLE_METRICS=false turns it off.\n\
                          --native-histograms gives the latency histogram native buckets too (Prometheus with\n\
                          --enable-feature=native-histograms scrapes them). --axum-prometheus (axum) adds\n\
                          axum-prometheus' layer, whose `metrics` counters the store merges like the rest.\n\
                          Each worker samples its process metrics every second (service and per-worker views)\n\
-                         unless --no-process-metrics."
+                         unless --no-process-metrics. --peer measures requests with axum-prometheus (axum) or\n\
+                         actix-web-prom (actix) instead, each worker serving its own /metrics: for comparisons."
                     ));
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -212,8 +220,10 @@ fn run_worker(
         .worker_id(id)
         .open()?;
     // Every `metrics::counter!` (and gauge, histogram) of the application and its
-    // libraries goes into the store too.
-    shmetrics_core::recorder::install(&store)?;
+    // libraries goes into the store too (with `--peer`, axum-prometheus installs its own).
+    if !options.peer {
+        shmetrics_core::recorder::install(&store)?;
+    }
     tracing::info!(worker = id, pid = std::process::id(), "worker started");
     worker_main(Worker {
         application: application.to_string(),
