@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # End-to-end run of both multi-worker examples under a real Prometheus on loopback: classic
 # histograms with exemplars, and native histograms (see scripts/e2e_prometheus.py for what
-# is checked); then the shmetrics exporter beside a Python gunicorn API
-# (scripts/e2e_python.py). Installs Prometheus (Debian package) if
-# it is missing.
+# is checked); then alerts through Alertmanager to a webhook (scripts/e2e_alerts.py); then
+# five APIs on four hosts under one Prometheus (scripts/e2e_fleet.py); then the shmetrics
+# exporter beside a Python gunicorn API (scripts/e2e_python.py). Installs Prometheus and
+# Alertmanager (Debian packages) if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v prometheus >/dev/null; then
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build -q -p shmetrics-examples --example axum_workers --example actix_workers
 cargo build -q -p shmetrics --bin shmetrics
@@ -18,6 +22,14 @@ for example in axum_workers actix_workers; do
   # Native histograms end to end: Prometheus with --enable-feature=native-histograms.
   timeout 300 python3 scripts/e2e_prometheus.py --native --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
 done
+# Alerts delivered: the shipped rules (every for: at 0s in a test copy) through Alertmanager
+# to a webhook, each condition reached and left again.
+timeout 300 python3 scripts/e2e_alerts.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/axum_workers"
+# The source documents' layout: five APIs on each of four hosts (loopback addresses), one
+# Prometheus job per API with one target per host, the shipped prometheus.yml.
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml \
+  || python3 -m pip install -q --user --break-system-packages pyyaml
+timeout 300 python3 scripts/e2e_fleet.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/axum_workers"
 # The shmetrics exporter beside a Python gunicorn API (prometheus_client multiprocess mode).
 python3 -c 'import gunicorn' 2>/dev/null || python3 -m pip install -q gunicorn \
   || python3 -m pip install -q --user --break-system-packages gunicorn
