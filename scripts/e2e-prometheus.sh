@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # End-to-end run of both multi-worker examples under a real Prometheus on loopback: classic
 # histograms with exemplars, and native histograms (see scripts/e2e_prometheus.py for what
-# is checked); then alerts through Alertmanager to a webhook (scripts/e2e_alerts.py); then
+# is checked); then every dashboard and alert expression against real data, node-exporter's
+# too (scripts/e2e_dashboards.py); then alerts through Alertmanager to a webhook
+# (scripts/e2e_alerts.py); then
 # five APIs on four hosts under one Prometheus (scripts/e2e_fleet.py); then the shmetrics
-# exporter beside a Python gunicorn API (scripts/e2e_python.py). Installs Prometheus and
-# Alertmanager (Debian packages) if they are missing.
+# exporter beside a Python gunicorn API (scripts/e2e_python.py). Installs Prometheus,
+# Alertmanager and node-exporter (Debian packages) if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
@@ -22,6 +25,8 @@ for example in axum_workers actix_workers; do
   # Native histograms end to end: Prometheus with --enable-feature=native-histograms.
   timeout 300 python3 scripts/e2e_prometheus.py --native --binary "${CARGO_TARGET_DIR:-target}/debug/examples/$example"
 done
+# Dashboards that return data: every dashboard and alert expression, with node-exporter.
+timeout 300 python3 scripts/e2e_dashboards.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/axum_workers"
 # Alerts delivered: the shipped rules (every for: at 0s in a test copy) through Alertmanager
 # to a webhook, each condition reached and left again.
 timeout 300 python3 scripts/e2e_alerts.py --binary "${CARGO_TARGET_DIR:-target}/debug/examples/axum_workers"
