@@ -26,8 +26,9 @@ fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
-check_prometheus_config() {
+check_prometheus_config() { # config [promtool flags...]
   local config=$1 dir copy
+  shift
   dir=$(dirname "$config")
   copy="$scratch/$(echo "$dir" | tr / _)"
   mkdir -p "$copy"
@@ -38,7 +39,7 @@ check_prometheus_config() {
     echo placeholder >"$copy/$f"
   done
   echo "== promtool check config $config"
-  promtool check config "$copy/$(basename "$config")"
+  promtool check config "$@" "$copy/$(basename "$config")"
 }
 
 for c in examples/stack/prometheus/prometheus.yml \
@@ -47,6 +48,7 @@ for c in examples/stack/prometheus/prometheus.yml \
          examples/deploy/prometheus/python-exporter.yml; do
   check_prometheus_config "$c"
 done
+check_prometheus_config examples/deploy/prometheus/agent.yml --agent
 
 echo "== promtool check rules / test rules"
 promtool check rules examples/stack/prometheus/alerts.yml
