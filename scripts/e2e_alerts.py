@@ -24,7 +24,6 @@ import http.server
 import json
 import os
 import secrets
-import shutil
 import signal
 import struct
 import subprocess
@@ -36,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_prometheus import Prometheus, free_port, wait  # noqa: E402
+from e2e_prometheus import Prometheus, free_port, http_get, report, stop_all, wait  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -200,34 +199,13 @@ receivers:
         print(open(os.path.join(work, "processes.log")).read()[-3000:])
         raise
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         hook.server.shutdown()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        print(open(os.path.join(work, "processes.log")).read()[-3000:])
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
-    print("alerts: ok")
+    report(failures, os.path.join(work, "processes.log"), work, "alerts")
 
 
 def get(port, path):
-    import http.client
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        c.request("GET", path, headers={"Connection": "close"})
-        r = c.getresponse()
-        r.read()
-        c.close()
-        return r.status
-    except (OSError, http.client.HTTPException):
-        return None
+    return http_get("127.0.0.1", port, path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +34,8 @@ import urllib.request
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_fleet import get  # noqa: E402
-from e2e_prometheus import free_port, wait  # noqa: E402
+from e2e_prometheus import free_port, report, stop_all, wait  # noqa: E402
+from e2e_prometheus import http_get as get  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTS = ["127.0.2.1", "127.0.2.2"]
@@ -190,20 +189,8 @@ def main():
         print(open(os.path.join(work, "processes.log")).read()[-3000:])
         raise
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        print(open(os.path.join(work, "processes.log")).read()[-3000:])
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
-    print("central: ok")
+        stop_all(procs)
+    report(failures, os.path.join(work, "processes.log"), work, "central")
 
 
 if __name__ == "__main__":

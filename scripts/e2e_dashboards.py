@@ -17,8 +17,6 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,8 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_alerts import get  # noqa: E402
-from e2e_prometheus import Prometheus, free_port, wait  # noqa: E402
+from e2e_prometheus import Prometheus, free_port, http_get, report, stop_all, wait  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = "examples/stack/grafana/provisioning/dashboards/shmetrics.json"
@@ -97,15 +94,15 @@ scrape_configs:
             ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
              f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=log, cwd=work))
         p = Prometheus(prom_port)
-        wait("the server", lambda: get(app_port, "/health") == 200, timeout=60)
+        wait("the server", lambda: http_get("127.0.0.1", app_port, "/health") == 200, timeout=60)
         wait("Prometheus", p.ready, timeout=60)
         wait("both targets up", lambda: len(p.query("up == 1")) == 2, timeout=60)
         # Traffic over several scrapes: rates need two samples of each series.
         for _ in range(4):
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda i: get(app_port, f"/users/{i}"), range(100)))
-                list(pool.map(lambda i: get(app_port, "/error"), range(5)))
-                list(pool.map(lambda i: get(app_port, "/slow?ms=50"), range(5)))
+                list(pool.map(lambda i: http_get("127.0.0.1", app_port, f"/users/{i}"), range(100)))
+                list(pool.map(lambda i: http_get("127.0.0.1", app_port, "/error"), range(5)))
+                list(pool.map(lambda i: http_get("127.0.0.1", app_port, "/slow?ms=50"), range(5)))
             time.sleep(2)
         with_data = 0
         for where, expr in expressions():
@@ -127,19 +124,8 @@ scrape_configs:
         print(open(os.path.join(work, "processes.log")).read()[-3000:])
         raise
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
-    print("dashboards: ok")
+        stop_all(procs)
+    report(failures, os.path.join(work, "processes.log"), work, "dashboards")
 
 
 if __name__ == "__main__":

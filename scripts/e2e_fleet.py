@@ -19,7 +19,6 @@ configuration.
 """
 
 import argparse
-import http.client
 import os
 import secrets
 import shutil
@@ -32,26 +31,11 @@ import tempfile
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_prometheus import Prometheus, children, free_port, wait  # noqa: E402
+from e2e_prometheus import Prometheus, children, free_port, report, stop_all, wait  # noqa: E402
+from e2e_prometheus import http_get as get  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTS = [f"127.0.1.{i}" for i in range(1, 5)]
-
-
-def get(host, port, path, token=None):
-    """Status of GET path on host:port (fresh connection), or None without a response."""
-    try:
-        c = http.client.HTTPConnection(host, port, timeout=20)
-        headers = {"Connection": "close"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        c.request("GET", path, headers=headers)
-        r = c.getresponse()
-        r.read()
-        c.close()
-        return r.status
-    except (OSError, http.client.HTTPException):
-        return None
 
 
 def port_free_on_all(port):
@@ -166,20 +150,8 @@ def main():
             print(f"  {api} (job {api}), requests per host {line}")
         print(f"fleet: {sum(got.values())} requests in Prometheus, {sum(expected.values())} answered")
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        print(open(os.path.join(work, "servers.log")).read()[-3000:])
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
-    print("fleet: ok")
+        stop_all(procs)
+    report(failures, os.path.join(work, "servers.log"), work, "fleet")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,6 +77,46 @@ def request(port, method, path, timeout=20, ports=None, headers=None):
         return r.status
     except (OSError, http.client.HTTPException):
         return None
+
+
+def http_get(host, port, path, token=None):
+    """Status of GET path on host:port (a fresh connection), or None without a response."""
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        headers = {"Connection": "close"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        return r.status
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def stop_all(procs):
+    """SIGTERM to every process still running (the last started first), then waits for each
+    (20 s, then SIGKILL)."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def report(failures, log_path, work, name):
+    """Exits 1 with the failures and the end of the processes' log, or prints `name: ok`
+    and removes the work directory."""
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures))
+        print(open(log_path).read()[-3000:])
+        sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{name}: ok")
 
 
 def children(pid):

@@ -31,7 +31,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_prometheus import Prometheus, free_port, request, wait  # noqa: E402
+from e2e_prometheus import Prometheus, free_port, report, request, stop_all, wait  # noqa: E402
 
 APP = textwrap.dedent('''
     import os, time
@@ -164,19 +164,8 @@ def main():
         if gunicorn.poll() is not None:
             failures.append("gunicorn exited")
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        print(open(os.path.join(work, "processes.log")).read()[-3000:])
-        sys.exit(1)
-    print("python exporter: ok")
+        stop_all(procs)
+    report(failures, os.path.join(work, "processes.log"), work, "python exporter")
 
 
 if __name__ == "__main__":
