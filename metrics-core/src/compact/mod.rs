@@ -236,28 +236,7 @@ fn fold_round(
         folded.extend(plan.leftovers.iter().map(|(_, id)| *id));
         let (words, series) = build_accumulator(config, &view, &folded);
         stats.series = series;
-        let tmp = config
-            .dir
-            .join(format!("{TMP_PREFIX}{:016x}{STORE_EXT}", sys::random_u64()));
-        let before = identity(&target.path);
-        write_file(config, &tmp, &words)?;
-        hook(STEPS[1]);
-        // Only over the accumulator that was read (or where none was).
-        if before != target.ident || identity(&target.path) != before {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Directory {
-                path: config.dir.clone(),
-                reason: format!(
-                    "not compacting: {} changed while it was being folded",
-                    target.path.display()
-                ),
-                source: None,
-            });
-        }
-        std::fs::rename(&tmp, &target.path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io("renaming", &tmp, e)
-        })?;
+        replace_accumulator(config, &target.path, &words, target.ident, &|| hook(STEPS[1]))?;
         stats.rewritten = true;
         stats.folded += selected.len();
         hook(STEPS[2]);
@@ -268,10 +247,8 @@ fn fold_round(
         .chain(leftovers.iter())
         .enumerate()
     {
-        match std::fs::remove_file(path) {
-            Ok(()) => stats.deleted += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("removing", path, e)),
+        if delete_folded(path)? {
+            stats.deleted += 1;
         }
         if i == 0 {
             hook(STEPS[3]);
@@ -279,6 +256,51 @@ fn fold_round(
     }
     drop(held);
     Ok(selected.len() < plan.sources.len())
+}
+
+/// Writes `words` to a temporary file and renames it over the accumulator at `path`, only
+/// if `path` holds `expected` (the accumulator read, or no entry) both before and after the
+/// write; `written` runs between the write and the rename. Returns the new accumulator's
+/// (device, inode).
+fn replace_accumulator(
+    config: &Config,
+    path: &Path,
+    words: &[u64],
+    expected: Option<(u64, u64)>,
+    written: &dyn Fn(),
+) -> Result<Option<(u64, u64)>, Error> {
+    let tmp = config
+        .dir
+        .join(format!("{TMP_PREFIX}{:016x}{STORE_EXT}", sys::random_u64()));
+    let before = identity(path);
+    write_file(config, &tmp, words)?;
+    written();
+    if before != expected || identity(path) != before {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Directory {
+            path: config.dir.clone(),
+            reason: format!(
+                "not compacting: {} changed while it was being folded",
+                path.display()
+            ),
+            source: None,
+        });
+    }
+    let new = identity(&tmp);
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("renaming", &tmp, e)
+    })?;
+    Ok(new)
+}
+
+/// Deletes a file whose values an accumulator holds; whether it was still there.
+fn delete_folded(path: &Path) -> Result<bool, Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("removing", path, e)),
+    }
 }
 
 /// (device, inode) of the entry `path` (not followed), if there is one.

@@ -34,10 +34,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::{build_accumulator, identity, write_file};
+use super::{build_accumulator, delete_folded, replace_accumulator};
 use crate::error::Error;
 use crate::format::desc::{FamilyDesc, Opts};
-use crate::format::{MetricType, PYTHON_ACCUMULATOR, STORE_EXT, TMP_PREFIX};
+use crate::format::{MetricType, PYTHON_ACCUMULATOR};
 use crate::read::Reader;
 use crate::read::fold::{FoldFamily, FoldView};
 use crate::read::join::{FamilyOut, OutSeries};
@@ -129,7 +129,6 @@ pub(crate) fn compact_python(
         }
         let read = reader.python_fold_read(own, &names)?;
         let before = names.len();
-        names.retain(|n| read.whole.contains_key(n));
         let (families, misfits) = fold_families(&acc_families, read.families);
         names.retain(|n| {
             read.whole
@@ -158,7 +157,10 @@ pub(crate) fn compact_python(
     let folded: Vec<u64> = claimed.iter().map(|c| c.id).collect();
     let (words, series) = build_accumulator(config, &view, &folded);
     stats.series = series;
-    let written = replace_accumulator(config, &words, target.map(|t| t.ident), &|| hook(PY_STEPS[2]))?;
+    let path = config.dir.join(PYTHON_ACCUMULATOR);
+    let written = replace_accumulator(config, &path, &words, target.map(|t| t.ident), &|| {
+        hook(PY_STEPS[2])
+    })?;
     stats.rewritten = true;
     stats.folded = claimed.len();
     hook(PY_STEPS[3]);
@@ -171,56 +173,18 @@ pub(crate) fn compact_python(
     // The folded files are gone: the accumulator no longer needs their ids, which every
     // scrape would otherwise look files up in.
     let (words, _) = build_accumulator(config, &view, &[]);
-    replace_accumulator(config, &words, written, &|| {})?;
+    replace_accumulator(config, &path, &words, written, &|| {})?;
     hook(PY_STEPS[5]);
     hook(PY_STEPS[6]);
     Ok(stats)
 }
 
-/// Writes `words` as the new Python accumulator, over the one whose identity is `expected`
-/// (none: where there is none), and returns the new one's identity. `written` runs between
-/// the write and the rename.
-fn replace_accumulator(
-    config: &Config,
-    words: &[u64],
-    expected: Option<(u64, u64)>,
-    written: &dyn Fn(),
-) -> Result<Option<(u64, u64)>, Error> {
-    let path = config.dir.join(PYTHON_ACCUMULATOR);
-    let tmp = config
-        .dir
-        .join(format!("{TMP_PREFIX}{:016x}{STORE_EXT}", sys::random_u64()));
-    write_file(config, &tmp, words)?;
-    written();
-    // Only over the accumulator that was read (or where none was).
-    if identity(&path) != expected {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Directory {
-            path: config.dir.clone(),
-            reason: format!(
-                "not compacting Python files: {PYTHON_ACCUMULATOR} changed while they were being folded"
-            ),
-            source: None,
-        });
-    }
-    let written = identity(&tmp);
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("renaming", &tmp, e)
-    })?;
-    Ok(written)
-}
-
 /// Deletes a folded file (gone already is fine).
 fn remove(path: &std::path::Path, stats: &mut PythonCompactionStats) -> Result<(), Error> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {
-            stats.deleted += 1;
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("removing", path, e)),
+    if delete_folded(path)? {
+        stats.deleted += 1;
     }
+    Ok(())
 }
 
 /// The pid in a Python file's name, if no process has it now.
