@@ -62,11 +62,11 @@ def free_port():
     return port
 
 
-def request(port, method, path, timeout=20, ports=None, headers=None):
+def request(port, method, path, timeout=20, ports=None, headers=None, host="127.0.0.1"):
     """Status of one request on a fresh connection, or None if it got no response. The
     connection's local port is added to `ports` when given."""
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c = http.client.HTTPConnection(host, port, timeout=timeout)
         if ports is not None:
             c.connect()
             ports.add(c.sock.getsockname()[1])
@@ -81,18 +81,8 @@ def request(port, method, path, timeout=20, ports=None, headers=None):
 
 def http_get(host, port, path, token=None):
     """Status of GET path on host:port (a fresh connection), or None without a response."""
-    try:
-        c = http.client.HTTPConnection(host, port, timeout=30)
-        headers = {"Connection": "close"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        c.request("GET", path, headers=headers)
-        r = c.getresponse()
-        r.read()
-        c.close()
-        return r.status
-    except (OSError, http.client.HTTPException):
-        return None
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return request(port, "GET", path, timeout=30, headers=headers, host=host)
 
 
 def stop_all(procs):

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
-use shmetrics_testing::{RoleProc, Test, say, wait_for_stdin_eof};
+use shmetrics_testing::{RoleProc, Test, free_port, say, wait_for_stdin_eof};
 
 #[rustfmt::skip]
 const TESTS: &[(&str, Test)] = &[
@@ -197,14 +197,6 @@ fn inspect() -> Result<(), Failed> {
     folder.close_stdin();
     folder.wait(Duration::from_secs(10));
     Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `shmetrics serve` process, killed if a test returns before stopping it.

@@ -179,6 +179,15 @@ pub fn say(line: impl AsRef<str>) {
     out.flush().expect("flush");
 }
 
+/// A loopback port free now (released before the caller binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One HTTP/1.1 request on a fresh loopback connection (`connection: close`), with extra
 /// header lines: returns (status, head, body). Bodies must not be chunked-encoded unless
 /// the caller only needs the head. Panics if the request fails (see [`try_http_request`]).

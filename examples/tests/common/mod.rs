@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses some of these
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -26,14 +26,7 @@ pub fn example_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A port free now (released before the caller binds it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use shmetrics_testing::free_port;
 
 /// Whether something accepts connections on `port`.
 pub fn answers(port: u16) -> bool {
