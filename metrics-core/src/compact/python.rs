@@ -76,6 +76,8 @@ struct Claimed {
     name: OsString,
     path: PathBuf,
     id: u64,
+    /// The process identifier in its name.
+    pid: Box<str>,
 }
 
 /// Folds the counter and histogram files of dead Python processes into the Python
@@ -99,7 +101,7 @@ pub(crate) fn compact_python(
     }
     // A process that took the pid between the first check and the rename may have the
     // file open: it stays (renamed, still read) until that process is gone too.
-    claimed.retain(|c| pid_gone(&c.name));
+    claimed.retain(|c| pid_gone(&c.pid));
     if claimed.is_empty() {
         hook(PY_STEPS[6]);
         return Ok(stats);
@@ -187,12 +189,9 @@ fn remove(path: &std::path::Path, stats: &mut PythonCompactionStats) -> Result<(
     Ok(())
 }
 
-/// The pid in a Python file's name, if no process has it now.
-fn pid_gone(name: &OsString) -> bool {
-    name.to_str()
-        .and_then(crate::read::python::parse_listing_name)
-        .and_then(|(_, pid, _)| pid.parse::<i32>().ok())
-        .is_some_and(sys::process_gone)
+/// Whether `pid` (a Python file's process identifier) is a pid no process has now.
+fn pid_gone(pid: &str) -> bool {
+    pid.parse::<i32>().is_ok_and(sys::process_gone)
 }
 
 /// Renames the candidates whose pid no process has to their folding names (those renamed
@@ -202,8 +201,8 @@ fn claim(
     candidates: &[(OsString, PathBuf, Box<str>, Option<u64>)],
 ) -> Result<Vec<Claimed>, Error> {
     let mut claimed = Vec::new();
-    for (name, path, _, fold_id) in candidates.iter().take(PY_FOLD_BATCH) {
-        if !pid_gone(name) {
+    for (name, path, pid, fold_id) in candidates.iter().take(PY_FOLD_BATCH) {
+        if !pid_gone(pid) {
             continue;
         }
         match fold_id {
@@ -211,6 +210,7 @@ fn claim(
                 name: name.clone(),
                 path: path.clone(),
                 id: *id,
+                pid: pid.clone(),
             }),
             None => {
                 let id = sys::random_u64();
@@ -222,6 +222,7 @@ fn claim(
                         name: new_name,
                         path: new_path,
                         id,
+                        pid: pid.clone(),
                     }),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io("renaming", path, e)),
