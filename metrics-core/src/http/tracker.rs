@@ -20,12 +20,12 @@ impl HttpMetrics {
         RequestTracker {
             metrics: Arc::clone(&self.inner),
             started: self.inner.clock.raw(),
-            entry: None,
-            route: None,
-            status: None,
+            uncached: None,
+            trace: [0; 16],
+            entry: NO_ENTRY,
+            status: NO_STATUS,
             method: method_index(method),
             done: false,
-            trace: [0; 16],
         }
     }
 
@@ -42,28 +42,42 @@ impl HttpMetrics {
 ///
 /// Carry it into the response body, so that latency covers the body and a client that
 /// goes away mid-response is still recorded; it is also the in-flight drop guard.
+///
+/// It is 48 bytes: adapters move it into their response futures and bodies, which
+/// frameworks move again, so every byte is copied several times per request. What only a
+/// few requests need (a route without a cache slot) lives behind one pointer.
 pub struct RequestTracker {
     metrics: Arc<Inner>,
     /// Raw reading of `metrics.clock` at the start.
     started: u64,
-    /// The route cache slot of the route's handles, once the route is known.
-    entry: Option<u16>,
-    /// The route, when it had no cache entry.
-    route: Option<Arc<str>>,
-    status: Option<u16>,
-    /// Index into `METHODS` (kept small: trackers travel inside futures and bodies).
-    method: u8,
-    done: bool,
+    /// The route, when it has no route cache slot (the cache is full, or its slot holds
+    /// another route): rare, so it is boxed to keep the tracker small.
+    uncached: Option<Box<Box<str>>>,
     /// The request's trace id, all zeros for none: its exemplars' label.
     trace: [u8; 16],
+    /// The route cache slot of the route's handles, [`NO_ENTRY`] until the route is known.
+    entry: u16,
+    /// The response status, [`NO_STATUS`] until it is set.
+    status: u16,
+    /// Index into `METHODS`.
+    method: u8,
+    done: bool,
 }
+
+// Adapters' futures and bodies carry it: a field that makes it bigger is a per-request cost.
+const _: () = assert!(std::mem::size_of::<RequestTracker>() == 48);
+
+/// [`RequestTracker::entry`] of a tracker whose route is not cached (or not known).
+const NO_ENTRY: u16 = u16::MAX;
+/// [`RequestTracker::status`] before a status is set (no HTTP or gRPC status is this).
+const NO_STATUS: u16 = u16::MAX;
 
 impl std::fmt::Debug for RequestTracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestTracker")
             .field("method", &METHODS[usize::from(self.method)])
             .field("route", &self.route_str())
-            .field("status", &self.status)
+            .field("status", &self.status())
             .field("elapsed", &self.elapsed().1)
             .finish()
     }
@@ -83,17 +97,18 @@ impl RequestTracker {
         );
         match slot {
             Some(i) => {
-                self.entry = Some(i);
-                self.route = None;
+                self.entry = i;
+                self.uncached = None;
             }
             None => {
-                self.entry = None;
-                self.route = Some(route.into());
+                self.entry = NO_ENTRY;
+                self.uncached = Some(Box::new(route.into()));
             }
         }
     }
 
     /// The clock's raw reading now, and the time since the start.
+    #[inline]
     fn elapsed(&self) -> (u64, std::time::Duration) {
         let clock = &self.metrics.clock;
         let now = clock.raw();
@@ -101,27 +116,34 @@ impl RequestTracker {
     }
 
     /// Whether a route was set.
+    #[inline]
     pub fn has_route(&self) -> bool {
-        self.entry.is_some() || self.route.is_some()
+        self.entry != NO_ENTRY || self.uncached.is_some()
     }
 
+    #[inline]
     fn entry(&self) -> Option<&RouteEntry> {
-        self.entry.and_then(|i| self.metrics.cache.entry(i))
+        if self.entry == NO_ENTRY {
+            return None;
+        }
+        self.metrics.cache.entry(self.entry)
     }
 
     fn route_str(&self) -> Option<&str> {
-        self.entry().map(|e| &*e.route).or(self.route.as_deref())
+        self.entry()
+            .map(|e| &*e.route)
+            .or(self.uncached.as_deref().map(|r| &**r))
     }
 
     /// The response status (HTTP status, or gRPC status code for gRPC).
     #[inline]
     pub fn set_status(&mut self, status: u16) {
-        self.status = Some(status);
+        self.status = status;
     }
 
     /// The status set so far.
     pub fn status(&self) -> Option<u16> {
-        self.status
+        (self.status != NO_STATUS).then_some(self.status)
     }
 
     /// The request's trace id (see [`HttpMetrics::trace_id`]): its counter series and
@@ -158,42 +180,40 @@ impl RequestTracker {
         if let Some(r) = route {
             self.set_route(r);
         }
-        if self.entry.is_none() && self.route.is_none() {
+        if !self.has_route() {
             // No route: the one shared unmatched value, cached like a route.
             let unmatched = Arc::clone(&self.metrics.unmatched);
             self.set_route(&unmatched);
         }
         self.done = true;
         let m = &*self.metrics;
-        let code = self.status.unwrap_or(DROPPED_STATUS);
-        let entry = self.entry();
-        let route = entry
-            .map(|e| &*e.route)
-            .or(self.route.as_deref())
-            .unwrap_or(&m.unmatched);
-        let excluded = match entry {
-            Some(e) => e.excluded,
-            None => m.excluded(route),
-        };
-        if excluded {
-            // An excluded route, known only now (the layer sits outside the router).
-            m.in_flight.dec();
-            return;
-        }
+        let code = self.status().unwrap_or(DROPPED_STATUS);
         let key = if m.status_class { code / 100 * 100 } else { code };
-        let (counter, duration) = match entry {
+        let (counter, duration) = match self.entry() {
             Some(e) => {
-                let cached = e.counter(key, || m.request_counter(self.method, route, code).clone());
-                let counter = match cached {
+                if e.excluded {
+                    // An excluded route, known only now (the layer sits outside the router).
+                    m.in_flight.dec();
+                    return;
+                }
+                let make = || m.request_counter(self.method, &e.route, code);
+                let counter = match e.counter(key, || make().clone()) {
                     Some(c) => c,
-                    None => m.request_counter(self.method, route, code),
+                    None => make(),
                 };
                 (counter, &e.duration)
             }
-            None => (
-                m.request_counter(self.method, route, code),
-                m.duration_histogram(self.method, route),
-            ),
+            None => {
+                let route = self.uncached.as_deref().map_or(&*m.unmatched, |r| &**r);
+                if m.excluded(route) {
+                    m.in_flight.dec();
+                    return;
+                }
+                (
+                    m.request_counter(self.method, route, code),
+                    m.duration_histogram(self.method, route),
+                )
+            }
         };
         counter.inc();
         duration.observe_duration(elapsed);
