@@ -5,6 +5,9 @@ use http::HeaderMap;
 use shmetrics_core::http::RequestTracker;
 use std::sync::{Arc, OnceLock};
 
+// Responses carry a guard in their future and body: see `Guard`.
+const _: () = assert!(std::mem::size_of::<Option<Guard>>() == 64);
+
 /// Put in the request's extensions by a metrics layer that does not know the route when
 /// the request arrives (it wraps the router from outside): the route template that
 /// matched, set once routing is done, by `RouteLayer` (axum) or by the application's own
@@ -18,32 +21,35 @@ impl RouteSlot {
         self.0.get().map(|r| &**r)
     }
 
+    /// A slot holding `route` already.
+    pub(crate) fn with(route: &str) -> Self {
+        let slot = RouteSlot::default();
+        slot.set(route);
+        slot
+    }
+
     /// Sets the route template that matched (the first call wins).
     pub fn set(&self, route: &str) {
         let _ = self.0.set(route.into());
     }
 }
 
-#[derive(Debug)]
-pub(crate) enum Route {
-    /// Known at the request (the layer runs inside the router): given to the tracker.
-    Known,
-    /// Filled by `RouteLayer` when the router matches.
-    Slot(RouteSlot),
-    /// gRPC: the method path (a route unless the method turns out not to exist).
-    Grpc(Arc<str>),
-}
-
-/// A request being tracked, with where its route comes from.
+/// A request being tracked, with where its route comes from. Its response future and
+/// body carry it (64 bytes), so it holds what every request needs inline and the rest
+/// behind one pointer.
 #[derive(Debug)]
 pub(crate) struct Guard {
     pub(crate) tracker: RequestTracker,
-    route: Route,
+    /// Where the route comes from when the tracker does not have it yet: filled by
+    /// `RouteLayer` when the router matches (the layer runs outside the router), or the
+    /// gRPC method path (a route unless the method turns out not to exist). `None`: the
+    /// route was known at the request (the layer runs inside the router).
+    route: Option<RouteSlot>,
     pub(crate) grpc: bool,
 }
 
 impl Guard {
-    pub(crate) fn new(tracker: RequestTracker, route: Route, grpc: bool) -> Self {
+    pub(crate) fn new(tracker: RequestTracker, route: Option<RouteSlot>, grpc: bool) -> Self {
         Guard { tracker, route, grpc }
     }
 
@@ -59,11 +65,10 @@ impl Drop for Guard {
             self.tracker.set_status(GRPC_CANCELLED);
         }
         let route = match &self.route {
-            Route::Known => None,
-            Route::Slot(s) => s.get(),
+            None => None,
             // An unknown method is answered UNIMPLEMENTED: its path is not a route.
-            Route::Grpc(_) if self.tracker.status() == Some(GRPC_UNIMPLEMENTED) => None,
-            Route::Grpc(path) => Some(&**path),
+            Some(_) if self.grpc && self.tracker.status() == Some(GRPC_UNIMPLEMENTED) => None,
+            Some(slot) => slot.get(),
         };
         self.tracker.record(route);
     }

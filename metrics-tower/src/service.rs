@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
-use crate::route::{Guard, Route, RouteSlot, is_grpc};
+use crate::route::{Guard, RouteSlot, is_grpc};
 
 /// A request's headers, as the exemplar sources read them.
 struct Headers<'a>(&'a http::HeaderMap);
@@ -95,15 +95,15 @@ where
             }
             Some(m) => {
                 tracker.set_route(m);
-                Route::Known
+                None
             }
             // gRPC methods are a closed set: the path is the method (`/pkg.Service/Method`).
-            None if grpc => Route::Grpc(req.uri().path().into()),
+            None if grpc => Some(RouteSlot::with(req.uri().path())),
             // Outside the router: `RouteLayer` inside it fills this slot when a route matches.
             None => {
                 let slot = RouteSlot::default();
                 req.extensions_mut().insert(slot.clone());
-                Route::Slot(slot)
+                Some(slot)
             }
         };
         let guard = Guard::new(tracker, route, grpc);
