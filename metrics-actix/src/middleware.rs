@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::{Method, Uri};
+use actix_web::http::Method;
+use actix_web::http::uri::PathAndQuery;
 use actix_web::{Error, HttpRequest};
 use futures_util::future::{Either, LocalBoxFuture};
 use pin_project_lite::pin_project;
@@ -192,7 +193,7 @@ where
             }
         }
         let dropped = DropRoute {
-            uri: req.uri().clone(),
+            path: req.uri().path_and_query().cloned(),
             routed: Rc::clone(&self.routed),
         };
         MetricsResponse::new(self.service.call(req), Some(tracker), Some(dropped))
@@ -206,6 +207,9 @@ struct Headers<'a>(&'a actix_web::http::header::HeaderMap);
 const TRACEPARENT: actix_web::http::header::HeaderName =
     actix_web::http::header::HeaderName::from_static("traceparent");
 
+/// Up to this many header names, `traceparent` is searched for name by name.
+const SCAN_HEADERS: usize = 16;
+
 impl RequestHeaders for Headers<'_> {
     #[inline]
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -214,13 +218,20 @@ impl RequestHeaders for Headers<'_> {
 
     #[inline]
     fn traceparent(&self) -> Option<&[u8]> {
+        // As in shmetrics-tower: comparing a handful of header names with this one costs
+        // less than hashing it for the map's lookup, which only a request that has it pays.
+        if self.0.len_keys() <= SCAN_HEADERS && !self.0.keys().any(|k| *k == TRACEPARENT) {
+            return None;
+        }
         self.0.get(&TRACEPARENT).map(|v| v.as_bytes())
     }
 }
 
-/// What resolves the route of a request dropped before its response.
+/// What resolves the route of a request dropped before its response: its path (only
+/// the path's part of the URI, which a server request's URI mostly is: a clone of the
+/// buffer it points into, no copy) and a request of the same app that was routed.
 struct DropRoute {
-    uri: Uri,
+    path: Option<PathAndQuery>,
     routed: Rc<RefCell<Option<HttpRequest>>>,
 }
 
@@ -320,7 +331,7 @@ pin_project! {
                 // Dropped before the response: resolve the route with an earlier request's
                 // resource map (it is the same app's).
                 if !t.has_route() {
-                    if let Some(p) = d.routed.borrow().as_ref().and_then(|r| r.resource_map().match_pattern(d.uri.path())) {
+                    if let Some(p) = d.routed.borrow().as_ref().and_then(|r| r.resource_map().match_pattern(d.path.as_ref().map_or("/", PathAndQuery::path))) {
                         t.set_route(&normalize_pattern(&p));
                     }
                 }
