@@ -165,6 +165,12 @@ fn actix(c: &mut Criterion) {
             .wrap(shmetrics_actix::Metrics::new(&store).unwrap())
             .service(web::resource("/users/{id}").route(web::get().to(|| async { "user" }))),
     ));
+    // The floor of any middleware that wraps the body, in actix-web.
+    let noop = sys.block_on(test::init_service(
+        App::new()
+            .wrap(shmetrics_benches::noop_actix::NoopMiddleware)
+            .service(web::resource("/users/{id}").route(web::get().to(|| async { "user" }))),
+    ));
     let prom = actix_web_prom::PrometheusMetricsBuilder::new("api")
         .endpoint("/metrics")
         .build()
@@ -194,6 +200,8 @@ fn actix(c: &mut Criterion) {
     o.finish();
     let mut g = c.benchmark_group("middleware_actix");
     run(&mut g, "bare", &sys, bare);
+    // Too close to bare for the paired difference (criterion refuses samples of zero).
+    run(&mut g, "noop_body_middleware", &sys, noop);
     run(&mut g, "shmetrics_actix", &sys, ours);
     run(&mut g, "actix_web_prom", &sys, peer);
     g.finish();

@@ -1,7 +1,8 @@
 //! Drives N requests through an actix-web app (bare or with the metrics middleware), for
 //! instruction counts: `valgrind --tool=callgrind --toggle-collect='*requests*'
-//! target/release/examples/profile_actix [bare|layer] [N]`. The middleware's cost per
-//! request is (layer - bare) / N.
+//! target/release/examples/profile_actix [bare|layer|noop] [N]`. The middleware's cost per
+//! request is (layer - bare) / N; `noop` is a middleware that only wraps the body (the
+//! floor of any metrics middleware).
 use actix_web::{App, test, web};
 
 fn main() {
@@ -14,14 +15,28 @@ fn main() {
     let store = shmetrics_benches::builder(dir.path()).open().unwrap();
     let sys = actix_web::rt::System::new();
     let layer = mode == "layer";
+    let route = || web::resource("/users/{id}").route(web::get().to(|| async { "user" }));
     sys.block_on(async {
+        if mode == "noop" {
+            let app = test::init_service(
+                App::new()
+                    .wrap(actix_web::middleware::Condition::new(
+                        true,
+                        shmetrics_benches::noop_actix::NoopMiddleware,
+                    ))
+                    .service(route()),
+            )
+            .await;
+            requests(&app, n).await;
+            return;
+        }
         let app = test::init_service(
             App::new()
                 .wrap(actix_web::middleware::Condition::new(
                     layer,
                     shmetrics_actix::Metrics::new(&store).unwrap(),
                 ))
-                .service(web::resource("/users/{id}").route(web::get().to(|| async { "user" }))),
+                .service(route()),
         )
         .await;
         requests(&app, n).await;

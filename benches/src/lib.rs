@@ -2,6 +2,7 @@
 //! fixtures they share.
 
 pub mod noop;
+pub mod noop_actix;
 
 use std::time::{Duration, Instant};
 
