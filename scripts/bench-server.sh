@@ -43,16 +43,19 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-cpu_ticks() { # pids... -> utime + stime of all, in clock ticks
-  local total=0 pid f
+cpu_ticks() { # pids... -> "utime stime" of all, in clock ticks
+  local user=0 sys=0 pid f
   for pid in "$@"; do
     read -r -a f <"/proc/$pid/stat"
-    total=$((total + f[13] + f[14]))
+    user=$((user + f[13])) sys=$((sys + f[14]))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
-run() { # example mode -> "rps p99_ms cpu_us_per_request"
+# The workers' CPU time per request, split: user (the server's own code, where a middleware
+# adds its work) and system (the kernel's TCP over loopback, the same work in every mode,
+# and most of the round-to-round spread).
+run() { # example mode -> "rps p99_ms cpu_us_per_request user_us sys_us"
   local example=$1 mode=$2 flag="" pid workers before after
   [ "$mode" = off ] && flag=$off_flag
   [ "$mode" = peer ] && flag=--peer
@@ -84,8 +87,9 @@ run() { # example mode -> "rps p99_ms cpu_us_per_request"
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/wrk.txt")
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$work/wrk.txt")
   requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
-  cpu=$(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $requests:.2f}')")
-  echo "$rps $p99 $cpu"
+  # shellcheck disable=SC2086
+  set -- $before $after
+  python3 -c "t = 1e6 / $(getconf CLK_TCK) / $requests; u = ($3 - $1) * t; s = ($4 - $2) * t; print(f'$rps $p99 {u + s:.2f} {u:.2f} {s:.2f}')"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -108,17 +112,18 @@ for example in axum_workers actix_workers; do
     fi
     for mode in $order; do
       out=$(run "$example" "$mode")
-      echo "$example round $r $compare $mode: $out (requests/s, p99 ms, worker CPU us/request)"
+      echo "$example round $r $compare $mode: $out (requests/s, p99 ms, worker CPU us/request: all, user, system)"
       echo "$out" >>"$work/$mode"
     done
   done
   on_rps=$(col 1 on); off_rps=$(col 1 off); on_p99=$(col 2 on); off_p99=$(col 2 off)
   on_cpu=$(col 3 on); off_cpu=$(col 3 off)
+  on_user=$(col 4 on); off_user=$(col 4 off); on_sys=$(col 5 on); off_sys=$(col 5 off)
   ratio=$(pct "$on_rps" "$off_rps")
   # The median of the rounds' own on/off ratios (each pair ran back to back).
-  paired=$(paste -d' ' "$work/on" "$work/off" | awk '{print $1 / $4 * 100}' | median)
+  paired=$(paste -d' ' "$work/on" "$work/off" | awk '{print $1 / $(NF / 2 + 1) * 100}' | median)
   cpu_ratio=$(pct "$off_cpu" "$on_cpu")
-  echo "$example ($compare on/off): median requests/s on $on_rps, off $off_rps (on/off $ratio %, per round $(printf '%.1f' "$paired") %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %)"
+  echo "$example ($compare on/off): median requests/s on $on_rps, off $off_rps (on/off $ratio %, per round $(printf '%.1f' "$paired") %); median p99 on ${on_p99} ms, off ${off_p99} ms; worker CPU per request on ${on_cpu} us, off ${off_cpu} us (off/on $cpu_ratio %): user on ${on_user} us, off ${off_user} us; system on ${on_sys} us, off ${off_sys} us"
   if [ "$compare" = peers ]; then
     peer_rps=$(col 1 peer); peer_p99=$(col 2 peer); peer_cpu=$(col 3 peer)
     echo "$example (peer): median requests/s $peer_rps (peer/off $(pct "$peer_rps" "$off_rps") %, shmetrics/peer $(pct "$on_rps" "$peer_rps") %); median p99 ${peer_p99} ms; worker CPU per request ${peer_cpu} us"
@@ -130,7 +135,7 @@ if [ "$compare" = peers ]; then
   : >"$work/sanic"
   for r in $(seq "$rounds"); do
     out=$(run sanic seed)
-    echo "sanic round $r: $out (requests/s, p99 ms, worker CPU us/request)"
+    echo "sanic round $r: $out (requests/s, p99 ms, worker CPU us/request: all, user, system)"
     echo "$out" >>"$work/sanic"
   done
   sanic_rps=$(col 1 sanic)
