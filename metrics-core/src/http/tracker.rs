@@ -65,6 +65,7 @@ pub struct RequestTracker {
 }
 
 // Adapters' futures and bodies carry it: a field that makes it bigger is a per-request cost.
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<RequestTracker>() == 48);
 
 /// [`RequestTracker::entry`] of a tracker whose route is not cached (or not known).
@@ -135,7 +136,8 @@ impl RequestTracker {
             .or(self.uncached.as_deref().map(|r| &**r))
     }
 
-    /// The response status (HTTP status, or gRPC status code for gRPC).
+    /// The response status (HTTP status, or gRPC status code for gRPC). `u16::MAX` is no
+    /// status: the request is recorded as if none was set.
     #[inline]
     pub fn set_status(&mut self, status: u16) {
         self.status = status;
