@@ -255,7 +255,7 @@ fn inspect(dir: &std::path::Path, json: bool, python: PythonOpts) -> Result<(), 
 
 /// A store on `dir` for compactions, under the application that owns the directory.
 fn compacting_store(dir: &std::path::Path) -> shmetrics_core::Result<shmetrics_core::Store> {
-    let application = Reader::new(dir)?.inspect()?.application;
+    let application = Reader::new(dir)?.application();
     let mut builder = shmetrics_core::Store::builder(dir).compact_on_open(false);
     if let Some(app) = &application {
         builder = builder.application(app);

@@ -115,6 +115,12 @@ impl Reader {
         &self.scan.dir
     }
 
+    /// The application the directory belongs to, as the first store that opened it
+    /// recorded it in the lock file (`None`: no store has); reads that file only.
+    pub fn application(&self) -> Option<String> {
+        crate::sys::dirlock::recorded_application(&self.scan.dir)
+    }
+
     /// Reads and merges every file now.
     pub fn snapshot(&mut self) -> Result<Snapshot, Error> {
         self.snapshot_as(&[])
@@ -150,7 +156,7 @@ impl Reader {
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(inspect::Inspection {
             dir: self.scan.dir.clone(),
-            application: crate::sys::dirlock::recorded_application(&self.scan.dir),
+            application: self.application(),
             files,
             problems: inspect::directory_problems(&self.scan.dir),
         })
