@@ -92,7 +92,7 @@ pub(crate) fn compact_python(
     hook(PY_STEPS[0]);
     let mut stats = PythonCompactionStats::default();
     let plan = reader.python_fold_plan(own)?;
-    for (path, _) in &plan.leftovers {
+    for path in &plan.leftovers {
         remove(path, &mut stats)?;
     }
     let mut claimed = claim(config, &plan.candidates)?;

@@ -485,7 +485,7 @@ pub(crate) struct PyFoldPlan {
     /// Counter and histogram files not folded yet: (name, path, pid, fold id if renamed).
     pub(crate) candidates: Vec<(std::ffi::OsString, PathBuf, Box<str>, Option<u64>)>,
     /// Files folded by an earlier Python compaction, still to be deleted.
-    pub(crate) leftovers: Vec<(PathBuf, u64)>,
+    pub(crate) leftovers: Vec<PathBuf>,
     /// The Python accumulator, if there is one.
     pub(crate) accumulator: Option<PyFoldTarget>,
 }

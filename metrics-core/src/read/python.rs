@@ -973,12 +973,12 @@ impl PyReader {
             .collect()
     }
 
-    /// Files folded into an accumulator that wait to be deleted: (path, fold id).
-    pub(crate) fn folded_leftovers(&self) -> Vec<(PathBuf, u64)> {
+    /// Files folded into an accumulator that wait to be deleted.
+    pub(crate) fn folded_leftovers(&self) -> Vec<PathBuf> {
         self.files
             .values()
-            .filter(|f| f.folded)
-            .filter_map(|f| f.fold_id.map(|id| (f.path.clone(), id)))
+            .filter(|f| f.folded && f.fold_id.is_some())
+            .map(|f| f.path.clone())
             .collect()
     }
 
