@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_prometheus import Prometheus, free_port, http_get, report, stop_all, wait  # noqa: E402
+from e2e_prometheus import Prometheus, free_port, http_get, print_log_tail, report, stop_all, wait  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,7 +196,7 @@ receivers:
         start_server()
         expect("TargetDown", "resolved")
     except SystemExit:
-        print(open(os.path.join(work, "processes.log")).read()[-3000:])
+        print_log_tail(os.path.join(work, "processes.log"))
         raise
     finally:
         stop_all(procs)

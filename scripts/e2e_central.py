@@ -20,7 +20,6 @@ scrape configuration). Checks:
 """
 
 import argparse
-import json
 import os
 import secrets
 import signal
@@ -28,13 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_prometheus import free_port, report, stop_all, wait  # noqa: E402
+from e2e_prometheus import Prometheus, free_port, print_log_tail, report, stop_all, wait  # noqa: E402
 from e2e_prometheus import http_get as get  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,26 +40,17 @@ HOSTS = ["127.0.2.1", "127.0.2.2"]
 AGENTS = ["prometheus", "vmagent"]
 
 
-class Central:
-    """VictoriaMetrics' Prometheus query API."""
+class Central(Prometheus):
+    """VictoriaMetrics' Prometheus query API. A query it does not answer (it is down, as
+    the test makes it) is None."""
 
-    def __init__(self, port):
-        self.base = f"http://127.0.0.1:{port}"
+    READY = "/health"
 
     def query(self, expr, **extra):
-        url = self.base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr, **extra})
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return json.load(r)["data"]["result"]
+            return super().query(expr, **extra)
         except OSError:
             return None
-
-    def ready(self):
-        try:
-            with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
 
 
 def main():
@@ -186,7 +174,7 @@ def main():
         if not results[("vmagent", "stopped with SIGTERM")]:
             failures.append("vmagent restarted with SIGTERM lost the outage's samples")
     except SystemExit:
-        print(open(os.path.join(work, "processes.log")).read()[-3000:])
+        print_log_tail(os.path.join(work, "processes.log"))
         raise
     finally:
         stop_all(procs)

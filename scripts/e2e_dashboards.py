@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_prometheus import Prometheus, free_port, http_get, report, stop_all, wait  # noqa: E402
+from e2e_prometheus import Prometheus, free_port, http_get, print_log_tail, report, stop_all, wait  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = "examples/stack/grafana/provisioning/dashboards/shmetrics.json"
@@ -121,7 +121,7 @@ scrape_configs:
                 failures.append(f"{where}: no data: {query}")
         print(f"dashboards: {with_data} of {len(expressions())} dashboard and alert expressions return data")
     except SystemExit:
-        print(open(os.path.join(work, "processes.log")).read()[-3000:])
+        print_log_tail(os.path.join(work, "processes.log"))
         raise
     finally:
         stop_all(procs)

@@ -98,12 +98,18 @@ def stop_all(procs):
             proc.kill()
 
 
+def print_log_tail(log_path):
+    """Prints the end of the processes' log (what a failure needs to be understood)."""
+    with open(log_path) as f:
+        print(f.read()[-3000:])
+
+
 def report(failures, log_path, work, name):
     """Exits 1 with the failures and the end of the processes' log, or prints `name: ok`
     and removes the work directory."""
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))
-        print(open(log_path).read()[-3000:])
+        print_log_tail(log_path)
         sys.exit(1)
     shutil.rmtree(work, ignore_errors=True)
     print(f"{name}: ok")
@@ -158,6 +164,9 @@ def wait(what, ok, timeout=30, step=0.1):
 
 
 class Prometheus:
+    # Answers 200 once it serves queries.
+    READY = "/-/ready"
+
     def __init__(self, port):
         self.base = f"http://127.0.0.1:{port}"
 
@@ -174,7 +183,7 @@ class Prometheus:
 
     def ready(self):
         try:
-            with urllib.request.urlopen(self.base + "/-/ready", timeout=2) as r:
+            with urllib.request.urlopen(self.base + self.READY, timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
